@@ -1,0 +1,366 @@
+"""The one shared Parakeet engine: load once, warm up, transcribe batches, one model user at a time.
+
+Everything that runs the model goes through ``Engine``: batch jobs (through the dynamic batcher,
+which gathers requests that arrive together into one forward pass) and, later, streaming steps.
+``Engine.lock`` guarantees that no two callers use the model at the same time.
+
+Flow of one batch: pad signals -> preprocessor (fp32 mel) -> encoder (compute dtype) ->
+TDT greedy decoding (label-looping, CUDA graphs on GPU) -> frame offsets to seconds -> Transcript.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from settings import Settings
+
+DEFAULT_MODEL = "nvidia/parakeet-tdt-0.6b-v3"
+SAMPLE_RATE = 16000
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------------------------------
+# results
+@dataclass
+class Word:
+    word: str
+    start: float
+    end: float
+    confidence: float | None = None
+
+
+@dataclass
+class Segment:
+    start: float
+    end: float
+    text: str
+
+
+@dataclass
+class Transcript:
+    text: str
+    duration: float
+    words: list[Word] = field(default_factory=list)
+    segments: list[Segment] = field(default_factory=list)
+    attention: str = "full"  # "full" or "local"
+    chunks: int = 1
+
+
+# ---------------------------------------------------------------------------------------------
+# loading
+def pick_device(requested: str | None = None) -> torch.device:
+    """``cuda`` when present unless told otherwise (``DEVICE=cpu``)."""
+    return torch.device(requested or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def load_model(name_or_path: str | None = None, device: str | None = None):
+    """Load a NeMo ASR model from a local ``.nemo`` file or a Hugging Face id, in eval mode."""
+    from nemo.collections.asr.models import ASRModel
+
+    name = name_or_path or Settings.from_env().model
+    dev = pick_device(device)
+    if name.endswith(".nemo") or Path(name).is_file():
+        if not Path(name).is_file():
+            raise FileNotFoundError(f"model file not found: {name}")
+        model = ASRModel.restore_from(name, map_location=dev)
+    else:
+        # Hugging Face id: NeMo downloads once into its cache; the Docker image runs this at
+        # build time so that a cold start downloads nothing.
+        model = ASRModel.from_pretrained(model_name=name, map_location=dev)
+    model = model.to(dev).eval()
+    log.info("loaded %s on %s", name, dev)
+    return model
+
+
+def compute_dtype(device: torch.device, precision: str) -> torch.dtype:
+    if device.type != "cuda" or precision == "fp32":
+        return torch.float32
+    if precision == "fp16":
+        return torch.float16
+    if precision in ("bf16", "auto") and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float16 if precision == "auto" else torch.float32
+
+
+# ---------------------------------------------------------------------------------------------
+# the engine
+class Engine:
+    def __init__(self, settings: Settings | None = None, model=None):
+        self.settings = settings or Settings.from_env()
+        s = self.settings
+        self.model_name = s.model
+        self.model = model if model is not None else load_model(s.model, s.device or None)
+        self.device = next(self.model.parameters()).device
+        self.dtype = compute_dtype(self.device, s.precision)
+        self.lock = threading.Lock()  # one model user at a time: batch jobs and streaming steps
+        self.frame_seconds = self.model.cfg.preprocessor.window_stride * self.model.encoder.subsampling_factor
+        self.attention = "full"
+        self._configure()
+        self._batcher = DynamicBatcher(self._run_batch, s.max_batch_size, s.max_batch_wait_ms / 1000.0)
+        self.ready = False
+        if s.warmup:
+            self.warmup()
+        self.ready = True
+
+    # ---- set-up
+    def _configure(self) -> None:
+        from omegaconf import open_dict
+
+        m = self.model
+        m.eval()
+        # SDPA attention kernels (flash / memory-efficient on GPU); the flag is read at forward time.
+        for mod in m.modules():
+            if hasattr(mod, "use_pytorch_sdpa"):
+                mod.use_pytorch_sdpa = True
+        if self.dtype != torch.float32:
+            m.encoder.to(self.dtype)  # the mel front end stays fp32; decoder/joint run under autocast
+        dec = m.cfg.decoding.copy()
+        with open_dict(dec):
+            dec.strategy = "greedy_batch"
+            dec.compute_timestamps = True  # always: a request without timestamps just drops them
+            dec.greedy.use_cuda_graph_decoder = bool(self.settings.cuda_graphs and self.device.type == "cuda")
+            dec.confidence_cfg = {
+                "preserve_frame_confidence": True, "preserve_token_confidence": True,
+                "preserve_word_confidence": True, "exclude_blank": True, "aggregation": "min",
+                "method_cfg": {"name": "max_prob"},
+            }
+        m.change_decoding_strategy(dec, verbose=False)
+        if self.settings.compile and self.device.type == "cuda":
+            m.encoder.forward = torch.compile(m.encoder.forward, dynamic=True)
+        m.eval()
+
+    def warmup(self) -> float:
+        """One pass over a short noise clip, so the first request costs what the rest do
+        (allocator, kernels, CUDA graphs, compile)."""
+        t0 = time.perf_counter()
+        rng = np.random.default_rng(0)
+        clips = [(rng.standard_normal(SAMPLE_RATE * 2) * 0.01).astype(np.float32)] * min(2, self.settings.max_batch_size)
+        self.transcribe_batch(clips)
+        took = time.perf_counter() - t0
+        log.info("warmup took %.2f s", took)
+        return took
+
+    # ---- model access (callers hold no lock; these take it)
+    @contextlib.contextmanager
+    def exclusive(self, attention: str = "full"):
+        """Hold the model, in eval mode, with the requested attention, and restore full attention."""
+        with self.lock:
+            self.model.eval()
+            if attention != self.attention:
+                self._set_attention(attention)
+            try:
+                yield self.model
+            finally:
+                if self.attention != "full":
+                    self._set_attention("full")
+                self.model.eval()
+
+    def _set_attention(self, attention: str) -> None:
+        ctx = self.settings.local_attention_context
+        if attention == "local":
+            self.model.change_attention_model("rel_pos_local_attn", [ctx, ctx], update_config=False)
+        else:
+            self.model.change_attention_model("rel_pos", [-1, -1], update_config=False)
+        for mod in self.model.modules():
+            if hasattr(mod, "use_pytorch_sdpa"):
+                mod.use_pytorch_sdpa = True
+        if self.dtype != torch.float32:
+            self.model.encoder.to(self.dtype)
+        self.attention = attention
+
+    def transcribe_batch(self, signals: list[np.ndarray], attention: str = "full") -> list[Transcript]:
+        """Transcribe 16 kHz float32 signals in one forward pass (synchronous, takes the lock)."""
+        if not signals:
+            return []
+        lens = [len(s) for s in signals]
+        out: list[Transcript | None] = [None] * len(signals)
+        live = [i for i, n in enumerate(lens) if n >= SAMPLE_RATE // 10]  # < 0.1 s: nothing to hear
+        for i in set(range(len(signals))) - set(live):
+            out[i] = Transcript("", lens[i] / SAMPLE_RATE, attention=attention)
+        if live:
+            batch = torch.zeros(len(live), max(lens[i] for i in live))
+            for j, i in enumerate(live):
+                batch[j, : lens[i]] = torch.from_numpy(np.asarray(signals[i], dtype=np.float32))
+            length = torch.tensor([lens[i] for i in live])
+            with self.exclusive(attention) as m:
+                hyps = self._forward(m, batch, length)
+            for j, i in enumerate(live):
+                out[i] = self._to_transcript(hyps[j], lens[i] / SAMPLE_RATE, attention)
+        return out  # type: ignore[return-value]
+
+    def _forward(self, m, batch: torch.Tensor, length: torch.Tensor):
+        from nemo.collections.asr.parts.utils.timestamp_utils import process_timestamp_outputs
+
+        autocast = (torch.autocast("cuda", dtype=self.dtype) if self.dtype != torch.float32
+                    else contextlib.nullcontext())
+        with torch.inference_mode():
+            batch, length = batch.to(self.device), length.to(self.device)
+            feats, feat_len = m.preprocessor(input_signal=batch, length=length)
+            with autocast:
+                enc, enc_len = m.encoder(audio_signal=feats.to(self.dtype), length=feat_len)
+                hyps = m.decoding.rnnt_decoder_predictions_tensor(
+                    encoder_output=enc, encoded_lengths=enc_len, return_hypotheses=True)
+        return process_timestamp_outputs(hyps, m.encoder.subsampling_factor, m.cfg.preprocessor.window_stride)
+
+    def _to_transcript(self, hyp, duration: float, attention: str) -> Transcript:
+        raw = hyp.timestamp.get("word", []) if isinstance(hyp.timestamp, dict) else []
+        conf = list(getattr(hyp, "word_confidence", None) or [])
+        words, last = [], 0.0
+        for k, w in enumerate(raw):
+            # clamp into [0, duration] and keep starts monotone; TDT frames are 80 ms
+            start = min(max(float(w["start"]), last), duration)
+            end = min(max(float(w["end"]), start), duration)
+            c = float(conf[k]) if k < len(conf) else None
+            words.append(Word(str(w["word"]), round(start, 3), round(end, 3), None if c is None else round(c, 4)))
+            last = start
+        text = hyp.text if isinstance(hyp.text, str) else " ".join(w.word for w in words)
+        return Transcript(text.strip(), round(duration, 3), words, make_segments(words), attention)
+
+    # ---- the async entry point
+    async def transcribe(self, signal: np.ndarray, *, use_local_attention: bool = False,
+                         chunk_long_audio: bool = False, chunk_duration: float = 30.0) -> Transcript:
+        """Transcribe one signal. Short audio goes through the dynamic batcher; long audio gets
+        local attention (above the threshold, or when asked) or is chunked and merged."""
+        duration = len(signal) / SAMPLE_RATE
+        if chunk_long_audio and duration > chunk_duration:
+            return await self._transcribe_chunked(signal, chunk_duration, use_local_attention)
+        if use_local_attention or duration > self.settings.local_attention_threshold_s:
+            # One long forward: run it alone, off the event loop.
+            return (await asyncio.to_thread(self.transcribe_batch, [signal], "local"))[0]
+        return await self._batcher.submit(signal)
+
+    def _run_batch(self, signals: list[np.ndarray]) -> list[Transcript]:
+        return self.transcribe_batch(signals, "full")
+
+    async def _transcribe_chunked(self, signal: np.ndarray, chunk_s: float, local: bool) -> Transcript:
+        spans = chunk_spans(len(signal) / SAMPLE_RATE, chunk_s)
+        pieces = [signal[int(a * SAMPLE_RATE): int(b * SAMPLE_RATE)] for a, b, _, _ in spans]
+        if local:
+            results = await asyncio.to_thread(self.transcribe_batch, pieces, "local")
+        else:
+            results = await asyncio.gather(*(self._batcher.submit(p) for p in pieces))
+        merged = merge_chunks(spans, results)
+        merged.duration = round(len(signal) / SAMPLE_RATE, 3)
+        merged.attention = "local" if local else "full"
+        return merged
+
+
+# ---------------------------------------------------------------------------------------------
+# dynamic batching
+class DynamicBatcher:
+    """Gathers requests that arrive within ``max_wait`` seconds (up to ``max_size``) into one call
+    of ``run_batch`` in a worker thread, so the event loop keeps serving while the model runs."""
+
+    def __init__(self, run_batch, max_size: int, max_wait: float):
+        self.run_batch = run_batch
+        self.max_size = max(1, max_size)
+        self.max_wait = max(0.0, max_wait)
+        self._queue: asyncio.Queue | None = None
+        self._worker: asyncio.Task | None = None
+        self.batches_run = 0
+        self.largest_batch = 0
+
+    async def submit(self, item):
+        loop = asyncio.get_running_loop()
+        if self._queue is None or self._worker is None or self._worker.done() or self._worker.get_loop() is not loop:
+            self._queue = asyncio.Queue()
+            self._worker = loop.create_task(self._work())
+        fut = loop.create_future()
+        self._queue.put_nowait((item, fut))
+        return await fut
+
+    async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
+        queue = self._queue
+        while True:
+            batch = [await queue.get()]
+            deadline = loop.time() + self.max_wait
+            while len(batch) < self.max_size:
+                remaining = deadline - loop.time()
+                if remaining <= 0 and queue.empty():
+                    break
+                try:
+                    batch.append(queue.get_nowait() if not queue.empty() else
+                                 await asyncio.wait_for(queue.get(), remaining))
+                except asyncio.TimeoutError:
+                    break
+            batch = [(item, fut) for item, fut in batch if not fut.cancelled()]
+            if not batch:
+                continue
+            self.batches_run += 1
+            self.largest_batch = max(self.largest_batch, len(batch))
+            try:
+                results = await asyncio.to_thread(self.run_batch, [item for item, _ in batch])
+            except Exception as exc:  # noqa: BLE001 - hand the failure to every waiter, keep serving
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                continue
+            for (_, fut), res in zip(batch, results):
+                if not fut.done():
+                    fut.set_result(res)
+
+
+# ---------------------------------------------------------------------------------------------
+# segments and chunk merging
+SEGMENT_GAP_S = 0.8
+SEGMENT_MAX_S = 15.0
+
+
+def make_segments(words: list[Word]) -> list[Segment]:
+    """Group words into segments at sentence ends, pauses over 0.8 s, or every ~15 s."""
+    segments: list[Segment] = []
+    cur: list[Word] = []
+    for w in words:
+        if cur and (w.start - cur[-1].end > SEGMENT_GAP_S or w.end - cur[0].start > SEGMENT_MAX_S
+                    or cur[-1].word[-1:] in ".?!"):
+            segments.append(Segment(cur[0].start, cur[-1].end, " ".join(x.word for x in cur)))
+            cur = []
+        cur.append(w)
+    if cur:
+        segments.append(Segment(cur[0].start, cur[-1].end, " ".join(x.word for x in cur)))
+    return segments
+
+
+def chunk_spans(duration: float, chunk_s: float) -> list[tuple[float, float, float, float]]:
+    """Overlapping chunks (start, end, keep_from, keep_to): each word is kept by exactly the one
+    chunk whose keep-range holds its midpoint, and keep-ranges tile [0, duration] without gaps.
+    The overlap (at least 2 s) is wider than any word, so a word cut by one chunk's edge lies
+    whole inside the neighbour, and the cut copy falls outside the cutting chunk's keep-range."""
+    if duration <= chunk_s:
+        return [(0.0, duration, 0.0, duration)]
+    overlap = min(max(2.0, 0.1 * chunk_s), chunk_s / 2)
+    step = chunk_s - overlap
+    n = max(1, math.ceil((duration - overlap) / step))
+    spans = []
+    for i in range(n):
+        start = i * step
+        end = min(start + chunk_s, duration)
+        keep_from = 0.0 if i == 0 else start + overlap / 2
+        keep_to = duration if i == n - 1 else start + step + overlap / 2
+        spans.append((start, end, keep_from, keep_to))
+    return spans
+
+
+def merge_chunks(spans, results: list[Transcript]) -> Transcript:
+    words: list[Word] = []
+    for (start, _, keep_from, keep_to), res in zip(spans, results):
+        for w in res.words:
+            mid = start + (w.start + w.end) / 2
+            if keep_from <= mid < keep_to or (keep_to == spans[-1][3] and mid >= keep_from):
+                words.append(Word(w.word, round(start + w.start, 3), round(start + w.end, 3), w.confidence))
+    for a, b in zip(words, words[1:]):  # keep starts monotone across seams
+        if b.start < a.start:
+            b.start = a.start
+            b.end = max(b.end, b.start)
+    return Transcript(" ".join(w.word for w in words), spans[-1][1], words, make_segments(words), chunks=len(spans))

@@ -1,0 +1,172 @@
+"""RunPod serverless entry: validate the job, fetch and decode its audio, transcribe, format.
+
+    python -u rp_handler.py                      # on RunPod
+    python rp_handler.py --rp_serve_api          # the SDK's local HTTP server (/run, /runsync, /status)
+
+Every failure becomes ``{"error": "<code>: <message>"}`` (the job is marked FAILED); the worker
+itself never dies on a bad job. Several jobs run at once (``concurrency_modifier``) so that the
+engine's dynamic batcher can put them in one forward pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import runpod
+from runpod.serverless.utils.rp_validator import validate
+
+import audio_utils
+from asr_engine import Engine
+from errors import INTERNAL_ERROR, INVALID_INPUT, ASRError
+from formatting import job_output
+from settings import Settings
+
+log = logging.getLogger("rp_handler")
+
+OUTPUT_FORMATS = ("json", "text", "srt", "vtt")
+ACTIONS = ("transcribe", "websocket")
+
+
+def _number_in(lo: float, hi: float):
+    # runpod's validator calls constraints even on a value of the wrong type: never raise here
+    return lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and lo <= v <= hi
+
+
+def _one_of(options: tuple[str, ...]):
+    return lambda v: isinstance(v, str) and v.lower() in options
+
+
+INPUT_SCHEMA = {
+    "audio_base64": {"type": str, "required": False, "default": None},
+    "audio_url": {"type": str, "required": False, "default": None},
+    "format": {"type": str, "required": False, "default": None},
+    "timestamps": {"type": bool, "required": False, "default": True},
+    "use_local_attention": {"type": bool, "required": False, "default": False},
+    "chunk_long_audio": {"type": bool, "required": False, "default": False},
+    "chunk_duration": {"type": float, "required": False, "default": 30.0,
+                       "constraints": _number_in(5.0, 3600.0)},
+    "output_format": {"type": str, "required": False, "default": "json",
+                      "constraints": _one_of(OUTPUT_FORMATS)},
+    "action": {"type": str, "required": False, "default": "transcribe",
+               "constraints": _one_of(ACTIONS)},
+}
+
+
+@dataclass(frozen=True)
+class Request:
+    audio_base64: str | None
+    audio_url: str | None
+    format: str | None
+    timestamps: bool
+    use_local_attention: bool
+    chunk_long_audio: bool
+    chunk_duration: float
+    output_format: str
+    action: str
+
+
+def parse_request(job_input) -> Request:
+    """The job's input checked against INPUT_SCHEMA (unknown fields are refused) and SPEC's rules."""
+    if not isinstance(job_input, dict):
+        raise ASRError(INVALID_INPUT, "input must be a JSON object")
+    result = validate(job_input, {k: dict(v) for k, v in INPUT_SCHEMA.items()})
+    if "errors" in result:
+        raise ASRError(INVALID_INPUT, "; ".join(_friendly(e) for e in result["errors"]))
+    req = Request(**result["validated_input"])
+    req = Request(**{**req.__dict__, "output_format": req.output_format.lower(), "action": req.action.lower()})
+    if req.action == "transcribe":
+        if (req.audio_base64 is None) == (req.audio_url is None):
+            raise ASRError(INVALID_INPUT, "give exactly one of audio_base64 or audio_url")
+        if req.output_format in ("srt", "vtt") and not req.timestamps:
+            raise ASRError(INVALID_INPUT, f"output_format {req.output_format} needs timestamps=true")
+    return req
+
+
+def _friendly(err: str) -> str:
+    if "does not meet the constraints" in err:
+        key = err.split(" ", 1)[0]
+        hint = {"chunk_duration": "a number of seconds from 5 to 3600",
+                "output_format": "one of " + ", ".join(OUTPUT_FORMATS),
+                "action": "one of " + ", ".join(ACTIONS)}.get(key, "a valid value")
+        return f"{key} must be {hint}"
+    return err.replace("<class '", "").replace("'>", "")
+
+
+# ---------------------------------------------------------------------------------------------
+SETTINGS = Settings.from_env()
+_engine: Engine | None = None
+
+
+def get_engine() -> Engine:
+    """The one shared engine, loaded and warmed on first use (at start-up in ``main``)."""
+    global _engine
+    if _engine is None:
+        _engine = Engine(SETTINGS)
+    return _engine
+
+
+async def fetch_audio(req: Request) -> audio_utils.DecodedAudio:
+    s = SETTINGS
+    if req.audio_base64 is not None:
+        data = audio_utils.decode_base64(req.audio_base64, s.max_audio_bytes)
+        return await asyncio.to_thread(audio_utils.decode_audio, data, s.max_audio_seconds, req.format)
+    policy = audio_utils.DownloadPolicy(s.max_audio_bytes, s.download_timeout_s, s.max_redirects,
+                                        s.allow_private_urls, s.allowed_url_hosts)
+    path = await audio_utils.download(req.audio_url, policy)
+    try:
+        return await asyncio.to_thread(audio_utils.decode_audio, Path(path), s.max_audio_seconds, req.format)
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def _progress(job: dict, message: dict) -> None:
+    # Only on RunPod: locally the SDK would try to post the update to an unset URL.
+    if os.environ.get("RUNPOD_WEBHOOK_POST_OUTPUT"):
+        try:
+            runpod.serverless.progress_update(job, message)
+        except Exception:  # noqa: BLE001 - progress is best effort, never fails the job
+            log.debug("progress update failed", exc_info=True)
+
+
+async def handler(job: dict) -> dict:
+    t0 = time.perf_counter()
+    try:
+        req = parse_request(job.get("input"))
+        if req.action == "websocket":
+            raise ASRError(INVALID_INPUT, "action 'websocket' is not available in this version; use 'transcribe'")
+        audio = await fetch_audio(req)
+        if audio.duration > 60:
+            _progress(job, {"stage": "transcribing", "duration": round(audio.duration, 1)})
+        engine = get_engine()
+        transcript = await engine.transcribe(audio.samples, use_local_attention=req.use_local_attention,
+                                             chunk_long_audio=req.chunk_long_audio,
+                                             chunk_duration=req.chunk_duration)
+        return job_output(transcript, timestamps=req.timestamps, output_format=req.output_format,
+                          model=engine.model_name, processing_time=time.perf_counter() - t0)
+    except ASRError as exc:
+        return {"error": str(exc)}
+    except MemoryError:
+        return {"error": f"{INTERNAL_ERROR}: out of memory while processing this job"}
+    except Exception:  # noqa: BLE001 - a bug must fail one job, not the worker
+        log.exception("job failed")
+        return {"error": f"{INTERNAL_ERROR}: the job failed unexpectedly; it has been logged"}
+
+
+def concurrency_modifier(current: int) -> int:
+    # Enough jobs in flight to fill one dynamic batch.
+    return max(1, SETTINGS.max_batch_size)
+
+
+def main() -> None:
+    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"), format="%(asctime)s %(name)s %(message)s")
+    get_engine()  # load and warm up before taking jobs
+    runpod.serverless.start({"handler": handler, "concurrency_modifier": concurrency_modifier})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""The bundled test model really recognises speech: WER bounds on sentences synthesized now,
+word timestamps in order and in bounds, Russian in Cyrillic.
+
+Sentences and voices are drawn with seeds that the model build never used, so this is fresh
+audio for the model; synthesis is deterministic, so the test is too.
+"""
+
+import re
+
+import jiwer
+import pytest
+
+import synth
+from conftest import TINY_MODEL
+
+N = 40  # sentences per set: about 300 words, enough to resolve a 5% bound
+
+CASES = {
+    # name: (language, held-out voices?, seed, max WER) - bounds from the test-model issue
+    "en_train_voices": ("en", False, 5101, 0.05),
+    "en_held_out_voices": ("en", True, 5102, 0.10),
+    "ru_train_voices": ("ru", False, 5103, 0.15),
+    "ru_held_out_voices": ("ru", True, 5104, 0.15),
+}
+
+
+def _voices(lang, held_out):
+    return synth.HELD_OUT[lang] if held_out else synth.train_voices(lang)
+
+
+@pytest.fixture(scope="module")
+def results(tiny_model):
+    out = {}
+    for name, (lang, held_out, seed, _) in CASES.items():
+        utts = synth.make_utterances(lang, _voices(lang, held_out), N, seed)
+        hyps = tiny_model.transcribe([u.audio for u in utts], batch_size=8, timestamps=True, verbose=False)
+        tiny_model.eval()
+        out[name] = (utts, hyps)
+    return out
+
+
+def test_architecture_is_parakeet_tdt(tiny_model):
+    from nemo.collections.asr.models import EncDecRNNTBPEModel
+
+    cfg = tiny_model.cfg
+    assert isinstance(tiny_model, EncDecRNNTBPEModel)
+    assert cfg.encoder.subsampling == "dw_striding" and cfg.encoder.subsampling_factor == 8
+    assert cfg.encoder.self_attention_model == "rel_pos" and cfg.preprocessor.features == 128
+    assert list(cfg.decoding.durations) == [0, 1, 2, 3, 4] and cfg.decoding.model_type == "tdt"
+    assert tiny_model.joint.num_extra_outputs == 5
+    assert 100 <= tiny_model.tokenizer.vocab_size <= 1000
+    assert sum(p.numel() for p in tiny_model.parameters()) < 20_000_000
+    assert TINY_MODEL.stat().st_size <= 20 * 1024 * 1024
+    assert cfg.validation_ds is not None and "use_start_end_token" in cfg.validation_ds
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_wer_within_bound(results, name):
+    utts, hyps = results[name]
+    wer = jiwer.wer([u.text for u in utts], [h.text for h in hyps])
+    print(f"{name}: WER {wer:.3f}")
+    assert wer <= CASES[name][3], f"{name}: WER {wer:.3f} > {CASES[name][3]}"
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_word_timestamps_ordered_inside_audio_and_on_speech(results, name):
+    utts, hyps = results[name]
+    for u, h in zip(utts, hyps):
+        words = h.timestamp["word"]
+        assert len(words) == len(h.text.split())
+        duration = len(u.audio) / 16000
+        prev_start = prev_end = 0.0
+        for w in words:
+            assert 0.0 <= w["start"] <= w["end"] <= duration
+            assert w["start"] >= prev_start and w["start"] >= prev_end - 0.08  # monotone, at most one frame of overlap
+            prev_start, prev_end = w["start"], w["end"]
+        # the words sit on the speech, not in the leading or trailing silence
+        assert words[0]["start"] >= u.speech_start - 0.25
+        assert words[-1]["end"] <= u.speech_end + 0.25
+
+
+def test_russian_is_cyrillic(results):
+    for name in ("ru_train_voices", "ru_held_out_voices"):
+        utts, hyps = results[name]
+        text = " ".join(h.text for h in hyps)
+        assert text and re.fullmatch(r"[а-яё ]+", text), text[:200]
+
+
+def test_silence_gives_no_words(tiny_model):
+    import numpy as np
+
+    hyps = tiny_model.transcribe([np.zeros(32000, np.float32)], timestamps=False, verbose=False)
+    tiny_model.eval()
+    assert hyps[0].text.strip() == ""

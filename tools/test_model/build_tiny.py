@@ -1,0 +1,250 @@
+"""Build the tiny Parakeet-architecture test model: data -> tokenizer -> train -> .nemo -> evaluation.
+
+    python tools/test_model/build_tiny.py            # everything, deterministic from --seed
+    python tools/test_model/build_tiny.py --stage eval   # only re-measure the committed model
+
+Synthetic English and Russian speech comes from espeak-ng (synth.py); the model is NeMo's own
+EncDecRNNTBPEModel built from a parakeet-tdt-0.6b-v3-shaped config (config.py) and trained with a
+plain PyTorch loop on the CPU TDT loss (tdt_loss.py), since NeMo's TDT loss is CUDA-only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import random
+import sys
+import time
+from multiprocessing import Pool
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(ROOT))
+
+import synth  # noqa: E402
+from config import DURATIONS, TINY, parakeet_config  # noqa: E402
+from tdt_loss import tdt_loss  # noqa: E402
+
+ASSETS = ROOT / "tests" / "assets"
+MODEL_PATH = ASSETS / "tiny_parakeet.nemo"
+METRICS_PATH = ASSETS / "tiny_parakeet_metrics.json"
+WORK = Path(os.environ.get("TEST_MODEL_CACHE", Path.home() / ".cache" / "parakeet-test-models")) / "tiny"
+VOCAB_SIZE = 384
+log = logging.getLogger("build_tiny")
+
+
+# ---------------------------------------------------------------- data
+def _synth_chunk(args):
+    lang, voices, n, seed = args
+    return [(u.text, u.lang, u.voice, (u.audio * 32767).clip(-32768, 32767).astype(np.int16))
+            for u in synth.make_utterances(lang, voices, n, seed)]
+
+
+def make_training_data(n_en: int, n_ru: int, seed: int, path: Path) -> None:
+    chunk = 500
+    jobs = []
+    for lang, n, off in (("en", n_en, 0), ("ru", n_ru, 1_000_000)):
+        for i in range(0, n, chunk):
+            jobs.append((lang, synth.train_voices(lang), min(chunk, n - i), seed * 10_000_000 + off + i))
+    t0 = time.time()
+    with Pool(os.cpu_count() or 2) as pool:
+        rows = [r for part in pool.map(_synth_chunk, jobs) for r in part]
+    audio = np.concatenate([r[3] for r in rows])
+    lens = np.array([len(r[3]) for r in rows], dtype=np.int64)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, audio=audio, lens=lens, texts=np.array([r[0] for r in rows]), langs=np.array([r[1] for r in rows]))
+    log.info("data: %d utterances, %.1f h, %.0f s", len(rows), lens.sum() / 16000 / 3600, time.time() - t0)
+
+
+# ---------------------------------------------------------------- tokenizer
+def make_tokenizer(texts: list[str], out_dir: Path) -> None:
+    from nemo.collections.common.tokenizers.sentencepiece_tokenizer import create_spt_model
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    corpus = out_dir / "corpus.txt"
+    corpus.write_text("\n".join(texts) + "\n", encoding="utf-8")
+    create_spt_model(str(corpus), VOCAB_SIZE, sample_size=-1, do_lower_case=True, tokenizer_type="bpe",
+                     output_dir=str(out_dir))
+    corpus.unlink()
+
+
+# ---------------------------------------------------------------- training
+def build_model(tokenizer_dir: Path):
+    from nemo.collections.asr.models import EncDecRNNTBPEModel
+
+    return EncDecRNNTBPEModel(cfg=parakeet_config(TINY, str(tokenizer_dir)))
+
+
+def batches(lens: np.ndarray, max_seconds: float, rng: np.random.Generator) -> list[np.ndarray]:
+    """Length-bucketed batches of at most ``max_seconds`` of padded audio, in random order."""
+    order = np.argsort(lens + rng.integers(0, 8000, lens.size))  # jitter so buckets differ per epoch
+    out, cur, longest = [], [], 0
+    for i in order:
+        longest_new = max(longest, lens[i])
+        if cur and longest_new * (len(cur) + 1) > max_seconds * 16000:
+            out.append(np.array(cur))
+            cur, longest_new = [], lens[i]
+        cur.append(i)
+        longest = longest_new
+    if cur:
+        out.append(np.array(cur))
+    rng.shuffle(out)
+    return out
+
+
+def train(model, data: dict, steps: int, seed: int, max_seconds: float, peak_lr: float, ctc_weight: float) -> dict:
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    tok = model.tokenizer
+    offsets = np.concatenate([[0], np.cumsum(data["lens"])])
+    targets = [tok.text_to_ids(t) for t in data["texts"]]
+    blank = tok.vocab_size
+    # Auxiliary CTC head on the encoder, used only during training (not saved): it aligns the
+    # encoder early, which makes the transducer converge far faster on 2 CPU cores.
+    ctc_head = torch.nn.Linear(TINY.d_model, blank + 1)
+    params = list(model.parameters()) + list(ctc_head.parameters())
+    opt = torch.optim.AdamW(params, lr=peak_lr, betas=(0.9, 0.98), weight_decay=1e-3)
+    warmup = min(500, steps // 10)
+
+    def lr_at(step):
+        if step < warmup:
+            return peak_lr * (step + 1) / warmup
+        return 1e-5 + 0.5 * (peak_lr - 1e-5) * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+
+    model.train()
+    step, t0, hist = 0, time.time(), []
+    while step < steps:
+        for idx in batches(data["lens"], max_seconds, rng):
+            if step >= steps:
+                break
+            lens = data["lens"][idx]
+            sig = torch.zeros(len(idx), int(lens.max()))
+            for j, i in enumerate(idx):
+                sig[j, : lens[j]] = torch.from_numpy(data["audio"][offsets[i] : offsets[i + 1]].astype(np.float32) / 32768)
+            tl = torch.tensor([len(targets[i]) for i in idx])
+            tg = torch.full((len(idx), int(tl.max())), blank, dtype=torch.long)
+            for j, i in enumerate(idx):
+                tg[j, : tl[j]] = torch.tensor(targets[i])
+
+            enc, enc_len = model.forward(input_signal=sig, input_signal_length=torch.from_numpy(lens))
+            dec, _, _ = model.decoder(targets=tg, target_length=tl)
+            joint = model.joint(encoder_outputs=enc, decoder_outputs=dec)
+            loss = tdt_loss(joint, tg, enc_len, tl, DURATIONS, blank=blank, sigma=0.02).float()
+            if ctc_weight > 0:
+                ctc_lp = torch.log_softmax(ctc_head(enc.transpose(1, 2)), -1).transpose(0, 1)
+                ctc = torch.nn.functional.ctc_loss(ctc_lp, tg, enc_len, tl, blank=blank, reduction="sum",
+                                                   zero_infinity=True) / tl.sum()
+                loss_total = loss + ctc_weight * ctc
+            else:
+                loss_total = loss
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step)
+            opt.zero_grad(set_to_none=True)
+            loss_total.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            hist.append(loss.item())
+            step += 1
+            if step % 50 == 0 or step == 1:
+                el = time.time() - t0
+                log.info("step %d/%d tdt %.3f (avg50 %.3f) lr %.2e  %.0f s elapsed, eta %.0f s", step, steps,
+                         loss.item(), float(np.mean(hist[-50:])), lr_at(step), el, el / step * (steps - step))
+    model.eval()
+    return {"steps": steps, "train_seconds": round(time.time() - t0, 1), "final_loss": float(np.mean(hist[-100:]))}
+
+
+# ---------------------------------------------------------------- evaluation
+EVAL_SETS = {
+    # name: (language, voices, seed); sentences are fresh draws, never the training ones
+    "en_train_voices": ("en", None, 901),
+    "en_held_out_voices": ("en", synth.HELD_OUT["en"], 902),
+    "ru_train_voices": ("ru", None, 903),
+    "ru_held_out_voices": ("ru", synth.HELD_OUT["ru"], 904),
+}
+
+
+def evaluate(model_path: Path, n: int) -> dict:
+    import jiwer
+
+    from asr_engine import load_model
+
+    model = load_model(str(model_path), device="cpu")
+    results = {}
+    for name, (lang, voices, seed) in EVAL_SETS.items():
+        utts = synth.make_utterances(lang, voices or synth.train_voices(lang), n, seed)
+        hyps = model.transcribe([u.audio for u in utts], batch_size=16, timestamps=True, verbose=False)
+        model.eval()
+        refs = [u.text for u in utts]
+        texts = [h.text for h in hyps]
+        ts_ok = all(_timestamps_ok(h, len(u.audio) / 16000) for h, u in zip(hyps, utts))
+        results[name] = {"n": n, "wer": round(jiwer.wer(refs, texts), 4), "timestamps_ok": ts_ok}
+        log.info("eval %-20s WER %.2f%%  timestamps ok: %s", name, 100 * results[name]["wer"], ts_ok)
+    return results
+
+
+def _timestamps_ok(hyp, duration: float) -> bool:
+    words = hyp.timestamp.get("word", [])
+    last = 0.0
+    for w in words:
+        if not (last - 1e-6 <= w["start"] <= w["end"] <= duration + 1e-6):
+            return False
+        last = w["start"]
+    return True
+
+
+# ---------------------------------------------------------------- main
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--stage", choices=["all", "data", "train", "eval"], default="all")
+    ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--n-en", type=int, default=16000)
+    ap.add_argument("--n-ru", type=int, default=10000)
+    ap.add_argument("--steps", type=int, default=4000)
+    ap.add_argument("--batch-seconds", type=float, default=90.0)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--ctc-weight", type=float, default=0.3)
+    ap.add_argument("--eval-n", type=int, default=200)
+    ap.add_argument("--out", type=Path, default=MODEL_PATH)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    logging.getLogger("nemo_logger").setLevel(logging.ERROR)
+    torch.set_num_threads(os.cpu_count() or 2)
+    random.seed(args.seed)
+    data_path = WORK / f"train_{args.seed}_{args.n_en}_{args.n_ru}.npz"
+
+    if args.stage in ("all", "data") and not data_path.exists():
+        make_training_data(args.n_en, args.n_ru, args.seed, data_path)
+    info = {}
+    if args.stage in ("all", "train"):
+        data = dict(np.load(data_path))
+        tok_dir = WORK / "tokenizer"
+        make_tokenizer(list(data["texts"]), tok_dir)
+        model = build_model(tok_dir)
+        n_params = sum(p.numel() for p in model.parameters())
+        log.info("model: %.2f M parameters", n_params / 1e6)
+        info = train(model, data, args.steps, args.seed, args.batch_seconds, args.lr, args.ctc_weight)
+        info.update({"parameters": n_params, "train_utterances": int(len(data["lens"])),
+                     "train_hours": round(float(data["lens"].sum()) / 16000 / 3600, 2), "seed": args.seed,
+                     "threads": torch.get_num_threads(), "args": {k: str(v) for k, v in vars(args).items()}})
+        model.save_to(str(args.out))
+        log.info("saved %s (%.1f MB)", args.out, args.out.stat().st_size / 1e6)
+    if args.stage in ("all", "eval"):
+        results = evaluate(args.out, args.eval_n)
+        old = json.loads(METRICS_PATH.read_text()) if METRICS_PATH.exists() and not info else {}
+        metrics = {**old, **({"training": info} if info else {}), "eval": results,
+                   "model_size_mb": round(args.out.stat().st_size / 1e6, 2)}
+        if args.out == MODEL_PATH:
+            METRICS_PATH.write_text(json.dumps(metrics, indent=2) + "\n")
+        print(json.dumps(metrics, indent=2))
+
+
+if __name__ == "__main__":
+    main()
