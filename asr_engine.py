@@ -26,6 +26,7 @@ from settings import Settings
 
 DEFAULT_MODEL = "nvidia/parakeet-tdt-0.6b-v3"
 SAMPLE_RATE = 16000
+BATCH_AUDIO_BUDGET_S = 1200.0  # padded seconds of audio in one forward pass
 log = logging.getLogger(__name__)
 
 
@@ -240,7 +241,19 @@ class Engine:
         return await self._batcher.submit(signal)
 
     def _run_batch(self, signals: list[np.ndarray]) -> list[Transcript]:
-        return self.transcribe_batch(signals, "full")
+        """One batcher call: sorted by length and split so that no forward pass holds more than
+        BATCH_AUDIO_BUDGET_S of padded audio (one very long file is not padded against 15 short)."""
+        order = sorted(range(len(signals)), key=lambda i: len(signals[i]))
+        out: list[Transcript | None] = [None] * len(signals)
+        group: list[int] = []
+        for i in order + [None]:
+            if i is not None and (not group or len(signals[i]) * (len(group) + 1) <= BATCH_AUDIO_BUDGET_S * SAMPLE_RATE):
+                group.append(i)
+                continue
+            for k, t in zip(group, self.transcribe_batch([signals[k] for k in group], "full")):
+                out[k] = t
+            group = [i] if i is not None else []
+        return out  # type: ignore[return-value]
 
     async def _transcribe_chunked(self, signal: np.ndarray, chunk_s: float, local: bool) -> Transcript:
         spans = chunk_spans(len(signal) / SAMPLE_RATE, chunk_s)

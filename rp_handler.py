@@ -75,8 +75,14 @@ def parse_request(job_input) -> Request:
     if not isinstance(job_input, dict):
         raise ASRError(INVALID_INPUT, "input must be a JSON object")
     result = validate(job_input, {k: dict(v) for k, v in INPUT_SCHEMA.items()})
-    if "errors" in result:
-        raise ASRError(INVALID_INPUT, "; ".join(_friendly(e) for e in result["errors"]))
+    errors = result.get("errors", [])
+    if not errors:
+        # rp_validator skips a field's constraints when its value has the default's type, so
+        # apply them here too (chunk_duration=-5 would otherwise pass).
+        errors = [f"{key} does not meet the constraints." for key, rules in INPUT_SCHEMA.items()
+                  if "constraints" in rules and not rules["constraints"](result["validated_input"][key])]
+    if errors:
+        raise ASRError(INVALID_INPUT, "; ".join(_friendly(e) for e in errors))
     req = Request(**result["validated_input"])
     req = Request(**{**req.__dict__, "output_format": req.output_format.lower(), "action": req.action.lower()})
     if req.action == "transcribe":

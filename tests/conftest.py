@@ -1,12 +1,13 @@
 """Shared fixtures: the bundled tiny Parakeet model and speech synthesized on the fly."""
 
+import os
 import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY_MODEL = ROOT / "tests" / "assets" / "tiny_parakeet.nemo"
+TINY_MODEL = Path(os.environ.get("TINY_MODEL_PATH", ROOT / "tests" / "assets" / "tiny_parakeet.nemo"))
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools" / "test_model"))
 

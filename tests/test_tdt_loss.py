@@ -101,3 +101,23 @@ def test_loss_falls_when_training_on_one_example():
         loss.backward()
         opt.step()
     assert loss.item() < 0.5 * first
+
+
+def test_rnnt_lattice_matches_nemo_rnnt_reference():
+    """duration_logprobs=None is the plain RNN-T loss (what omega mixes in); checked against
+    NeMo's CPU reference RNNTLossPytorch."""
+    rnnt_pytorch = pytest.importorskip("nemo.collections.asr.losses.rnnt_pytorch")
+    from tdt_loss import tdt_log_likelihood
+
+    g = torch.Generator().manual_seed(11)
+    B, T, U, V = 2, 6, 3, 5
+    logits = torch.randn(B, T, U + 1, V + 1, generator=g, requires_grad=True)
+    labels = torch.randint(0, V, (B, U), generator=g)
+    act_lens, label_lens = torch.tensor([6, 5]), torch.tensor([3, 2])
+    ref = rnnt_pytorch.RNNTLossPytorch(blank=V, reduction="sum")(
+        acts=logits, labels=labels, act_lens=act_lens, label_lens=label_lens)
+    (g_ref,) = torch.autograd.grad(ref, logits)
+    ours = -tdt_log_likelihood(torch.log_softmax(logits, -1), None, labels, act_lens, label_lens, DURATIONS, V).sum()
+    (g_ours,) = torch.autograd.grad(ours, logits)
+    torch.testing.assert_close(ours.float(), ref, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(g_ours, g_ref, atol=1e-4, rtol=0)

@@ -37,7 +37,7 @@ ASSETS = ROOT / "tests" / "assets"
 MODEL_PATH = ASSETS / "tiny_parakeet.nemo"
 METRICS_PATH = ASSETS / "tiny_parakeet_metrics.json"
 WORK = Path(os.environ.get("TEST_MODEL_CACHE", Path.home() / ".cache" / "parakeet-test-models")) / "tiny"
-VOCAB_SIZE = 384
+VOCAB_SIZE = 512
 log = logging.getLogger("build_tiny")
 
 
@@ -100,7 +100,8 @@ def batches(lens: np.ndarray, max_seconds: float, rng: np.random.Generator) -> l
     return out
 
 
-def train(model, data: dict, steps: int, seed: int, max_seconds: float, peak_lr: float, ctc_weight: float) -> dict:
+def train(model, data: dict, steps: int, seed: int, max_seconds: float, peak_lr: float, ctc_weight: float,
+          omega: float) -> dict:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     tok = model.tokenizer
@@ -112,13 +113,14 @@ def train(model, data: dict, steps: int, seed: int, max_seconds: float, peak_lr:
     ctc_head = torch.nn.Linear(TINY.d_model, blank + 1)
     params = list(model.parameters()) + list(ctc_head.parameters())
     opt = torch.optim.AdamW(params, lr=peak_lr, betas=(0.9, 0.98), weight_decay=1e-3)
-    warmup = min(500, steps // 10)
+    warmup = min(200, steps // 10)
 
     def lr_at(step):
         if step < warmup:
             return peak_lr * (step + 1) / warmup
         return 1e-5 + 0.5 * (peak_lr - 1e-5) * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
 
+    probe = _probe_set()
     model.train()
     step, t0, hist = 0, time.time(), []
     while step < steps:
@@ -137,7 +139,7 @@ def train(model, data: dict, steps: int, seed: int, max_seconds: float, peak_lr:
             enc, enc_len = model.forward(input_signal=sig, input_signal_length=torch.from_numpy(lens))
             dec, _, _ = model.decoder(targets=tg, target_length=tl)
             joint = model.joint(encoder_outputs=enc, decoder_outputs=dec)
-            loss = tdt_loss(joint, tg, enc_len, tl, DURATIONS, blank=blank, sigma=0.02).float()
+            loss = tdt_loss(joint, tg, enc_len, tl, DURATIONS, blank=blank, sigma=0.02, omega=omega).float()
             if ctc_weight > 0:
                 ctc_lp = torch.log_softmax(ctc_head(enc.transpose(1, 2)), -1).transpose(0, 1)
                 ctc = torch.nn.functional.ctc_loss(ctc_lp, tg, enc_len, tl, blank=blank, reduction="sum",
@@ -153,12 +155,37 @@ def train(model, data: dict, steps: int, seed: int, max_seconds: float, peak_lr:
             opt.step()
             hist.append(loss.item())
             step += 1
+            if step % 200 == 0:
+                log.info("step %d probe WER %s", step, _probe_wer(model, probe))
             if step % 50 == 0 or step == 1:
                 el = time.time() - t0
                 log.info("step %d/%d tdt %.3f (avg50 %.3f) lr %.2e  %.0f s elapsed, eta %.0f s", step, steps,
                          loss.item(), float(np.mean(hist[-50:])), lr_at(step), el, el / step * (steps - step))
     model.eval()
     return {"steps": steps, "train_seconds": round(time.time() - t0, 1), "final_loss": float(np.mean(hist[-100:]))}
+
+
+def _probe_set() -> list:
+    """A few fresh sentences per language, to log real WER while training (cheap: ~1 s)."""
+    return [synth.make_utterances(lang, synth.train_voices(lang), 16, seed) for lang, seed in (("en", 77), ("ru", 78))]
+
+
+def _probe_wer(model, probe) -> str:
+    import jiwer
+
+    model.eval()
+    out = []
+    with torch.inference_mode():
+        for utts in probe:
+            lens = torch.tensor([len(u.audio) for u in utts])
+            sig = torch.zeros(len(utts), int(lens.max()))
+            for j, u in enumerate(utts):
+                sig[j, : len(u.audio)] = torch.from_numpy(u.audio)
+            enc, enc_len = model.forward(input_signal=sig, input_signal_length=lens)
+            hyps = model.decoding.rnnt_decoder_predictions_tensor(encoder_output=enc, encoded_lengths=enc_len)
+            out.append(f"{jiwer.wer([u.text for u in utts], [h.text for h in hyps]):.3f}")
+    model.train()
+    return "en " + out[0] + " ru " + out[1]
 
 
 # ---------------------------------------------------------------- evaluation
@@ -211,8 +238,10 @@ def main() -> None:
     ap.add_argument("--batch-seconds", type=float, default=90.0)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--ctc-weight", type=float, default=0.3)
+    ap.add_argument("--omega", type=float, default=0.0, help="weight of the plain RNN-T loss mixed in")
     ap.add_argument("--eval-n", type=int, default=200)
     ap.add_argument("--out", type=Path, default=MODEL_PATH)
+    ap.add_argument("--init", type=Path, help="start from this .nemo instead of random weights")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("nemo_logger").setLevel(logging.ERROR)
@@ -225,12 +254,17 @@ def main() -> None:
     info = {}
     if args.stage in ("all", "train"):
         data = dict(np.load(data_path))
-        tok_dir = WORK / "tokenizer"
-        make_tokenizer(list(data["texts"]), tok_dir)
-        model = build_model(tok_dir)
+        if args.init:  # continue training an earlier build (its tokenizer comes with it)
+            from nemo.collections.asr.models import EncDecRNNTBPEModel
+
+            model = EncDecRNNTBPEModel.restore_from(str(args.init), map_location="cpu")
+        else:
+            tok_dir = WORK / "tokenizer"
+            make_tokenizer(list(data["texts"]), tok_dir)
+            model = build_model(tok_dir)
         n_params = sum(p.numel() for p in model.parameters())
         log.info("model: %.2f M parameters", n_params / 1e6)
-        info = train(model, data, args.steps, args.seed, args.batch_seconds, args.lr, args.ctc_weight)
+        info = train(model, data, args.steps, args.seed, args.batch_seconds, args.lr, args.ctc_weight, args.omega)
         info.update({"parameters": n_params, "train_utterances": int(len(data["lens"])),
                      "train_hours": round(float(data["lens"].sum()) / 16000 / 3600, 2), "seed": args.seed,
                      "threads": torch.get_num_threads(), "args": {k: str(v) for k, v in vars(args).items()}})

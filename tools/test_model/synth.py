@@ -67,7 +67,7 @@ def espeak(text: str, voice: str, speed: int = 175, pitch: int = 50, gap: int = 
 def synthesize(text: str, lang: str, voice: str, rng: random.Random, augment: bool = True) -> Utterance:
     """One utterance with random speaking rate, pitch, loudness, silences and light noise."""
     if augment:
-        speed, pitch, gap = rng.randint(130, 230), rng.randint(25, 75), rng.choice([0, 0, 0, 1, 2])
+        speed, pitch, gap = rng.randint(120, 200), rng.randint(25, 75), rng.choice([0, 0, 0, 1, 2])
     else:
         speed, pitch, gap = 175, 50, 0
     speech = espeak(text, voice, speed, pitch, gap)

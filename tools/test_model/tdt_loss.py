@@ -26,7 +26,7 @@ _NEG = -1.0e30
 
 def tdt_log_likelihood(
     label_logprobs: torch.Tensor,
-    duration_logprobs: torch.Tensor,
+    duration_logprobs: torch.Tensor | None,
     labels: torch.Tensor,
     act_lens: torch.Tensor,
     label_lens: torch.Tensor,
@@ -36,7 +36,8 @@ def tdt_log_likelihood(
     """log P(labels | acoustics) for each utterance.
 
     label_logprobs: (B, T, U+1, V+1) log-probabilities over tokens and blank.
-    duration_logprobs: (B, T, U+1, D) log-probabilities over ``durations``.
+    duration_logprobs: (B, T, U+1, D) log-probabilities over ``durations``; None gives the
+        standard RNN-T lattice (blank = one frame, labels stay), which ``omega`` mixes in.
     labels: (B, U) int64; entries past ``label_lens`` are ignored.
     Returns a (B,) tensor.
     """
@@ -50,10 +51,23 @@ def tdt_log_likelihood(
 
     blank_lp = label_logprobs[..., blank].double()  # (B, T, U+1)
     tok_lp = label_logprobs.gather(3, lab[:, None, :, None].expand(B, T, U1, 1))[..., 0].double()
-    dur_lp = duration_logprobs.double()  # (B, T, U+1, D)
-    blank_arc = blank_lp[..., None] + dur_lp  # leaving (t, u) by blank with duration d
-    label_arc = tok_lp[..., None] + dur_lp  # leaving (t, u) by label y_{u+1} with duration d
+    if duration_logprobs is None:
+        # Standard RNN-T: blank moves one frame on, a label stays on its frame.
+        durations = [0, 1]
+        neg = torch.full_like(blank_lp, _NEG)
+        blank_arc = torch.stack([neg, blank_lp], dim=-1)
+        label_arc = torch.stack([tok_lp, neg], dim=-1)
+    else:
+        dur_lp = duration_logprobs.double()  # (B, T, U+1, D)
+        blank_arc = blank_lp[..., None] + dur_lp  # leaving (t, u) by blank with duration d
+        label_arc = tok_lp[..., None] + dur_lp  # leaving (t, u) by label y_{u+1} with duration d
+    return _lattice(blank_arc, label_arc, act_lens, label_lens, durations)
 
+
+def _lattice(blank_arc, label_arc, act_lens, label_lens, durations: list[int]) -> torch.Tensor:
+    """Forward algorithm over arc weights (B, T, U+1, D) for blank and label arcs of each duration."""
+    B, T, U1, _ = blank_arc.shape
+    dev = blank_arc.device
     zero_idx = durations.index(0) if 0 in durations else None
     neg_col = torch.full((B, 1), _NEG, dtype=torch.float64, device=dev)
     alphas: list[torch.Tensor] = []
@@ -102,6 +116,7 @@ def tdt_loss(
     blank: int,
     sigma: float = 0.0,
     reduction: str = "mean_volume",
+    omega: float = 0.0,
 ) -> torch.Tensor:
     """TDT loss from raw joint outputs (B, T, U+1, V+1+D), as NeMo's ``tdt`` loss takes them.
 
@@ -113,6 +128,11 @@ def tdt_loss(
     label_lp = torch.log_softmax(joint_logits[..., :-n_dur], dim=-1) - sigma
     dur_lp = torch.log_softmax(joint_logits[..., -n_dur:], dim=-1)
     nll = -tdt_log_likelihood(label_lp, dur_lp, labels, act_lens, label_lens, durations, blank)
+    if omega > 0:
+        # NeMo's omega: mix in the plain RNN-T loss over the token outputs, which sharpens
+        # per-frame token posteriors (what greedy decoding looks at).
+        rnnt = -tdt_log_likelihood(label_lp + sigma, None, labels, act_lens, label_lens, durations, blank)
+        nll = (1 - omega) * nll + omega * rnnt
     if reduction == "none":
         return nll
     if reduction == "sum":

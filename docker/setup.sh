@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The Docker image's build steps as one script, so the tests run them too and they cannot rot.
+#   system : OS packages (ffmpeg for decoding, libsndfile for the WAV/FLAC fast path)
+#   python : torch (CUDA build in the image; TORCH_SPEC to override) and requirements.txt
+#   bake   : download/load $PARAKEET_MODEL once so a cold start downloads nothing
+#   check  : the runtime has what the worker needs (ffmpeg, imports, model loads)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+step="${1:?usage: docker/setup.sh system|python|bake|check}"
+PY="${PYTHON:-python3}"
+
+case "$step" in
+  system)
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends python3 python3-venv python3-pip ffmpeg libsndfile1 ca-certificates
+    rm -rf /var/lib/apt/lists/*
+    ;;
+  python)
+    "$PY" -m pip install --no-cache-dir "${TORCH_SPEC:-torch==2.13.0}"
+    "$PY" -m pip install --no-cache-dir -r requirements.txt
+    ;;
+  bake)
+    "$PY" -c "import asr_engine; m = asr_engine.load_model(device='cpu'); print('baked', type(m).__name__)"
+    ;;
+  check)
+    command -v ffmpeg >/dev/null || { echo "ffmpeg missing" >&2; exit 1; }
+    "$PY" -c "import runpod, nemo.collections.asr, soundfile, soxr, aiohttp, websockets; print('imports ok')"
+    "$PY" -c "import asr_engine; asr_engine.load_model(device='cpu'); print('model ok')"
+    ;;
+  *)
+    echo "unknown step: $step" >&2; exit 2 ;;
+esac

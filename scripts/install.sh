@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Install everything the worker and its tests need on a fresh Debian/Ubuntu machine (idempotent).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export DEBIAN_FRONTEND=noninteractive PIP_DISABLE_PIP_VERSION_CHECK=1
+SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+
+# ffmpeg decodes audio; espeak-ng and sox make the tests' speech.
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq espeak-ng sox ffmpeg libsndfile1 >/dev/null
+
+# torch first: on a CPU machine the CPU wheel (a plain `torch` would pull a multi-GB CUDA build).
+python3 -m pip install -q "${TORCH_SPEC:-torch==2.13.0}"
+python3 -m pip install -q -r requirements-dev.txt

@@ -1,0 +1,258 @@
+"""The batch worker end to end: the RunPod SDK's own local HTTP server (--rp_serve_api) running
+rp_handler.py on the tiny model, real files in every format, hostile input, concurrency.
+All traffic stays on loopback."""
+
+import asyncio
+import base64
+import http.server
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import aiohttp
+import jiwer
+import numpy as np
+import pytest
+
+import client
+from conftest import FORMATS, ROOT, SAMPLE_TEXT, TINY_MODEL, write_wav
+
+MAX_SECONDS = 120
+MAX_BYTES = 4 << 20
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def file_server(speech_files):
+    """Loopback file server: /speech.mp3, and /redirect -> another loopback port."""
+    other_port = _free_port()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            if self.path == "/redirect":
+                self.send_response(302)
+                self.send_header("Location", f"http://127.0.0.1:{other_port}/speech.mp3")
+                self.end_headers()
+                return
+            data = speech_files["mp3"].read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield srv.server_address[1], other_port
+    srv.shutdown()
+
+
+@pytest.fixture(scope="module")
+def worker(file_server):
+    """rp_handler.py under the SDK's local API server; only the file server's port is allowed."""
+    port = _free_port()
+    env = {**os.environ, "PARAKEET_MODEL": str(TINY_MODEL), "DEVICE": "cpu", "MAX_AUDIO_SECONDS": str(MAX_SECONDS),
+           "MAX_AUDIO_BYTES": str(MAX_BYTES), "ALLOWED_URL_HOSTS": f"127.0.0.1:{file_server[0]}",
+           "MAX_BATCH_WAIT_MS": "30", "PYTHONUNBUFFERED": "1"}
+    log = open(ROOT / "tests" / ".worker.log", "w")
+    proc = subprocess.Popen([sys.executable, "rp_handler.py", "--rp_serve_api", "--rp_api_host", "127.0.0.1",
+                             "--rp_api_port", str(port)], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        assert proc.poll() is None, "worker exited during start-up; see tests/.worker.log"
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("worker did not start")
+    yield url
+    proc.terminate()
+    proc.wait(10)
+    log.close()
+
+
+async def _runsync(url, job_input):
+    async with aiohttp.ClientSession() as s:
+        async with s.post(f"{url}/runsync", json={"input": job_input}) as r:
+            return await r.json()
+
+
+def runsync(url, job_input):
+    return asyncio.run(_runsync(url, job_input))
+
+
+def b64(path):
+    return base64.b64encode(path.read_bytes()).decode()
+
+
+# ------------------------------------------------------------------ happy paths
+@pytest.mark.parametrize("fmt", list(FORMATS))
+def test_every_format_is_transcribed(worker, speech_files, fmt):
+    res = runsync(worker, {"audio_base64": b64(speech_files[fmt])})
+    assert res["status"] == "COMPLETED", res
+    out = res["output"]
+    wer = jiwer.wer(SAMPLE_TEXT, out["text"])
+    print(f"{fmt}: WER {wer:.3f} '{out['text']}'")
+    assert wer <= 0.15
+    assert out["model"].endswith("tiny_parakeet.nemo") and out["attention"] == "full" and out["chunks"] == 1
+    assert out["processing_time"] > 0 and out["duration"] == pytest.approx(3.1, abs=1.0)
+    words = out["words"]
+    assert [w["word"] for w in words] == out["text"].split()
+    assert all(0 <= w["start"] <= w["end"] <= out["duration"] for w in words)
+    assert [w["start"] for w in words] == sorted(w["start"] for w in words)
+    assert " ".join(s["text"] for s in out["segments"]) == out["text"]
+
+
+def _parse_subtitles(text, sep):
+    pattern = rf"(\d\d):(\d\d):(\d\d){sep}(\d\d\d) --> (\d\d):(\d\d):(\d\d){sep}(\d\d\d)\n(.+)"
+    cues = []
+    for m in re.finditer(pattern, text):
+        g = [int(x) for x in m.groups()[:8]]
+        cues.append((g[0] * 3600 + g[1] * 60 + g[2] + g[3] / 1000, g[4] * 3600 + g[5] * 60 + g[6] + g[7] / 1000, m.group(9)))
+    return cues
+
+
+@pytest.mark.parametrize("fmt,sep", [("srt", ","), ("vtt", r"\.")])
+def test_subtitles_parse_and_match_segments(worker, speech_files, fmt, sep):
+    out = runsync(worker, {"audio_base64": b64(speech_files["wav"]), "output_format": fmt})["output"]
+    cues = _parse_subtitles(out[fmt], sep)
+    assert len(cues) == len(out["segments"]) >= 1
+    for (start, end, text), seg in zip(cues, out["segments"]):
+        assert start == pytest.approx(seg["start"], abs=1e-3) and end == pytest.approx(seg["end"], abs=1e-3)
+        assert text == seg["text"]
+    if fmt == "vtt":
+        assert out["vtt"].startswith("WEBVTT\n")
+    else:
+        assert out["srt"].startswith("1\n")
+
+
+def test_text_only_and_no_timestamps(worker, speech_files):
+    text = runsync(worker, {"audio_base64": b64(speech_files["flac"]), "output_format": "text"})["output"]
+    plain = runsync(worker, {"audio_base64": b64(speech_files["flac"]), "timestamps": False})["output"]
+    assert "words" not in text and "words" not in plain and "segments" not in plain
+    assert text["text"] == plain["text"] and jiwer.wer(SAMPLE_TEXT, plain["text"]) <= 0.15
+
+
+def test_audio_url_from_an_allowed_loopback_host(worker, file_server):
+    out = runsync(worker, {"audio_url": f"http://127.0.0.1:{file_server[0]}/speech.mp3"})
+    assert out["status"] == "COMPLETED", out
+    assert jiwer.wer(SAMPLE_TEXT, out["output"]["text"]) <= 0.15
+
+
+def test_silence_gives_an_empty_transcript(worker, tmp_path):
+    out = runsync(worker, {"audio_base64": b64(write_wav(tmp_path / "s.wav", np.zeros(48000, np.float32)))})
+    assert out["status"] == "COMPLETED" and out["output"]["text"] == "" and out["output"]["words"] == []
+
+
+def test_chunked_job_reports_chunks(worker, tmp_path, speech_files):
+    from audio_utils import decode_audio
+
+    speech = decode_audio(speech_files["wav"].read_bytes(), 60).samples
+    gap = np.zeros(8000, np.float32)
+    long = np.concatenate([speech, gap] * 6)  # ~22 s
+    out = runsync(worker, {"audio_base64": b64(write_wav(tmp_path / "l.wav", long)), "chunk_long_audio": True,
+                           "chunk_duration": 8})["output"]
+    assert out["chunks"] == 3
+    assert jiwer.wer(" ".join([SAMPLE_TEXT] * 6), out["text"]) <= 0.15
+
+
+# ------------------------------------------------------------------ hostile input
+def _hostile_cases(speech_files, tmp_path, file_server):
+    long_silence = write_wav(tmp_path / "long.wav", np.zeros(16000 * (MAX_SECONDS + 5), np.float32))
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-i", str(long_silence), "-c:a", "flac",
+                    str(tmp_path / "long.flac")], check=True)
+    mp3 = speech_files["mp3"].read_bytes()
+    return {
+        "garbage": ({"audio_base64": base64.b64encode(os.urandom(30000).replace(b"\xff", b"\x01")).decode()}, "invalid_audio"),
+        "truncated_mp3": ({"audio_base64": base64.b64encode(mp3[: len(mp3) // 3]).decode()}, "invalid_audio"),
+        "bad_base64": ({"audio_base64": "%%% not base64 %%%"}, "invalid_input"),
+        "both_sources": ({"audio_base64": b64(speech_files["wav"]), "audio_url": "https://example.com/a.wav"}, "invalid_input"),
+        "no_source": ({"timestamps": True}, "invalid_input"),
+        "unknown_field": ({"audio_base64": b64(speech_files["wav"]), "language": "en"}, "invalid_input"),
+        "wrong_type": ({"audio_base64": b64(speech_files["wav"]), "timestamps": "yes"}, "invalid_input"),
+        "wrong_type_source": ({"audio_base64": 12345}, "invalid_input"),
+        "negative_chunk": ({"audio_base64": b64(speech_files["wav"]), "chunk_long_audio": True, "chunk_duration": -5}, "invalid_input"),
+        "bad_output_format": ({"audio_base64": b64(speech_files["wav"]), "output_format": "docx"}, "invalid_input"),
+        "srt_without_timestamps": ({"audio_base64": b64(speech_files["wav"]), "output_format": "srt", "timestamps": False}, "invalid_input"),
+        "oversized": ({"audio_base64": base64.b64encode(b"\0" * (MAX_BYTES + 10)).decode()}, "audio_too_large"),
+        "too_long": ({"audio_base64": b64(tmp_path / "long.flac")}, "audio_too_long"),
+        "png": ({"audio_base64": base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\0" * 64).decode()}, "unsupported_format"),
+        "url_loopback": ({"audio_url": "http://127.0.0.1:9/a.wav"}, "forbidden_url"),
+        "url_localhost": ({"audio_url": f"http://localhost:{file_server[0]}/speech.mp3"}, "forbidden_url"),
+        "url_other_127": ({"audio_url": f"http://127.0.0.2:{file_server[0]}/speech.mp3"}, "forbidden_url"),
+        "url_ipv6_loopback": ({"audio_url": "http://[::1]/a.wav"}, "forbidden_url"),
+        "url_file": ({"audio_url": "file:///etc/passwd"}, "forbidden_url"),
+        "url_redirect_to_loopback": ({"audio_url": f"http://127.0.0.1:{file_server[0]}/redirect"}, "forbidden_url"),
+        "websocket_not_yet": ({"action": "websocket"}, "invalid_input"),
+        "bad_action": ({"action": "delete"}, "invalid_input"),
+    }
+
+
+def test_hostile_inputs_fail_cleanly_and_the_worker_keeps_serving(worker, speech_files, tmp_path, file_server):
+    cases = _hostile_cases(speech_files, tmp_path, file_server)
+    got = {}
+    for name, (job_input, _) in cases.items():
+        res = runsync(worker, job_input)
+        assert res["status"] == "FAILED", (name, res)
+        assert "Traceback" not in res["error"], (name, res["error"])
+        got[name] = res["error"].split(":", 1)[0]
+        assert len(res["error"].split(":", 1)[1].strip()) > 10, res["error"]  # a message, not just a code
+    assert got == {name: code for name, (_, code) in cases.items()}
+    ok = runsync(worker, {"audio_base64": b64(speech_files["wav"])})
+    assert ok["status"] == "COMPLETED" and jiwer.wer(SAMPLE_TEXT, ok["output"]["text"]) <= 0.15
+
+
+def test_non_object_input_is_refused(worker):
+    async def go():
+        async with aiohttp.ClientSession() as s:
+            async with s.post(f"{worker}/runsync", json={"input": ["not", "an", "object"]}) as r:
+                return r.status, await r.text()
+    status, body = asyncio.run(go())
+    assert status in (200, 422) and "Traceback" not in body
+
+
+# ------------------------------------------------------------------ concurrency and the client
+def test_six_concurrent_jobs_each_get_their_own_text(worker, tmp_path):
+    import random
+
+    import synth
+
+    rng = random.Random(6301)
+    words = synth.load_words("en")
+    utts = [synth.synthesize(synth.random_sentence(rng, words, 6, 9), "en", "en-us", rng, augment=False) for _ in range(6)]
+    inputs = [{"audio_base64": b64(write_wav(tmp_path / f"c{i}.wav", u.audio))} for i, u in enumerate(utts)]
+
+    async def all_at_once():
+        return await asyncio.gather(*(_runsync(worker, x) for x in inputs))
+
+    results = asyncio.run(all_at_once())
+    for i, (u, res) in enumerate(zip(utts, results)):
+        text = res["output"]["text"]
+        own = jiwer.wer(u.text, text)
+        others = min(jiwer.wer(v.text, text) for j, v in enumerate(utts) if j != i)
+        assert own <= 0.2 and own < others, (u.text, text)
+
+
+def test_client_run_and_status_polling(worker, speech_files, capsys):
+    out = asyncio.run(client.batch_transcribe_runpod(worker, None, speech_files["m4a"]))
+    assert jiwer.wer(SAMPLE_TEXT, out["text"]) <= 0.15 and out["words"]
+    with pytest.raises(client.TranscriptionError) as ei:
+        asyncio.run(client.batch_transcribe_runpod(worker, None, speech_files["wav"], output_format="pdf"))
+    assert ei.value.code == "invalid_input"
+    assert client.main(["batch", worker, str(speech_files["ogg"]), "--format", "srt"]) == 0
+    assert "-->" in capsys.readouterr().out
