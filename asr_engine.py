@@ -119,10 +119,7 @@ class Engine:
 
         m = self.model
         m.eval()
-        # SDPA attention kernels (flash / memory-efficient on GPU); the flag is read at forward time.
-        for mod in m.modules():
-            if hasattr(mod, "use_pytorch_sdpa"):
-                mod.use_pytorch_sdpa = True
+        self._use_sdpa(True)
         if self.dtype != torch.float32:
             m.encoder.to(self.dtype)  # the mel front end stays fp32; decoder/joint run under autocast
         dec = m.cfg.decoding.copy()
@@ -139,6 +136,13 @@ class Engine:
         if self.settings.compile and self.device.type == "cuda":
             m.encoder.forward = torch.compile(m.encoder.forward, dynamic=True)
         m.eval()
+
+    def _use_sdpa(self, on: bool) -> None:
+        """PyTorch SDPA kernels (flash / memory-efficient on GPU) for full attention; NeMo reads
+        the flag at forward time, and the encoder's copy when it rebuilds attention layers."""
+        for mod in self.model.modules():
+            if hasattr(mod, "use_pytorch_sdpa"):
+                mod.use_pytorch_sdpa = on
 
     def warmup(self) -> float:
         """One pass over a short noise clip, so the first request costs what the rest do
@@ -168,13 +172,12 @@ class Engine:
 
     def _set_attention(self, attention: str) -> None:
         ctx = self.settings.local_attention_context
+        self._use_sdpa(False)  # NeMo's local (Longformer-style) attention has no SDPA path
         if attention == "local":
             self.model.change_attention_model("rel_pos_local_attn", [ctx, ctx], update_config=False)
         else:
             self.model.change_attention_model("rel_pos", [-1, -1], update_config=False)
-        for mod in self.model.modules():
-            if hasattr(mod, "use_pytorch_sdpa"):
-                mod.use_pytorch_sdpa = True
+            self._use_sdpa(True)
         if self.dtype != torch.float32:
             self.model.encoder.to(self.dtype)
         self.attention = attention
@@ -257,7 +260,7 @@ class Engine:
 
     async def _transcribe_chunked(self, signal: np.ndarray, chunk_s: float, local: bool) -> Transcript:
         spans = chunk_spans(len(signal) / SAMPLE_RATE, chunk_s)
-        pieces = [signal[int(a * SAMPLE_RATE): int(b * SAMPLE_RATE)] for a, b, _, _ in spans]
+        pieces = [signal[int(a * SAMPLE_RATE): int(b * SAMPLE_RATE)] for a, b in spans]
         if local:
             results = await asyncio.to_thread(self.transcribe_batch, pieces, "local")
         else:
@@ -345,33 +348,43 @@ def make_segments(words: list[Word]) -> list[Segment]:
     return segments
 
 
-def chunk_spans(duration: float, chunk_s: float) -> list[tuple[float, float, float, float]]:
-    """Overlapping chunks (start, end, keep_from, keep_to): each word is kept by exactly the one
-    chunk whose keep-range holds its midpoint, and keep-ranges tile [0, duration] without gaps.
-    The overlap (at least 2 s) is wider than any word, so a word cut by one chunk's edge lies
-    whole inside the neighbour, and the cut copy falls outside the cutting chunk's keep-range."""
+def chunk_spans(duration: float, chunk_s: float) -> list[tuple[float, float]]:
+    """Chunks of ``chunk_s`` seconds that overlap by at least 2 s (wider than any word), so a
+    word cut by one chunk's edge lies whole inside its neighbour."""
     if duration <= chunk_s:
-        return [(0.0, duration, 0.0, duration)]
+        return [(0.0, duration)]
     overlap = min(max(2.0, 0.1 * chunk_s), chunk_s / 2)
     step = chunk_s - overlap
     n = max(1, math.ceil((duration - overlap) / step))
-    spans = []
-    for i in range(n):
-        start = i * step
-        end = min(start + chunk_s, duration)
-        keep_from = 0.0 if i == 0 else start + overlap / 2
-        keep_to = duration if i == n - 1 else start + step + overlap / 2
-        spans.append((start, end, keep_from, keep_to))
-    return spans
+    return [(i * step, min(i * step + chunk_s, duration)) for i in range(n)]
 
 
-def merge_chunks(spans, results: list[Transcript]) -> Transcript:
-    words: list[Word] = []
-    for (start, _, keep_from, keep_to), res in zip(spans, results):
-        for w in res.words:
-            mid = start + (w.start + w.end) / 2
-            if keep_from <= mid < keep_to or (keep_to == spans[-1][3] and mid >= keep_from):
-                words.append(Word(w.word, round(start + w.start, 3), round(start + w.end, 3), w.confidence))
+SEAM_EDGE_S = 0.3  # words this close to a chunk's cut may be fragments: never put a seam there
+
+
+def seam_between(left: list[Word], right: list[Word], lo: float, hi: float) -> float:
+    """Where to switch from the left chunk's words to the right one's, inside their overlap
+    [lo, hi] (absolute seconds): the point farthest from every word centre that either chunk
+    heard, i.e. a pause between words. Both chunks then agree on which side each word falls,
+    so a word is neither lost nor doubled even when their timestamps differ slightly."""
+    a, b = lo + SEAM_EDGE_S, hi - SEAM_EDGE_S
+    if b <= a:
+        return (lo + hi) / 2
+    mids = [(w.start + w.end) / 2 for w in left + right if w.end > lo and w.start < hi]
+    grid = np.arange(a, b, 0.02)
+    if not mids or grid.size == 0:
+        return (lo + hi) / 2
+    dist = np.min(np.abs(grid[:, None] - np.array(mids)[None, :]), axis=1)
+    return float(grid[int(np.argmax(dist))])
+
+
+def merge_chunks(spans: list[tuple[float, float]], results: list[Transcript]) -> Transcript:
+    """Words of overlapping chunks on one time line, each word taken from exactly one chunk."""
+    shifted = [[Word(w.word, round(start + w.start, 3), round(start + w.end, 3), w.confidence) for w in r.words]
+               for (start, _), r in zip(spans, results)]
+    seams = [seam_between(shifted[i], shifted[i + 1], spans[i + 1][0], spans[i][1]) for i in range(len(spans) - 1)]
+    bounds = [-math.inf] + seams + [math.inf]
+    words = [w for i, ws in enumerate(shifted) for w in ws if bounds[i] <= (w.start + w.end) / 2 < bounds[i + 1]]
     for a, b in zip(words, words[1:]):  # keep starts monotone across seams
         if b.start < a.start:
             b.start = a.start

@@ -49,7 +49,7 @@ async def batch_transcribe_runpod(endpoint_url: str, api_key: str | None, audio_
             raise TranscriptionError(f"the endpoint did not accept the job: {job}")
         delay = 0.2
         while True:
-            status = await _json(await http.get(f"{base}/status/{job['id']}"))
+            status = await _status(http, f"{base}/status/{job['id']}")
             state = status.get("status")
             if state == "COMPLETED":
                 return status.get("output")
@@ -61,6 +61,14 @@ async def batch_transcribe_runpod(endpoint_url: str, api_key: str | None, audio_
                 raise TranscriptionError(f"job {job['id']} did not finish within {timeout:.0f} s")
             await asyncio.sleep(delay)
             delay = min(delay * 1.5, 5.0)
+
+
+async def _status(http, url: str) -> dict:
+    # RunPod's API answers GET /status; the SDK's local --rp_serve_api server only POST.
+    async with http.get(url) as resp:
+        if resp.status != 405:
+            return await _json(resp)
+    return await _json(await http.post(url))
 
 
 async def _json(resp) -> dict:

@@ -12,11 +12,17 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools" / "test_model"))
 
 
+requires_model = pytest.mark.skipif(
+    not TINY_MODEL.exists(), reason=f"{TINY_MODEL} is not built yet (python tools/test_model/build_tiny.py)")
+
+
 @pytest.fixture(scope="session")
 def tiny_model():
     """The committed test model, loaded through the product's own loading function."""
     from asr_engine import load_model
 
+    if not TINY_MODEL.exists():
+        pytest.skip(f"{TINY_MODEL} is not built yet (python tools/test_model/build_tiny.py)")
     return load_model(str(TINY_MODEL), device="cpu")
 
 

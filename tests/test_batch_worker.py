@@ -19,7 +19,9 @@ import numpy as np
 import pytest
 
 import client
-from conftest import FORMATS, ROOT, SAMPLE_TEXT, TINY_MODEL, write_wav
+from conftest import requires_model, FORMATS, ROOT, SAMPLE_TEXT, TINY_MODEL, write_wav
+
+pytestmark = requires_model
 
 MAX_SECONDS = 120
 MAX_BYTES = 4 << 20

@@ -86,12 +86,21 @@ def test_automatic_local_attention_above_threshold(tiny_model, sentences):
     assert t.attention == "local" and jiwer.wer(sentences[3].text, t.text) <= 0.25
 
 
-def test_chunk_spans_tile_the_audio():
+def test_chunk_spans_cover_the_audio_with_overlap():
     spans = chunk_spans(100.0, 30.0)
-    assert spans[0][2] == 0.0 and spans[-1][3] == 100.0
-    for (_, _, _, keep_to), (start, _, keep_from, _) in zip(spans, spans[1:]):
-        assert keep_to == keep_from  # no gap, no overlap in what is kept
-    assert all(b - a <= 30.0 + 1e-9 for a, b, _, _ in spans)
+    assert spans[0][0] == 0.0 and spans[-1][1] == 100.0
+    for (_, end), (start, _) in zip(spans, spans[1:]):
+        assert end - start >= 2.0  # overlap wider than any word
+    assert all(b - a <= 30.0 + 1e-9 for a, b in spans)
+
+
+def test_seam_falls_in_a_pause_both_chunks_agree_on():
+    from asr_engine import Word, seam_between
+
+    left = [Word("a", 10.0, 10.4), Word("b", 10.5, 11.0), Word("c", 11.6, 12.0)]
+    right = [Word("b", 10.52, 11.02), Word("c", 11.62, 12.0), Word("d", 12.1, 12.5)]
+    seam = seam_between(left, right, 10.0, 12.6)
+    assert 11.0 < seam < 11.6  # the only real pause
 
 
 def test_chunked_long_audio_loses_and_doubles_no_words(engine):
@@ -105,7 +114,7 @@ def test_chunked_long_audio_loses_and_doubles_no_words(engine):
     chunked = asyncio.run(engine.transcribe(audio, chunk_long_audio=True, chunk_duration=7.0))
     assert chunked.chunks > 3
     # the seams really cut words: each cut point of a chunk lies inside a word of the whole transcript
-    cuts = [end for _, end, _, _ in chunk_spans(len(audio) / 16000, 7.0)[:-1]]
+    cuts = [end for _, end in chunk_spans(len(audio) / 16000, 7.0)[:-1]]
     inside = sum(any(w.start < c < w.end for w in whole.words) for c in cuts)
     assert inside >= 1
     wer_whole, wer_chunked = jiwer.wer(ref, whole.text), jiwer.wer(ref, chunked.text)
