@@ -101,7 +101,7 @@ def batches(lens: np.ndarray, max_seconds: float, rng: np.random.Generator) -> l
 
 
 def train(model, data: dict, steps: int, seed: int, max_seconds: float, peak_lr: float, ctc_weight: float,
-          omega: float) -> dict:
+          omega: float, ctc_only_steps: int = 0) -> dict:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     tok = model.tokenizer
@@ -121,6 +121,7 @@ def train(model, data: dict, steps: int, seed: int, max_seconds: float, peak_lr:
         return 1e-5 + 0.5 * (peak_lr - 1e-5) * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
 
     probe = _probe_set()
+    spec_aug = model.spec_augmentation
     model.train()
     step, t0, hist = 0, time.time(), []
     while step < steps:
@@ -136,17 +137,21 @@ def train(model, data: dict, steps: int, seed: int, max_seconds: float, peak_lr:
             for j, i in enumerate(idx):
                 tg[j, : tl[j]] = torch.tensor(targets[i])
 
+            warm = step < ctc_only_steps
+            # Curriculum: the encoder first learns alone (CTC, no SpecAugment); otherwise the
+            # prediction network lowers the TDT loss by completing words and the encoder stalls.
+            model.spec_augmentation = None if warm else spec_aug
             enc, enc_len = model.forward(input_signal=sig, input_signal_length=torch.from_numpy(lens))
-            dec, _, _ = model.decoder(targets=tg, target_length=tl)
-            joint = model.joint(encoder_outputs=enc, decoder_outputs=dec)
-            loss = tdt_loss(joint, tg, enc_len, tl, DURATIONS, blank=blank, sigma=0.02, omega=omega).float()
-            if ctc_weight > 0:
-                ctc_lp = torch.log_softmax(ctc_head(enc.transpose(1, 2)), -1).transpose(0, 1)
-                ctc = torch.nn.functional.ctc_loss(ctc_lp, tg, enc_len, tl, blank=blank, reduction="sum",
-                                                   zero_infinity=True) / tl.sum()
-                loss_total = loss + ctc_weight * ctc
+            ctc_lp = torch.log_softmax(ctc_head(enc.transpose(1, 2)), -1).transpose(0, 1)
+            ctc = torch.nn.functional.ctc_loss(ctc_lp, tg, enc_len, tl, blank=blank, reduction="sum",
+                                               zero_infinity=True) / tl.sum()
+            if warm:
+                loss = loss_total = ctc
             else:
-                loss_total = loss
+                dec, _, _ = model.decoder(targets=tg, target_length=tl)
+                joint = model.joint(encoder_outputs=enc, decoder_outputs=dec)
+                loss = tdt_loss(joint, tg, enc_len, tl, DURATIONS, blank=blank, sigma=0.02, omega=omega).float()
+                loss_total = loss + ctc_weight * ctc
             for g in opt.param_groups:
                 g["lr"] = lr_at(step)
             opt.zero_grad(set_to_none=True)
@@ -155,11 +160,11 @@ def train(model, data: dict, steps: int, seed: int, max_seconds: float, peak_lr:
             opt.step()
             hist.append(loss.item())
             step += 1
-            if step % 200 == 0:
-                log.info("step %d probe WER %s", step, _probe_wer(model, probe))
+            if step % 100 == 0:
+                log.info("step %d probe WER %s", step, _probe_wer(model, probe, ctc_head))
             if step % 50 == 0 or step == 1:
                 el = time.time() - t0
-                log.info("step %d/%d tdt %.3f (avg50 %.3f) lr %.2e  %.0f s elapsed, eta %.0f s", step, steps,
+                log.info("step %d/%d ctc %.3f loss %.3f (avg50 %.3f) lr %.2e  %.0f s elapsed, eta %.0f s", step, steps, ctc.item(),
                          loss.item(), float(np.mean(hist[-50:])), lr_at(step), el, el / step * (steps - step))
     model.eval()
     return {"steps": steps, "train_seconds": round(time.time() - t0, 1), "final_loss": float(np.mean(hist[-100:]))}
@@ -170,11 +175,11 @@ def _probe_set() -> list:
     return [synth.make_utterances(lang, synth.train_voices(lang), 16, seed) for lang, seed in (("en", 77), ("ru", 78))]
 
 
-def _probe_wer(model, probe) -> str:
+def _probe_wer(model, probe, ctc_head=None) -> str:
     import jiwer
 
     model.eval()
-    out = []
+    out, ctc_out = [], []
     with torch.inference_mode():
         for utts in probe:
             lens = torch.tensor([len(u.audio) for u in utts])
@@ -184,8 +189,16 @@ def _probe_wer(model, probe) -> str:
             enc, enc_len = model.forward(input_signal=sig, input_signal_length=lens)
             hyps = model.decoding.rnnt_decoder_predictions_tensor(encoder_output=enc, encoded_lengths=enc_len)
             out.append(f"{jiwer.wer([u.text for u in utts], [h.text for h in hyps]):.3f}")
+            if ctc_head is not None:
+                best = ctc_head(enc.transpose(1, 2)).argmax(-1)
+                blank = model.tokenizer.vocab_size
+                texts = []
+                for row, n in zip(best.tolist(), enc_len.tolist()):
+                    ids = [p for k, p in enumerate(row[:n]) if p != blank and (k == 0 or p != row[k - 1])]
+                    texts.append(model.tokenizer.ids_to_text(ids))
+                ctc_out.append(f"{jiwer.wer([u.text for u in utts], texts):.3f}")
     model.train()
-    return "en " + out[0] + " ru " + out[1]
+    return f"tdt en {out[0]} ru {out[1]}" + (f" | ctc en {ctc_out[0]} ru {ctc_out[1]}" if ctc_out else "")
 
 
 # ---------------------------------------------------------------- evaluation
@@ -238,6 +251,7 @@ def main() -> None:
     ap.add_argument("--batch-seconds", type=float, default=90.0)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--ctc-weight", type=float, default=0.3)
+    ap.add_argument("--ctc-only-steps", type=int, default=0, help="curriculum: encoder-only CTC steps first")
     ap.add_argument("--omega", type=float, default=0.0, help="weight of the plain RNN-T loss mixed in")
     ap.add_argument("--eval-n", type=int, default=200)
     ap.add_argument("--out", type=Path, default=MODEL_PATH)
@@ -264,7 +278,8 @@ def main() -> None:
             model = build_model(tok_dir)
         n_params = sum(p.numel() for p in model.parameters())
         log.info("model: %.2f M parameters", n_params / 1e6)
-        info = train(model, data, args.steps, args.seed, args.batch_seconds, args.lr, args.ctc_weight, args.omega)
+        info = train(model, data, args.steps, args.seed, args.batch_seconds, args.lr, args.ctc_weight, args.omega,
+                     args.ctc_only_steps)
         info.update({"parameters": n_params, "train_utterances": int(len(data["lens"])),
                      "train_hours": round(float(data["lens"].sum()) / 16000 / 3600, 2), "seed": args.seed,
                      "threads": torch.get_num_threads(), "args": {k: str(v) for k, v in vars(args).items()}})
