@@ -32,15 +32,6 @@ OUTPUT_FORMATS = ("json", "text", "srt", "vtt")
 ACTIONS = ("transcribe", "websocket")
 
 
-def _number_in(lo: float, hi: float):
-    # runpod's validator calls constraints even on a value of the wrong type: never raise here
-    return lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and lo <= v <= hi
-
-
-def _one_of(options: tuple[str, ...]):
-    return lambda v: isinstance(v, str) and v.lower() in options
-
-
 INPUT_SCHEMA = {
     "audio_base64": {"type": str, "required": False, "default": None},
     "audio_url": {"type": str, "required": False, "default": None},
@@ -48,12 +39,18 @@ INPUT_SCHEMA = {
     "timestamps": {"type": bool, "required": False, "default": True},
     "use_local_attention": {"type": bool, "required": False, "default": False},
     "chunk_long_audio": {"type": bool, "required": False, "default": False},
-    "chunk_duration": {"type": float, "required": False, "default": 30.0,
-                       "constraints": _number_in(5.0, 3600.0)},
-    "output_format": {"type": str, "required": False, "default": "json",
-                      "constraints": _one_of(OUTPUT_FORMATS)},
-    "action": {"type": str, "required": False, "default": "transcribe",
-               "constraints": _one_of(ACTIONS)},
+    "chunk_duration": {"type": float, "required": False, "default": 30.0},
+    "output_format": {"type": str, "required": False, "default": "json"},
+    "action": {"type": str, "required": False, "default": "transcribe"},
+}
+
+# Value rules, checked here rather than as rp_validator "constraints": the validator skips a
+# field's constraints when its value has the default's type (chunk_duration=-5 would pass).
+RULES = {
+    "chunk_duration": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 5.0 <= v <= 3600.0,
+                       "a number of seconds from 5 to 3600"),
+    "output_format": (lambda v: isinstance(v, str) and v.lower() in OUTPUT_FORMATS, "one of " + ", ".join(OUTPUT_FORMATS)),
+    "action": (lambda v: isinstance(v, str) and v.lower() in ACTIONS, "one of " + ", ".join(ACTIONS)),
 }
 
 
@@ -75,14 +72,10 @@ def parse_request(job_input) -> Request:
     if not isinstance(job_input, dict):
         raise ASRError(INVALID_INPUT, "input must be a JSON object")
     result = validate(job_input, {k: dict(v) for k, v in INPUT_SCHEMA.items()})
-    errors = result.get("errors", [])
-    if not errors:
-        # rp_validator skips a field's constraints when its value has the default's type, so
-        # apply them here too (chunk_duration=-5 would otherwise pass).
-        errors = [f"{key} does not meet the constraints." for key, rules in INPUT_SCHEMA.items()
-                  if "constraints" in rules and not rules["constraints"](result["validated_input"][key])]
+    errors = [e.replace("<class '", "").replace("'>", "") for e in result.get("errors", [])]
+    errors += [f"{key} must be {hint}" for key, (ok, hint) in RULES.items() if key in job_input and not ok(job_input[key])]
     if errors:
-        raise ASRError(INVALID_INPUT, "; ".join(_friendly(e) for e in errors))
+        raise ASRError(INVALID_INPUT, "; ".join(errors))
     req = Request(**result["validated_input"])
     req = Request(**{**req.__dict__, "output_format": req.output_format.lower(), "action": req.action.lower()})
     if req.action == "transcribe":
@@ -91,16 +84,6 @@ def parse_request(job_input) -> Request:
         if req.output_format in ("srt", "vtt") and not req.timestamps:
             raise ASRError(INVALID_INPUT, f"output_format {req.output_format} needs timestamps=true")
     return req
-
-
-def _friendly(err: str) -> str:
-    if "does not meet the constraints" in err:
-        key = err.split(" ", 1)[0]
-        hint = {"chunk_duration": "a number of seconds from 5 to 3600",
-                "output_format": "one of " + ", ".join(OUTPUT_FORMATS),
-                "action": "one of " + ", ".join(ACTIONS)}.get(key, "a valid value")
-        return f"{key} must be {hint}"
-    return err.replace("<class '", "").replace("'>", "")
 
 
 # ---------------------------------------------------------------------------------------------

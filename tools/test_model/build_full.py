@@ -72,10 +72,7 @@ def calibrate_emission(model, target: float, n_clips: int = 4) -> tuple[int, flo
     clips = [synth.synthesize(synth.random_sentence(rng, synth.load_words("en"), 20, 30), "en", "en-us", rng).audio
              for _ in range(n_clips)]
     seconds = sum(len(c) for c in clips) / 16000
-    lens = torch.tensor([len(c) for c in clips])
-    sig = torch.zeros(len(clips), int(lens.max()))
-    for i, c in enumerate(clips):
-        sig[i, : len(c)] = torch.from_numpy(c)
+    sig, lens = synth.pad_batch(clips)
     with torch.inference_mode():
         enc, enc_len = model.forward(input_signal=sig, input_signal_length=lens)
     log.info("emission rate without bias: %.1f tokens/s", emission_rate(model, enc, enc_len, seconds))

@@ -138,8 +138,9 @@ def train(model, data: dict, steps: int, seed: int, max_seconds: float, peak_lr:
                 tg[j, : tl[j]] = torch.tensor(targets[i])
 
             warm = step < ctc_only_steps
-            # Curriculum: the encoder first learns alone (CTC, no SpecAugment); otherwise the
-            # prediction network lowers the TDT loss by completing words and the encoder stalls.
+            # Optional curriculum: the encoder first trains alone (CTC, no SpecAugment), so the
+            # prediction network cannot lower the loss just by completing words (it did not yet
+            # get the encoder going either: docs/TEST_MODEL_STATUS.md, run 5).
             model.spec_augmentation = None if warm else spec_aug
             enc, enc_len = model.forward(input_signal=sig, input_signal_length=torch.from_numpy(lens))
             ctc_lp = torch.log_softmax(ctc_head(enc.transpose(1, 2)), -1).transpose(0, 1)
@@ -182,10 +183,7 @@ def _probe_wer(model, probe, ctc_head=None) -> str:
     out, ctc_out = [], []
     with torch.inference_mode():
         for utts in probe:
-            lens = torch.tensor([len(u.audio) for u in utts])
-            sig = torch.zeros(len(utts), int(lens.max()))
-            for j, u in enumerate(utts):
-                sig[j, : len(u.audio)] = torch.from_numpy(u.audio)
+            sig, lens = synth.pad_batch([u.audio for u in utts])
             enc, enc_len = model.forward(input_signal=sig, input_signal_length=lens)
             hyps = model.decoding.rnnt_decoder_predictions_tensor(encoder_output=enc, encoded_lengths=enc_len)
             out.append(f"{jiwer.wer([u.text for u in utts], [h.text for h in hyps]):.3f}")

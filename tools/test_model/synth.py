@@ -89,6 +89,17 @@ def synthesize(text: str, lang: str, voice: str, rng: random.Random, augment: bo
     return Utterance(text, lang, voice, audio.astype(np.float32), lead, lead + speech.size / SAMPLE_RATE)
 
 
+def pad_batch(audios: list[np.ndarray]):
+    """(signals (B, T) float32 tensor zero-padded, lengths (B,) tensor) for a NeMo model's forward."""
+    import torch
+
+    lens = torch.tensor([len(a) for a in audios])
+    sig = torch.zeros(len(audios), int(lens.max()))
+    for i, a in enumerate(audios):
+        sig[i, : len(a)] = torch.from_numpy(a)
+    return sig, lens
+
+
 def make_utterances(lang: str, voices: list[str], n: int, seed: int, augment: bool = True) -> list[Utterance]:
     rng = random.Random(seed)
     words = load_words(lang)
