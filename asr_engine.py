@@ -106,7 +106,10 @@ class Engine:
         self.lock = threading.Lock()  # one model user at a time: batch jobs and streaming steps
         self.frame_seconds = self.model.cfg.preprocessor.window_stride * self.model.encoder.subsampling_factor
         self.attention = "full"
-        self._configure()
+        self._checkpoint_decoding = self.model.cfg.decoding.copy()  # as trained; streaming set-up overwrites cfg
+        self.reconfigure()
+        if s.compile and self.device.type == "cuda":
+            self.model.encoder.forward = torch.compile(self.model.encoder.forward, dynamic=True)
         self._batcher = DynamicBatcher(self._run_batch, s.max_batch_size, s.max_batch_wait_ms / 1000.0)
         self.ready = False
         if s.warmup:
@@ -114,7 +117,9 @@ class Engine:
         self.ready = True
 
     # ---- set-up
-    def _configure(self) -> None:
+    def reconfigure(self) -> None:
+        """Apply the offline set-up: eval mode, SDPA, encoder dtype, decoding with timestamps and
+        confidence. Also re-applied after the streaming pipeline, which resets decoding, is built."""
         from omegaconf import open_dict
 
         m = self.model
@@ -122,7 +127,7 @@ class Engine:
         self._use_sdpa(True)
         if self.dtype != torch.float32:
             m.encoder.to(self.dtype)  # the mel front end stays fp32; decoder/joint run under autocast
-        dec = m.cfg.decoding.copy()
+        dec = self._checkpoint_decoding.copy()
         with open_dict(dec):
             dec.strategy = "greedy_batch"
             dec.compute_timestamps = True  # always: a request without timestamps just drops them
@@ -133,8 +138,6 @@ class Engine:
                 "method_cfg": {"name": "max_prob"},
             }
         m.change_decoding_strategy(dec, verbose=False)
-        if self.settings.compile and self.device.type == "cuda":
-            m.encoder.forward = torch.compile(m.encoder.forward, dynamic=True)
         m.eval()
 
     def _use_sdpa(self, on: bool) -> None:

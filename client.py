@@ -2,9 +2,11 @@
 
     python client.py batch http://127.0.0.1:8000 speech.mp3 [--format srt] [--api-key KEY]
     python client.py batch https://api.runpod.ai/v2/ENDPOINT_ID speech.mp3 --api-key $RUNPOD_API_KEY
+    python client.py stream ws://127.0.0.1:8765 speech.wav [--token T] [--fast]
 
 ``batch_transcribe_runpod`` submits a job to ``/run`` and polls ``/status/{id}`` with backoff; it
 works against RunPod and against the SDK's local ``--rp_serve_api`` server.
+``ASRWebSocketClient`` / ``stream_file_to_websocket`` speak the real-time WebSocket protocol.
 """
 
 from __future__ import annotations
@@ -78,6 +80,110 @@ async def _json(resp) -> dict:
         return await resp.json(content_type=None)
 
 
+# ---------------------------------------------------------------------------------------------
+# real-time streaming
+class ASRWebSocketClient:
+    """One real-time session::
+
+        async with ASRWebSocketClient("ws://127.0.0.1:8765", token=None) as c:
+            await c.start(sample_rate=16000)
+            await c.send_audio(pcm16_bytes)
+            await c.stop()                      # the server answers the last finals, then "done"
+            async for msg in c:                 # transcription / error messages, ends after "done"
+                ...
+    """
+
+    def __init__(self, url: str, token: str | None = None, open_timeout: float = 30.0):
+        self.url, self.token, self.open_timeout = url, token, open_timeout
+        self.ws = None
+        self.session_id: str | None = None
+
+    async def __aenter__(self) -> "ASRWebSocketClient":
+        from websockets.asyncio.client import connect
+
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
+        self.ws = await connect(self.url, additional_headers=headers, open_timeout=self.open_timeout,
+                                max_size=None)
+        welcome = json.loads(await self.ws.recv())
+        if welcome.get("type") != "welcome":
+            raise TranscriptionError(f"unexpected first message: {welcome}")
+        self.session_id = welcome.get("session_id")
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.ws.close()
+
+    async def start(self, sample_rate: int = 16000, chunk_duration: float = 2.0, timestamps: bool = True) -> dict:
+        await self.ws.send(json.dumps({"action": "start", "sample_rate": sample_rate,
+                                       "chunk_duration": chunk_duration, "timestamps": timestamps}))
+        reply = json.loads(await self.ws.recv())
+        if reply.get("type") != "started":
+            raise TranscriptionError(reply.get("message", str(reply)), reply.get("code"))
+        return reply
+
+    async def send_audio(self, pcm16: bytes) -> None:
+        await self.ws.send(pcm16)
+
+    async def stop(self) -> None:
+        await self.ws.send(json.dumps({"action": "stop"}))
+
+    def __aiter__(self):
+        return self._messages()
+
+    async def _messages(self):
+        async for raw in self.ws:
+            if isinstance(raw, bytes):
+                continue
+            msg = json.loads(raw)
+            yield msg
+            if msg.get("type") == "done":
+                return
+
+
+async def stream_file_to_websocket(websocket_url: str, audio_file: str | Path, chunk_duration: float = 2.0,
+                                   realtime: bool = True, token: str | None = None, show: bool = True,
+                                   frame_seconds: float = 0.1) -> str:
+    """Decode any audio file, stream it as 16 kHz PCM16 (paced in real time unless ``realtime``
+    is false), print partials and finals, return the final transcript (the server's ``done``)."""
+    import numpy as np
+
+    from audio_utils import decode_audio
+
+    audio = decode_audio(Path(audio_file), max_seconds=24 * 3600.0).samples
+    pcm = (np.clip(audio, -1.0, 1.0) * 32767).astype("<i2").tobytes()
+    step = int(16000 * frame_seconds) * 2
+    async with ASRWebSocketClient(websocket_url, token) as client:
+        await client.start(16000, chunk_duration)
+
+        async def sender():
+            t0 = time.monotonic()
+            for k, i in enumerate(range(0, len(pcm), step)):
+                await client.send_audio(pcm[i : i + step])
+                if realtime:
+                    await asyncio.sleep(max(0.0, t0 + (k + 1) * frame_seconds - time.monotonic()))
+            await client.stop()
+
+        task = asyncio.create_task(sender())
+        done = None
+        try:
+            async for msg in client:
+                kind = msg.get("type")
+                if kind == "transcription" and show:
+                    mark = "FINAL  " if msg["is_final"] else "partial"
+                    print(f"[{msg['start']:7.2f}-{msg['end']:7.2f}] {mark} {msg['text']}", flush=True)
+                elif kind == "error":
+                    raise TranscriptionError(msg.get("message", ""), msg.get("code"))
+                elif kind == "done":
+                    done = msg
+        finally:
+            if not task.done():
+                task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    if done is None:
+        raise TranscriptionError("the server closed the session before 'done'")
+    return done["text"]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
@@ -88,7 +194,22 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--api-key", default=os.environ.get("RUNPOD_API_KEY"))
     b.add_argument("--no-timestamps", action="store_true")
     b.add_argument("--chunk-long-audio", action="store_true")
+    st = sub.add_parser("stream", help="stream a file to the real-time WebSocket server")
+    st.add_argument("websocket_url")
+    st.add_argument("audio_file")
+    st.add_argument("--token", default=os.environ.get("WS_AUTH_TOKEN"))
+    st.add_argument("--chunk-duration", type=float, default=2.0, help="seconds of audio between partials")
+    st.add_argument("--fast", action="store_true", help="send as fast as possible instead of in real time")
     args = ap.parse_args(argv)
+    if args.command == "stream":
+        try:
+            text = asyncio.run(stream_file_to_websocket(args.websocket_url, args.audio_file, args.chunk_duration,
+                                                        realtime=not args.fast, token=args.token))
+        except (TranscriptionError, OSError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        print(text)
+        return 0
     if args.command == "batch":
         extra = {"chunk_long_audio": True} if args.chunk_long_audio else {}
         try:

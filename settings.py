@@ -47,6 +47,18 @@ class Settings:
     max_redirects: int = 5
     allow_private_urls: bool = False
     allowed_url_hosts: tuple[str, ...] = field(default_factory=tuple)  # "host" or "host:port", exempt from the address check
+    # real-time streaming (WebSocket)
+    ws_host: str = "0.0.0.0"
+    ws_port: int = 8765
+    port_health: int = 0  # load-balancing mode: GET /ping also on this port (0 = only on ws_port)
+    ws_auth_token: str = ""  # "" = no auth
+    ws_max_sessions: int = 64
+    ws_idle_timeout_s: float = 60.0  # no message from the client for this long closes the session
+    ws_max_message_bytes: int = 1 << 20
+    stream_chunk_s: float = 0.48  # decoding step per stream (NeMo rounds it to 80 ms frames)
+    stream_left_s: float = 1.6  # left context re-encoded each step
+    stream_right_s: float = 0.48  # look-ahead: adds this much latency, buys accuracy
+    stream_eou_ms: int = 800  # silence that ends an utterance (see streaming.StreamConfig)
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -67,4 +79,15 @@ class Settings:
             max_redirects=_env_int("MAX_REDIRECTS", 5),
             allow_private_urls=_env_bool("ALLOW_PRIVATE_URLS", False),
             allowed_url_hosts=_env_list("ALLOWED_URL_HOSTS"),
+            ws_host=os.environ.get("WS_HOST", "0.0.0.0"),
+            ws_port=_env_int("WS_PORT", _env_int("PORT", 8765)),
+            port_health=_env_int("PORT_HEALTH", 0),
+            ws_auth_token=os.environ.get("WS_AUTH_TOKEN", ""),
+            ws_max_sessions=_env_int("WS_MAX_SESSIONS", 64),
+            ws_idle_timeout_s=_env_float("WS_IDLE_TIMEOUT_S", 60.0),
+            ws_max_message_bytes=_env_int("WS_MAX_MESSAGE_BYTES", 1 << 20),
+            stream_chunk_s=_env_float("STREAM_CHUNK_S", 0.48),
+            stream_left_s=_env_float("STREAM_LEFT_S", 1.6),
+            stream_right_s=_env_float("STREAM_RIGHT_S", 0.48),
+            stream_eou_ms=_env_int("STREAM_EOU_MS", 800),
         )

@@ -18,6 +18,7 @@ import os
 import random
 import sys
 import time
+from dataclasses import dataclass
 from multiprocessing import Pool
 from pathlib import Path
 
@@ -100,58 +101,95 @@ def batches(lens: np.ndarray, max_seconds: float, rng: np.random.Generator) -> l
     return out
 
 
-def train(model, data: dict, steps: int, seed: int, max_seconds: float, peak_lr: float, ctc_weight: float,
-          omega: float, ctc_only_steps: int = 0) -> dict:
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    tok = model.tokenizer
+def as_dataset(utts: list) -> dict:
+    """Utterances in the same packed layout as the training .npz (int16 audio, lengths, texts)."""
+    pcm = [(u.audio * 32767).clip(-32768, 32767).astype(np.int16) for u in utts]
+    return {"audio": np.concatenate(pcm), "lens": np.array([len(a) for a in pcm], dtype=np.int64),
+            "texts": np.array([u.text for u in utts])}
+
+
+def endless_batches(data: dict, max_seconds: float, rng: np.random.Generator, targets: list, pad_id: int):
+    """(signal, lengths, targets, target lengths) batches over ``data``, epoch after epoch."""
     offsets = np.concatenate([[0], np.cumsum(data["lens"])])
-    targets = [tok.text_to_ids(t) for t in data["texts"]]
-    blank = tok.vocab_size
-    # Auxiliary CTC head on the encoder, used only during training (not saved): it aligns the
-    # encoder early, which makes the transducer converge far faster on 2 CPU cores.
-    ctc_head = torch.nn.Linear(TINY.d_model, blank + 1)
-    params = list(model.parameters()) + list(ctc_head.parameters())
-    opt = torch.optim.AdamW(params, lr=peak_lr, betas=(0.9, 0.98), weight_decay=1e-3)
-    warmup = min(200, steps // 10)
-
-    def lr_at(step):
-        if step < warmup:
-            return peak_lr * (step + 1) / warmup
-        return 1e-5 + 0.5 * (peak_lr - 1e-5) * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
-
-    probe = _probe_set()
-    spec_aug = model.spec_augmentation
-    model.train()
-    step, t0, hist = 0, time.time(), []
-    while step < steps:
+    while True:
         for idx in batches(data["lens"], max_seconds, rng):
-            if step >= steps:
-                break
             lens = data["lens"][idx]
             sig = torch.zeros(len(idx), int(lens.max()))
             for j, i in enumerate(idx):
                 sig[j, : lens[j]] = torch.from_numpy(data["audio"][offsets[i] : offsets[i + 1]].astype(np.float32) / 32768)
             tl = torch.tensor([len(targets[i]) for i in idx])
-            tg = torch.full((len(idx), int(tl.max())), blank, dtype=torch.long)
+            tg = torch.full((len(idx), int(tl.max())), pad_id, dtype=torch.long)
             for j, i in enumerate(idx):
                 tg[j, : tl[j]] = torch.tensor(targets[i])
+            yield sig, torch.from_numpy(lens), tg, tl
 
-            warm = step < ctc_only_steps
-            # Optional curriculum: the encoder first trains alone (CTC, no SpecAugment), so the
-            # prediction network cannot lower the loss just by completing words (it did not yet
-            # get the encoder going either: docs/TEST_MODEL_STATUS.md, run 5).
-            model.spec_augmentation = None if warm else spec_aug
-            enc, enc_len = model.forward(input_signal=sig, input_signal_length=torch.from_numpy(lens))
+
+@dataclass(frozen=True)
+class Phase:
+    """One stage of the curriculum: which data, which loss, how many optimizer steps."""
+
+    name: str
+    steps: int
+    data: str  # "bootstrap" (clean, one voice) or "full"
+    loss: str  # "ctc" (encoder + auxiliary CTC head only) or "tdt" (TDT + weighted auxiliary CTC)
+
+
+def curriculum(boot_steps: int, ctc_steps: int, tdt_steps: int) -> list[Phase]:
+    """Why three phases (docs/TEST_MODEL_STATUS.md has the runs behind this):
+
+    A FastConformer trained from scratch on the full, diverse data sits on the CTC blank plateau
+    for longer than 2 CPU cores allow, and a transducer trained from scratch learns only its
+    prediction network (word completion) while the encoder learns nothing. The encoder leaves the
+    plateau within a few hundred steps on clean speech of one voice; from there it adapts to every
+    voice, speed, noise and both languages with CTC, and only then is the TDT decoder trained on top.
+    """
+    return [Phase("bootstrap", boot_steps, "bootstrap", "ctc"), Phase("ctc", ctc_steps, "full", "ctc"),
+            Phase("tdt", tdt_steps, "full", "tdt")]
+
+
+def train(model, data: dict, boot: dict, phases: list[Phase], seed: int, max_seconds: float, peak_lr: float,
+          ctc_weight: float) -> dict:
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    tok = model.tokenizer
+    blank = tok.vocab_size
+    # Auxiliary CTC head on the encoder, used only during training (not saved).
+    ctc_head = torch.nn.Linear(TINY.d_model, blank + 1)
+    params = list(model.parameters()) + list(ctc_head.parameters())
+    opt = torch.optim.AdamW(params, lr=peak_lr, betas=(0.9, 0.98), weight_decay=1e-3)
+    total = sum(p.steps for p in phases)
+    decay_from = total - phases[-1].steps
+    warmup = 100
+
+    def lr_at(step):  # linear warmup, flat through the CTC phases, cosine over the TDT phase
+        if step < warmup:
+            return peak_lr * (step + 1) / warmup
+        if step < decay_from:
+            return peak_lr
+        return 1e-5 + 0.5 * (peak_lr - 1e-5) * (1 + math.cos(math.pi * (step - decay_from) / max(1, total - decay_from)))
+
+    streams = {name: endless_batches(d, max_seconds, rng, [tok.text_to_ids(t) for t in d["texts"]], blank)
+               for name, d in (("bootstrap", boot), ("full", data))}
+    probe = _probe_set()
+    spec_aug = model.spec_augmentation
+    model.train()
+    step, t0, hist, timing = 0, time.time(), [], {}
+    for phase in phases:
+        t_phase = time.time()
+        # SpecAugment only once the encoder reads: masking makes the plateau longer.
+        model.spec_augmentation = spec_aug if phase.loss == "tdt" else None
+        for _ in range(phase.steps):
+            sig, lens, tg, tl = next(streams[phase.data])
+            enc, enc_len = model.forward(input_signal=sig, input_signal_length=lens)
             ctc_lp = torch.log_softmax(ctc_head(enc.transpose(1, 2)), -1).transpose(0, 1)
             ctc = torch.nn.functional.ctc_loss(ctc_lp, tg, enc_len, tl, blank=blank, reduction="sum",
                                                zero_infinity=True) / tl.sum()
-            if warm:
+            if phase.loss == "ctc":
                 loss = loss_total = ctc
             else:
                 dec, _, _ = model.decoder(targets=tg, target_length=tl)
                 joint = model.joint(encoder_outputs=enc, decoder_outputs=dec)
-                loss = tdt_loss(joint, tg, enc_len, tl, DURATIONS, blank=blank, sigma=0.02, omega=omega).float()
+                loss = tdt_loss(joint, tg, enc_len, tl, DURATIONS, blank=blank, sigma=0.02).float()
                 loss_total = loss + ctc_weight * ctc
             for g in opt.param_groups:
                 g["lr"] = lr_at(step)
@@ -161,14 +199,18 @@ def train(model, data: dict, steps: int, seed: int, max_seconds: float, peak_lr:
             opt.step()
             hist.append(loss.item())
             step += 1
-            if step % 100 == 0:
+            if step % 200 == 0:
                 log.info("step %d probe WER %s", step, _probe_wer(model, probe, ctc_head))
             if step % 50 == 0 or step == 1:
                 el = time.time() - t0
-                log.info("step %d/%d ctc %.3f loss %.3f (avg50 %.3f) lr %.2e  %.0f s elapsed, eta %.0f s", step, steps, ctc.item(),
-                         loss.item(), float(np.mean(hist[-50:])), lr_at(step), el, el / step * (steps - step))
+                log.info("[%s] step %d/%d ctc %.3f loss %.3f (avg50 %.3f) lr %.2e  %.0f s elapsed, eta %.0f s",
+                         phase.name, step, total, ctc.item(), loss.item(), float(np.mean(hist[-50:])), lr_at(step),
+                         el, el / step * (total - step))
+        timing[phase.name] = {"steps": phase.steps, "seconds": round(time.time() - t_phase, 1)}
+    model.spec_augmentation = spec_aug
     model.eval()
-    return {"steps": steps, "train_seconds": round(time.time() - t0, 1), "final_loss": float(np.mean(hist[-100:]))}
+    return {"steps": total, "phases": timing, "train_seconds": round(time.time() - t0, 1),
+            "final_tdt_loss": float(np.mean(hist[-100:]))}
 
 
 def _probe_set() -> list:
@@ -245,12 +287,12 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--n-en", type=int, default=16000)
     ap.add_argument("--n-ru", type=int, default=10000)
-    ap.add_argument("--steps", type=int, default=4000)
-    ap.add_argument("--batch-seconds", type=float, default=90.0)
-    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--boot-steps", type=int, default=400, help="phase 1: CTC on clean speech of one voice")
+    ap.add_argument("--ctc-steps", type=int, default=1000, help="phase 2: CTC on the full data")
+    ap.add_argument("--steps", type=int, default=2000, help="phase 3: TDT + auxiliary CTC on the full data")
+    ap.add_argument("--batch-seconds", type=float, default=60.0)
+    ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--ctc-weight", type=float, default=0.3)
-    ap.add_argument("--ctc-only-steps", type=int, default=0, help="curriculum: encoder-only CTC steps first")
-    ap.add_argument("--omega", type=float, default=0.0, help="weight of the plain RNN-T loss mixed in")
     ap.add_argument("--eval-n", type=int, default=200)
     ap.add_argument("--out", type=Path, default=MODEL_PATH)
     ap.add_argument("--init", type=Path, help="start from this .nemo instead of random weights")
@@ -276,8 +318,9 @@ def main() -> None:
             model = build_model(tok_dir)
         n_params = sum(p.numel() for p in model.parameters())
         log.info("model: %.2f M parameters", n_params / 1e6)
-        info = train(model, data, args.steps, args.seed, args.batch_seconds, args.lr, args.ctc_weight, args.omega,
-                     args.ctc_only_steps)
+        boot = as_dataset(synth.make_utterances("en", ["en-us"], 600, args.seed + 1, augment=False))
+        phases = curriculum(0 if args.init else args.boot_steps, 0 if args.init else args.ctc_steps, args.steps)
+        info = train(model, data, boot, phases, args.seed, args.batch_seconds, args.lr, args.ctc_weight)
         info.update({"parameters": n_params, "train_utterances": int(len(data["lens"])),
                      "train_hours": round(float(data["lens"].sum()) / 16000 / 3600, 2), "seed": args.seed,
                      "threads": torch.get_num_threads(), "args": {k: str(v) for k, v in vars(args).items()}})

@@ -31,7 +31,7 @@ class Shape:
 # parakeet-tdt-0.6b-v3: 24 x 1024 FastConformer, 2-layer 640 LSTM prediction net, 640 joint.
 FULL = Shape(1024, 24, 8, 4, 9, 256, 640, 2, 640, 0.1)
 # The test model: the same layout, small enough to train on 2 CPU cores and commit to git.
-TINY = Shape(176, 2, 4, 4, 9, 128, 192, 1, 192, 0.0)
+TINY = Shape(176, 4, 4, 4, 9, 128, 192, 1, 192, 0.0)
 
 
 def parakeet_config(shape: Shape, tokenizer_dir: str) -> OmegaConf:

@@ -1,0 +1,258 @@
+"""Streaming decoder: many live audio streams, one batched NeMo step for all of them.
+
+Its own module because it is the streaming half of the engine (the WebSocket protocol lives in
+websocket_handler.py): it owns NeMo's buffered RNNT/TDT pipeline, built on the engine's
+already-loaded model, and one scheduler that takes the next chunk of every stream that has one
+and decodes them together under the engine lock, so batch jobs and streaming steps never use
+the model at the same time.
+
+Data flows one way: ``push`` 16 kHz samples -> the scheduler cuts fixed-size frames -> one
+``transcribe_step`` for all ready streams -> a ``StreamUpdate`` per stream on its queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from asr_engine import SAMPLE_RATE, Engine, Word
+
+log = logging.getLogger("streaming")
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    """Chunking and endpointing shared by every stream (one pipeline batches them all).
+
+    Every step re-encodes left + chunk + right seconds per stream and emits ``chunk`` seconds.
+    ``eou_ms``: with chunk 0.48 / right 0.48, a final comes ~1-1.4 s after the last word, and
+    pauses inside a sentence shorter than ~1 s never split it (tokens are 80 ms frames)."""
+
+    chunk_s: float = 0.48
+    left_s: float = 1.6
+    right_s: float = 0.48
+    eou_ms: int = 800
+    max_wait_ms: float = 15.0  # after the first ready stream, wait this long for others to batch
+
+
+@dataclass
+class StreamUpdate:
+    """What one decoding step produced for one stream."""
+
+    partial: str  # text of the current, unfinished utterance (replaces the previous partial)
+    final: str | None = None  # text of an utterance that just ended (never changes afterwards)
+    words: list[Word] = field(default_factory=list)  # the final's words, seconds from the stream start
+    end: float = 0.0  # seconds of this stream's audio decoded so far
+    last: bool = False  # the stream's closing step: nothing follows
+
+
+@dataclass
+class Stream:
+    id: int
+    updates: asyncio.Queue
+    pending: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    samples_in: int = 0  # 16 kHz samples received
+    samples_done: int = 0  # samples decoded
+    started: bool = False  # its first frame went to the pipeline
+    closing: bool = False
+    closed: bool = False
+
+
+class StreamDecoder:
+    """The streaming half of the engine. Create it inside a running event loop; ``start()`` it."""
+
+    def __init__(self, engine: Engine, config: StreamConfig | None = None):
+        self.engine = engine
+        self.config = config or StreamConfig()
+        self.pipeline = self._build_pipeline()
+        self.frame_samples = int(round(self.pipeline.chunk_size * SAMPLE_RATE))
+        self.streams: dict[int, Stream] = {}
+        self._ids = itertools.count(1)
+        self._aborted: list[Stream] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self.steps = 0  # counters for benchmarks and /metrics-style summaries
+        self.frames = 0
+        self.step_seconds = 0.0
+
+    # ---- set-up
+    def _build_pipeline(self):
+        """NeMo's buffered TDT pipeline around the engine's model (never a second copy).
+
+        NeMo's builder can only load a model by name, so a wrapper subclass hands it ours. The
+        wrapper resets the model's decoding strategy and casts its dtype; the engine's offline
+        set-up is re-applied afterwards (the stateful pipeline keeps its own decoding computer)."""
+        from nemo.collections.asr.inference.factory.buffered_pipeline_builder import BufferedPipelineBuilder
+        from nemo.collections.asr.inference.model_wrappers.rnnt_inference_wrapper import RNNTInferenceWrapper
+        from nemo.collections.asr.inference.pipelines.buffered_rnnt_pipeline import BufferedRNNTPipeline
+        from omegaconf import OmegaConf
+
+        engine, c = self.engine, self.config
+        model = engine.model
+        dtype = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}[engine.dtype]
+        cfg = OmegaConf.create({
+            "pipeline_type": "buffered", "asr_decoding_type": "rnnt", "asr_output_granularity": "word",
+            "enable_itn": False, "enable_nmt": False, "return_tail_result": False,
+            "asr": {"model_name": "engine", "device": engine.device.type, "device_id": engine.device.index or 0,
+                    "compute_dtype": dtype, "use_amp": False,
+                    "decoding": {"strategy": "greedy_batch",
+                                 "greedy": {"max_symbols": 10, "loop_labels": True,
+                                            "use_cuda_graph_decoder": engine.device.type == "cuda"
+                                            and engine.settings.cuda_graphs}}},
+            "streaming": {"sample_rate": SAMPLE_RATE, "batch_size": engine.settings.max_batch_size,
+                          "stateful": True, "chunk_size": c.chunk_s, "left_padding_size": c.left_s,
+                          "right_padding_size": c.right_s, "request_type": "frame", "padding_mode": "right",
+                          "word_boundary_tolerance": 4},
+            "endpointing": {"stop_history_eou": c.eou_ms, "residue_tokens_at_end": 0},
+            "confidence": {"exclude_blank": True, "aggregation": "min", "method_cfg": {"name": "max_prob"}},
+            "itn": {"batch_size": 32, "n_jobs": 1, "left_padding_size": 4},
+        })
+
+        class SharedModel(RNNTInferenceWrapper):
+            def load_model(self, model_name, map_location):  # noqa: ARG002 - the engine's model
+                return model.to(map_location).eval()
+
+        with engine.exclusive():
+            keep = {name: next(mod.parameters()).dtype for name, mod in
+                    (("preprocessor", model.preprocessor), ("decoder", model.decoder), ("joint", model.joint))
+                    if any(True for _ in mod.parameters())}
+            wrapper = SharedModel(model_name="engine", decoding_cfg=BufferedPipelineBuilder.get_rnnt_decoding_cfg(cfg),
+                                  device=cfg.asr.device, device_id=cfg.asr.device_id,
+                                  compute_dtype=dtype, use_amp=False)
+            pipeline = BufferedRNNTPipeline(cfg, wrapper, itn_model=None, nmt_model=None)
+            for name, dt in keep.items():  # the wrapper cast the whole model; offline keeps fp32 parts fp32
+                getattr(model, name).to(dt)
+            engine.reconfigure()
+        log.info("streaming pipeline: chunk %.2f s, left %.2f s, right %.2f s, EoU %d ms",
+                 pipeline.chunk_size, pipeline.left_padding_size, pipeline.right_padding_size, c.eou_ms)
+        return pipeline
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="stream-scheduler")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    # ---- streams (called from the event loop)
+    def open(self) -> Stream:
+        s = Stream(next(self._ids), asyncio.Queue())
+        self.streams[s.id] = s
+        return s
+
+    def push(self, stream: Stream, samples: np.ndarray) -> None:
+        """Queue 16 kHz float32 samples for decoding."""
+        if stream.closing or not len(samples):
+            return
+        stream.pending = np.concatenate([stream.pending, samples.astype(np.float32, copy=False)])
+        stream.samples_in += len(samples)
+        if len(stream.pending) >= self.frame_samples:
+            self._wake.set()
+
+    def finish(self, stream: Stream) -> None:
+        """No more audio: decode what is left, emit the last final, then free the stream."""
+        if not stream.closing:
+            stream.closing = True
+            self._wake.set()
+
+    def abort(self, stream: Stream) -> None:
+        """Drop a stream at once (client gone): its pipeline state is freed before the next step."""
+        if self.streams.pop(stream.id, None) is not None:
+            stream.closed = True
+            if stream.started:
+                self._aborted.append(stream)
+
+    @property
+    def active(self) -> int:
+        return len(self.streams)
+
+    # ---- the scheduler
+    def _ready(self) -> list[Stream]:
+        return [s for s in self.streams.values() if len(s.pending) >= self.frame_samples or s.closing]
+
+    async def _run(self) -> None:
+        while True:
+            if not self._ready():
+                self._wake.clear()
+                await self._wake.wait()
+                # streams fed in real time become ready at different moments: give the others
+                # a moment to fill their frame, so one forward pass serves them all
+                await asyncio.sleep(self.config.max_wait_ms / 1000.0)
+            self._free_aborted()
+            batch = self._ready()
+            if not batch:
+                continue
+            frames = [self._next_frame(s) for s in batch]
+            try:
+                t0 = time.perf_counter()
+                outputs = await asyncio.to_thread(self._step, frames)
+                self.step_seconds += time.perf_counter() - t0
+                self.steps += 1
+                self.frames += len(frames)
+            except Exception:  # a failed step must not kill the scheduler: fail those streams only
+                log.exception("streaming step failed for %d streams", len(batch))
+                for s in batch:
+                    self._reset_after_failure(s)
+                continue
+            for s, frame, out in zip(batch, frames, outputs):
+                self._deliver(s, frame, out)
+
+    def _free_aborted(self) -> None:
+        while self._aborted:
+            s = self._aborted.pop()
+            with contextlib.suppress(KeyError, AttributeError):
+                self.pipeline.delete_state(s.id)
+            with contextlib.suppress(KeyError, AttributeError):
+                self.pipeline.bufferer.rm_bufferer(s.id)
+
+    def _next_frame(self, s: Stream):
+        from nemo.collections.asr.inference.streaming.framing.request import Frame
+        from nemo.collections.asr.inference.streaming.framing.request_options import ASRRequestOptions
+
+        n = self.frame_samples
+        chunk, s.pending = s.pending[:n], s.pending[n:]
+        last = s.closing and len(s.pending) == 0
+        length = len(chunk)
+        if length < n:  # the last frame: zero-padded to the pipeline's fixed size, true length given
+            chunk = np.concatenate([chunk, np.zeros(n - length, np.float32)])
+        first = not s.started
+        s.started = True
+        s.samples_done += length
+        return Frame(samples=torch.from_numpy(np.ascontiguousarray(chunk)), stream_id=s.id, is_first=first,
+                     is_last=last, length=length if last else -1,
+                     options=ASRRequestOptions(stop_history_eou=self.config.eou_ms) if first else None)
+
+    def _step(self, frames):
+        with self.engine.exclusive():
+            return self.pipeline.transcribe_step(frames)
+
+    def _deliver(self, s: Stream, frame, out) -> None:
+        final = None
+        words: list[Word] = []
+        if out.final_transcript or frame.is_last:
+            final = out.final_transcript.strip()
+            words = [Word(w.text.strip(), round(float(w.start), 3), round(float(w.end), 3),
+                          round(float(w.conf), 4) if w.conf else None) for w in out.final_segments or []]
+        update = StreamUpdate(partial=out.partial_transcript.strip(), final=final, words=words,
+                              end=s.samples_done / SAMPLE_RATE, last=frame.is_last)
+        if frame.is_last:
+            s.closed = True
+            self.streams.pop(s.id, None)
+        if not (s.closed and not frame.is_last):  # an aborted stream gets nothing more
+            s.updates.put_nowait(update)
+
+    def _reset_after_failure(self, s: Stream) -> None:
+        self.abort(s)
+        self._free_aborted()
+        s.updates.put_nowait(None)  # the reader sees the stream ended abnormally

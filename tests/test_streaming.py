@@ -1,0 +1,288 @@
+"""The real-time WebSocket server on a loopback port with the tiny model: protocol, endpointing,
+batching across sessions, isolation, limits and cleanup. Loopback traffic only."""
+
+import asyncio
+import dataclasses
+import json
+import random
+import threading
+import urllib.request
+
+import jiwer
+import numpy as np
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+import synth
+from asr_engine import Engine
+from client import ASRWebSocketClient
+from settings import Settings
+from websocket_handler import ASRServer
+
+STREAM_VS_OFFLINE_MAX_WER = 0.15  # README: measured gap on the tiny model is far below this
+
+
+class ServerThread:
+    """An ASRServer on 127.0.0.1:<free port>, run by its own event loop in a thread."""
+
+    def __init__(self, settings, engine):
+        self.loop = asyncio.new_event_loop()
+        self.ready = threading.Event()
+        self.settings, self.engine = settings, engine
+        threading.Thread(target=self._run, daemon=True).start()
+        assert self.ready.wait(60)
+
+    def _run(self):
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_until_complete(self._start())
+        self.ready.set()
+        self.loop.run_forever()
+
+    async def _start(self):
+        self.server = ASRServer(self.settings, self.engine)
+        self.ws = await self.server.serve("127.0.0.1", 0)
+        self.port = self.ws.sockets[0].getsockname()[1]
+        self.url = f"ws://127.0.0.1:{self.port}"
+
+    def call(self, fn):
+        """Run ``fn()`` on the server's loop (to read its state without racing it)."""
+        return asyncio.run_coroutine_threadsafe(self._call(fn), self.loop).result(10)
+
+    @staticmethod
+    async def _call(fn):
+        return fn()
+
+    def stop(self):
+        asyncio.run_coroutine_threadsafe(self.server.close(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.ws.close)
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model):
+    return Engine(Settings(model="tiny", max_batch_size=8, warmup=False), model=tiny_model)
+
+
+@pytest.fixture(scope="module")
+def server(engine):
+    s = ServerThread(dataclasses.replace(engine.settings, ws_max_sessions=12, ws_idle_timeout_s=30.0), engine)
+    yield s
+    s.stop()
+
+
+def pcm16(audio: np.ndarray) -> bytes:
+    return (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
+
+
+def two_utterances(seed=7001, pause=1.5):
+    rng = random.Random(seed)
+    a = synth.synthesize("green river open window", "en", "en-us", rng, augment=False)
+    b = synth.synthesize("seven yellow birds sing today", "en", "en-us", rng, augment=False)
+    gap = np.zeros(int(pause * 16000), np.float32)
+    return np.concatenate([a.audio, gap, b.audio]), [a.text, b.text]
+
+
+async def stream(url, audio, *, rate=16000, frame_s=0.1, realtime=False, chunk_duration=0.0, token=None):
+    """Stream ``audio`` (at ``rate``) and return (all messages, done message)."""
+    msgs = []
+    async with ASRWebSocketClient(url, token) as c:
+        await c.start(sample_rate=rate, chunk_duration=chunk_duration)
+        step = int(rate * frame_s)
+
+        async def send():
+            for i in range(0, len(audio), step):
+                await c.send_audio(pcm16(audio[i : i + step]))
+                await asyncio.sleep(frame_s if realtime else 0)
+            await c.stop()
+
+        sender = asyncio.create_task(send())
+        async for m in c:
+            msgs.append(m)
+        await sender
+    return msgs, msgs[-1]
+
+
+def finals(msgs):
+    return [m for m in msgs if m["type"] == "transcription" and m["is_final"]]
+
+
+def test_two_utterances_give_two_finals_partials_first_and_done_is_their_concatenation(server, engine):
+    audio, refs = two_utterances()
+    msgs, done = asyncio.run(stream(server.url, audio, realtime=True))
+    assert done["type"] == "done"
+    assert done["duration"] == pytest.approx(len(audio) / 16000, abs=0.01)
+    fin = finals(msgs)
+    assert len(fin) == 2, [m["text"] for m in fin]
+    partial_idx = [i for i, m in enumerate(msgs) if m["type"] == "transcription" and not m["is_final"]]
+    assert partial_idx and partial_idx[0] < msgs.index(fin[0]), "a partial comes before the first final"
+    assert " ".join(m["text"] for m in fin) == done["text"]
+    assert jiwer.wer(refs[0], fin[0]["text"]) <= 0.25 and jiwer.wer(refs[1], fin[1]["text"]) <= 0.25
+    # word timestamps: seconds from the stream start, in order, inside the audio; the second
+    # utterance starts after the pause
+    words = [w for m in fin for w in m["words"]]
+    assert [w["word"] for w in words] == done["text"].split()
+    assert all(0 <= w["start"] <= w["end"] <= done["duration"] + 0.1 for w in words)
+    assert [w["start"] for w in words] == sorted(w["start"] for w in words)
+    assert fin[1]["start"] >= fin[0]["end"] + 1.0
+    # the streaming transcript is close to the offline one
+    offline = engine.transcribe_batch([audio])[0].text
+    assert jiwer.wer(offline, done["text"]) <= STREAM_VS_OFFLINE_MAX_WER
+
+
+def test_sample_rates_are_resampled_and_odd_frames_kept(server):
+    import soxr
+
+    audio, refs = two_utterances(seed=7002)
+    for rate in (8000, 44100):
+        x = soxr.resample(audio, 16000, rate).astype(np.float32)
+        raw = pcm16(x)
+
+        async def run():
+            async with ASRWebSocketClient(server.url) as c:
+                await c.start(sample_rate=rate)
+                for i in range(0, len(raw), 3333):  # odd-sized frames split samples in half
+                    await c.send_audio(raw[i : i + 3333])
+                await c.stop()
+                return [m async for m in c][-1]
+
+        done = asyncio.run(run())
+        assert jiwer.wer(" ".join(refs), done["text"]) <= 0.25, (rate, done["text"])
+        assert done["duration"] == pytest.approx(len(audio) / 16000, abs=0.05)
+
+
+def test_eight_concurrent_sessions_get_only_their_own_text(server):
+    utts = synth.make_utterances("en", ["en-us", "en-gb"], 8, seed=7003, augment=False)
+
+    async def all_sessions():
+        return await asyncio.gather(*(stream(server.url, u.audio, realtime=True, frame_s=0.2) for u in utts))
+
+    steps_before = server.call(lambda: (server.server.decoder.steps, server.server.decoder.frames))
+    results = asyncio.run(all_sessions())
+    steps_after = server.call(lambda: (server.server.decoder.steps, server.server.decoder.frames))
+    for u, (_, done) in zip(utts, results):
+        own = jiwer.wer(u.text, done["text"])
+        assert own <= 0.25, (u.text, done["text"])
+        others = [jiwer.wer(v.text, done["text"]) for v in utts if v is not u]
+        assert min(others) > own
+    steps = steps_after[0] - steps_before[0]
+    frames = steps_after[1] - steps_before[1]
+    assert frames / steps > 2.0, f"streams were not batched: {frames} frames in {steps} steps"
+
+
+def test_a_batch_job_between_two_streams_changes_nothing(server, engine):
+    audio, _ = two_utterances(seed=7004)
+    first, _ = asyncio.run(stream(server.url, audio))
+    engine.transcribe_batch([audio, audio[: len(audio) // 2]])
+    engine.model.transcribe([audio], timestamps=False, verbose=False)  # NeMo's own: leaves train mode
+    second, _ = asyncio.run(stream(server.url, audio))
+    strip = lambda ms: [(m["type"], m.get("text"), m.get("is_final"), m.get("words")) for m in ms]  # noqa: E731
+    assert strip(first) == strip(second)
+
+
+def test_recoverable_errors_keep_the_connection(server):
+    async def run():
+        async with connect(server.url) as ws:
+            assert json.loads(await ws.recv())["type"] == "welcome"
+            codes = []
+            for bad in ("not json", "[1, 2]", json.dumps({"action": "dance"}),
+                        json.dumps({"action": "start", "sample_rate": 4000}),
+                        json.dumps({"action": "start", "sample_rate": "fast"}),
+                        json.dumps({"action": "start", "bogus": 1}),
+                        json.dumps({"action": "stop"})):
+                await ws.send(bad)
+                codes.append(json.loads(await ws.recv()))
+            await ws.send(b"\x00\x01" * 100)  # audio before start
+            codes.append(json.loads(await ws.recv()))
+            # still usable: a real session afterwards
+            await ws.send(json.dumps({"action": "start"}))
+            started = json.loads(await ws.recv())
+            await ws.send(json.dumps({"action": "start"}))
+            again = json.loads(await ws.recv())
+            await ws.send(json.dumps({"action": "stop"}))
+            done = json.loads(await ws.recv())
+            return codes, started, again, done
+
+    codes, started, again, done = asyncio.run(run())
+    assert all(c["type"] == "error" and c["message"] for c in codes)
+    assert [c["code"] for c in codes] == ["invalid_json", "invalid_json", "unknown_action", "invalid_sample_rate",
+                                          "invalid_sample_rate", "invalid_input", "not_started", "not_started"]
+    assert started["type"] == "started" and again["code"] == "already_started"
+    assert done == {"type": "done", "text": "", "duration": 0.0}
+
+
+def test_restart_after_stop_on_the_same_connection(server):
+    audio, refs = two_utterances(seed=7005, pause=0.3)
+
+    async def run():
+        out = []
+        async with ASRWebSocketClient(server.url) as c:
+            for _ in range(2):
+                await c.start()
+                await c.send_audio(pcm16(audio))
+                await c.stop()
+                out.append([m async for m in c][-1])
+        return out
+
+    a, b = asyncio.run(run())
+    assert a["text"] == b["text"] and jiwer.wer(" ".join(refs), a["text"]) <= 0.25
+
+
+def test_disconnect_mid_stream_frees_the_session(server):
+    audio, _ = two_utterances(seed=7006)
+
+    async def run():
+        async with ASRWebSocketClient(server.url) as c:
+            await c.start()
+            await c.send_audio(pcm16(audio[: len(audio) // 2]))
+            await asyncio.sleep(0.5)
+        # closed without stop
+
+    asyncio.run(run())
+
+    def state():
+        d = server.server.decoder
+        return len(server.server.sessions), len(d.streams), len(d.pipeline._state_pool), len(d.pipeline.bufferer.bufferers)
+
+    for _ in range(50):
+        if state() == (0, 0, 0, 0):
+            break
+        asyncio.run(asyncio.sleep(0.1))
+    # the pipeline frees an aborted stream before its next step: run one
+    asyncio.run(stream(server.url, audio[:8000]))
+    assert server.call(state) == (0, 0, 0, 0)
+
+
+def test_ping_is_200_when_warm(server):
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/ping", timeout=5) as r:
+        assert r.status == 200
+
+
+def test_auth_capacity_and_idle_timeout(engine):
+    s = dataclasses.replace(engine.settings, ws_auth_token="s3cret", ws_max_sessions=1, ws_idle_timeout_s=1.0)
+    srv = ServerThread(s, engine)
+    try:
+        async def run():
+            with pytest.raises(InvalidStatus) as no_token:
+                async with connect(srv.url):
+                    pass
+            with pytest.raises(InvalidStatus):
+                async with connect(srv.url + "/?token=wrong"):
+                    pass
+            async with connect(srv.url + "/?token=s3cret") as first:
+                assert json.loads(await first.recv())["type"] == "welcome"
+                # over capacity: refused with 1013 and a reason
+                async with connect(srv.url, additional_headers={"Authorization": "Bearer s3cret"}) as second:
+                    with pytest.raises(ConnectionClosed) as full:
+                        await second.recv()
+                # the first one idles out with a clear error
+                msg = json.loads(await asyncio.wait_for(first.recv(), 5))
+                with pytest.raises(ConnectionClosed):
+                    await asyncio.wait_for(first.recv(), 5)
+            return no_token.value.response.status_code, full.value.rcvd, msg
+
+        status, close, idle = asyncio.run(run())
+        assert status == 401
+        assert close.code == 1013 and "capacity" in close.reason
+        assert idle["type"] == "error" and idle["code"] == "idle_timeout"
+    finally:
+        srv.stop()

@@ -1,0 +1,312 @@
+"""Real-time transcription over WebSocket: the SPEC protocol on top of the streaming decoder.
+
+    python websocket_handler.py --port 8765          # loads PARAKEET_MODEL, serves ws://0.0.0.0:8765
+
+One connection is one session: welcome -> start -> binary PCM16 audio -> partial and final
+``transcription`` messages -> stop -> done, and again. Every session's audio goes to the shared
+``StreamDecoder``, which decodes all sessions together in one batched step per chunk.
+``GET /ping`` on the same port (and on ``PORT_HEALTH``) answers 200 once the model is warm, 204
+while it loads, for RunPod load-balancing endpoints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hmac
+import http
+import json
+import logging
+import time
+import uuid
+from dataclasses import asdict
+
+import numpy as np
+import soxr
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from asr_engine import SAMPLE_RATE, Engine
+from settings import Settings
+from streaming import StreamConfig, StreamDecoder, StreamUpdate
+
+log = logging.getLogger("websocket")
+
+MIN_RATE, MAX_RATE = 8000, 48000
+CLOSE_TRY_AGAIN_LATER = 1013  # over capacity / still loading
+
+
+class ProtocolError(Exception):
+    """A recoverable client mistake: answered with an error message, the connection stays open."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class ASRServer:
+    """WebSocket sessions on one engine. ``engine`` may arrive later (``attach``): until then
+    ``/ping`` says 204 and connections are refused with 1013."""
+
+    def __init__(self, settings: Settings, engine: Engine | None = None):
+        self.settings = settings
+        self.engine: Engine | None = None
+        self.decoder: StreamDecoder | None = None
+        self.sessions: dict[str, "Session"] = {}
+        self.last_activity = time.monotonic()
+        self.served = 0  # sessions completed, for the RunPod job summary
+        if engine is not None:
+            self.attach(engine)
+
+    def attach(self, engine: Engine) -> None:
+        """Use this (warm) engine; must be called inside the running event loop."""
+        s = self.settings
+        self.engine = engine
+        self.decoder = StreamDecoder(engine, StreamConfig(s.stream_chunk_s, s.stream_left_s, s.stream_right_s,
+                                                          s.stream_eou_ms))
+        self.decoder.start()
+
+    @property
+    def ready(self) -> bool:
+        return self.decoder is not None and bool(self.engine and self.engine.ready)
+
+    # ---- HTTP before the upgrade: health check and authentication
+    def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        path = request.path.split("?", 1)[0]
+        if path in ("/ping", "/health"):
+            status = http.HTTPStatus.OK if self.ready else http.HTTPStatus.NO_CONTENT
+            body = b'{"status": "ready"}' if self.ready else b""
+            return connection.respond(status, body.decode()) if body else Response(
+                status.value, status.phrase, Headers([("Content-Length", "0")]), b"")
+        if request.headers.get("Upgrade", "").lower() != "websocket":
+            return connection.respond(http.HTTPStatus.NOT_FOUND, "WebSocket endpoint: connect with a WebSocket client\n")
+        token = self.settings.ws_auth_token
+        if token and not hmac.compare_digest(_request_token(request), token):
+            return connection.respond(http.HTTPStatus.UNAUTHORIZED,
+                                      "unauthorized: pass the token as ?token=... or 'Authorization: Bearer ...'\n")
+        return None
+
+    # ---- one connection
+    async def handle(self, ws: ServerConnection) -> None:
+        if not self.ready:
+            await ws.close(CLOSE_TRY_AGAIN_LATER, "model is loading, try again shortly")
+            return
+        if len(self.sessions) >= self.settings.ws_max_sessions:
+            await ws.close(CLOSE_TRY_AGAIN_LATER, f"server at capacity ({self.settings.ws_max_sessions} sessions)")
+            return
+        session = Session(self, ws)
+        self.sessions[session.id] = session
+        self.last_activity = time.monotonic()
+        try:
+            await session.run()
+        finally:
+            session.abort()
+            self.sessions.pop(session.id, None)
+            self.served += 1
+            self.last_activity = time.monotonic()
+
+    async def serve(self, host: str, port: int):
+        """Start listening (returns the websockets Server; ``port=0`` picks a free port)."""
+        return await serve(self.handle, host, port, process_request=self.process_request,
+                           max_size=self.settings.ws_max_message_bytes, ping_interval=20, ping_timeout=20,
+                           close_timeout=5)
+
+    async def close(self) -> None:
+        if self.decoder is not None:
+            await self.decoder.stop()
+
+
+def _request_token(request: Request) -> str:
+    auth = request.headers.get("Authorization", "")
+    if auth.lower().startswith("bearer "):
+        return auth[7:].strip()
+    from urllib.parse import parse_qs, urlsplit
+
+    return (parse_qs(urlsplit(request.path).query).get("token") or [""])[0]
+
+
+class Session:
+    """One client: protocol state, its resampler and its stream in the decoder."""
+
+    def __init__(self, server: ASRServer, ws: ServerConnection):
+        self.server = server
+        self.ws = ws
+        self.id = uuid.uuid4().hex
+        self.stream = None
+        self.resampler: soxr.ResampleStream | None = None
+        self.carry = b""  # odd trailing byte of a PCM16 frame, kept for the next one
+        self.sample_rate = SAMPLE_RATE
+        self.timestamps = True
+        self.partial_every = 0.0  # seconds of audio between partial messages
+        self.finals: list[str] = []
+        self.reader: asyncio.Task | None = None
+
+    async def send(self, msg: dict) -> None:
+        await self.ws.send(json.dumps(msg, ensure_ascii=False))
+
+    async def error(self, code: str, message: str) -> None:
+        await self.send({"type": "error", "code": code, "message": message})
+
+    async def run(self) -> None:
+        await self.send({"type": "welcome", "message": "Parakeet real-time ASR: send {\"action\": \"start\"}",
+                         "session_id": self.id})
+        idle = self.server.settings.ws_idle_timeout_s
+        while True:
+            try:
+                msg = await asyncio.wait_for(self.ws.recv(), timeout=idle)
+            except asyncio.TimeoutError:
+                with contextlib.suppress(ConnectionClosed):
+                    await self.error("idle_timeout", f"no message for {idle:g} s, closing the session")
+                    await self.ws.close(1000, "idle timeout")
+                return
+            except ConnectionClosed:
+                return
+            self.server.last_activity = time.monotonic()
+            try:
+                if isinstance(msg, bytes):
+                    self.on_audio(msg)
+                else:
+                    await self.on_text(msg)
+            except ProtocolError as e:
+                await self.error(e.code, e.message)
+
+    async def on_text(self, raw: str) -> None:
+        try:
+            msg = json.loads(raw)
+        except ValueError:
+            raise ProtocolError("invalid_json", "text frames must be JSON objects") from None
+        if not isinstance(msg, dict):
+            raise ProtocolError("invalid_json", "text frames must be JSON objects")
+        action = msg.get("action")
+        if action == "start":
+            await self.start(msg)
+        elif action == "stop":
+            await self.stop()
+        else:
+            raise ProtocolError("unknown_action", f"unknown action {action!r}: use 'start' or 'stop'")
+
+    async def start(self, msg: dict) -> None:
+        if self.stream is not None:
+            raise ProtocolError("already_started", "send {\"action\": \"stop\"} before starting again")
+        rate = msg.get("sample_rate", SAMPLE_RATE)
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not MIN_RATE <= rate <= MAX_RATE:
+            raise ProtocolError("invalid_sample_rate", f"sample_rate must be a number from {MIN_RATE} to {MAX_RATE}")
+        chunk = msg.get("chunk_duration", 2.0)
+        if isinstance(chunk, bool) or not isinstance(chunk, (int, float)) or not 0.0 <= chunk <= 30.0:
+            raise ProtocolError("invalid_input", "chunk_duration must be a number of seconds from 0 to 30")
+        timestamps = msg.get("timestamps", True)
+        if not isinstance(timestamps, bool):
+            raise ProtocolError("invalid_input", "timestamps must be true or false")
+        unknown = set(msg) - {"action", "sample_rate", "chunk_duration", "timestamps"}
+        if unknown:
+            raise ProtocolError("invalid_input", f"unknown field(s) in start: {', '.join(sorted(unknown))}")
+        self.sample_rate, self.timestamps, self.partial_every = int(rate), timestamps, float(chunk)
+        self.resampler = None if self.sample_rate == SAMPLE_RATE else soxr.ResampleStream(
+            self.sample_rate, SAMPLE_RATE, 1, dtype="float32")
+        self.carry, self.finals = b"", []
+        decoder = self.server.decoder
+        self.stream = decoder.open()
+        self.reader = asyncio.get_running_loop().create_task(self.forward_updates(self.stream))
+        await self.send({"type": "started", "session_id": self.id, "sample_rate": self.sample_rate,
+                         "chunk_duration": self.partial_every, "timestamps": self.timestamps,
+                         "step_duration": round(decoder.frame_samples / SAMPLE_RATE, 3)})
+
+    def on_audio(self, data: bytes) -> None:
+        if self.stream is None:
+            raise ProtocolError("not_started", "audio before start: send {\"action\": \"start\"} first")
+        data = self.carry + data
+        cut = len(data) - len(data) % 2
+        self.carry = data[cut:]
+        pcm = np.frombuffer(data[:cut], dtype="<i2").astype(np.float32) / 32768.0
+        if self.resampler is not None:
+            pcm = self.resampler.resample_chunk(pcm, last=False)
+        self.server.decoder.push(self.stream, pcm)
+
+    async def stop(self) -> None:
+        if self.stream is None:
+            raise ProtocolError("not_started", "nothing to stop: send {\"action\": \"start\"} first")
+        if self.resampler is not None:  # the resampler's filter delay holds the last few samples
+            self.server.decoder.push(self.stream, self.resampler.resample_chunk(np.zeros(0, np.float32), last=True))
+        stream = self.stream
+        self.server.decoder.finish(stream)
+        await self.reader  # sends the remaining finals
+        self.stream = self.reader = None
+        await self.send({"type": "done", "text": " ".join(t for t in self.finals if t),
+                         "duration": round(stream.samples_in / SAMPLE_RATE, 3)})
+
+    async def forward_updates(self, stream) -> None:
+        """Send this stream's partials and finals, in order, until its last step."""
+        last_partial, last_sent_at = "", 0.0
+        utterance_start = 0.0
+        while True:
+            update: StreamUpdate | None = await stream.updates.get()
+            if update is None:  # the decoder failed this stream
+                with contextlib.suppress(ConnectionClosed):
+                    await self.error("internal_error", "decoding failed for this stream; start again")
+                return
+            if update.final is not None:
+                if update.final:
+                    self.finals.append(update.final)
+                    await self.send(self._message(update.final, True, update.words, utterance_start, update.end))
+                utterance_start = update.words[-1].end if update.words else update.end
+                last_partial, last_sent_at = "", update.end
+            elif update.partial and update.partial != last_partial and update.end - last_sent_at >= self.partial_every:
+                await self.send(self._message(update.partial, False, [], utterance_start, update.end))
+                last_partial, last_sent_at = update.partial, update.end
+            if update.last:
+                return
+
+    def _message(self, text: str, final: bool, words, start: float, end: float) -> dict:
+        if words:
+            start, end = words[0].start, words[-1].end
+        msg = {"type": "transcription", "text": text, "is_final": final, "start": round(start, 3),
+               "end": round(max(end, start), 3)}
+        if self.timestamps:
+            msg["words"] = [{k: v for k, v in asdict(w).items() if v is not None} for w in words]
+        return msg
+
+    def abort(self) -> None:
+        if self.stream is not None:
+            self.server.decoder.abort(self.stream)
+            self.stream = None
+        if self.reader is not None:
+            self.reader.cancel()
+            self.reader = None
+
+
+# ---------------------------------------------------------------------------------------------
+async def run_server(settings: Settings, host: str, port: int) -> None:
+    """Listen first (``/ping`` answers 204), load and warm the engine, then serve until cancelled."""
+    server = ASRServer(settings)
+    listeners = [await server.serve(host, port)]
+    if settings.port_health and settings.port_health != port:
+        listeners.append(await server.serve(host, settings.port_health))
+    log.info("listening on ws://%s:%d (health: /ping)", host, port)
+    engine = await asyncio.to_thread(Engine, settings)
+    server.attach(engine)
+    log.info("engine warm: %s on %s", settings.model, engine.device)
+    try:
+        await asyncio.Future()
+    finally:
+        for ls in listeners:
+            ls.close()
+        await server.close()
+
+
+def main() -> None:
+    s = Settings.from_env()
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--host", default=s.ws_host)
+    ap.add_argument("--port", type=int, default=s.ws_port)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run_server(s, args.host, args.port))
+
+
+if __name__ == "__main__":
+    main()
