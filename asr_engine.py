@@ -106,6 +106,7 @@ class Engine:
         self.lock = threading.Lock()  # one model user at a time: batch jobs and streaming steps
         self.frame_seconds = self.model.cfg.preprocessor.window_stride * self.model.encoder.subsampling_factor
         self.attention = "full"
+        self._param_names = {name for name, _ in self.model.named_parameters()}
         self._checkpoint_decoding = self.model.cfg.decoding.copy()  # as trained; streaming set-up overwrites cfg
         self.reconfigure()
         if s.compile and self.device.type == "cuda":
@@ -181,6 +182,13 @@ class Engine:
         else:
             self.model.change_attention_model("rel_pos", [-1, -1], update_config=False)
             self._use_sdpa(True)
+        # NeMo 3.0 builds the new attention layers with biases even when the encoder has
+        # use_bias=False (parakeet's case) and loads the old weights non-strictly, so those biases
+        # start random and would change every later request. A missing bias is a zero bias.
+        with torch.no_grad():
+            for name, p in self.model.named_parameters():
+                if name not in self._param_names and name.endswith(".bias"):
+                    p.zero_()
         if self.dtype != torch.float32:
             self.model.encoder.to(self.dtype)
         self.attention = attention

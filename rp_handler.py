@@ -11,8 +11,10 @@ engine's dynamic batcher can put them in one forward pass.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
+import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +27,7 @@ from asr_engine import Engine
 from errors import INTERNAL_ERROR, INVALID_INPUT, ASRError
 from formatting import job_output
 from settings import Settings
+from websocket_handler import ASRServer, run_server
 
 log = logging.getLogger("rp_handler")
 
@@ -42,7 +45,11 @@ INPUT_SCHEMA = {
     "chunk_duration": {"type": float, "required": False, "default": 30.0},
     "output_format": {"type": str, "required": False, "default": "json"},
     "action": {"type": str, "required": False, "default": "transcribe"},
+    # action "websocket" only:
+    "idle_timeout": {"type": float, "required": False, "default": 60.0},
+    "max_lifetime": {"type": float, "required": False, "default": 3600.0},
 }
+WEBSOCKET_ONLY = ("idle_timeout", "max_lifetime")
 
 # Value rules, checked here rather than as rp_validator "constraints": the validator skips a
 # field's constraints when its value has the default's type (chunk_duration=-5 would pass).
@@ -51,7 +58,13 @@ RULES = {
                        "a number of seconds from 5 to 3600"),
     "output_format": (lambda v: isinstance(v, str) and v.lower() in OUTPUT_FORMATS, "one of " + ", ".join(OUTPUT_FORMATS)),
     "action": (lambda v: isinstance(v, str) and v.lower() in ACTIONS, "one of " + ", ".join(ACTIONS)),
+    "idle_timeout": (lambda v: _number(v) and 1.0 <= v <= 3600.0, "a number of seconds from 1 to 3600"),
+    "max_lifetime": (lambda v: _number(v) and 10.0 <= v <= 86400.0, "a number of seconds from 10 to 86400"),
 }
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 @dataclass(frozen=True)
@@ -65,6 +78,8 @@ class Request:
     chunk_duration: float
     output_format: str
     action: str
+    idle_timeout: float
+    max_lifetime: float
 
 
 def parse_request(job_input) -> Request:
@@ -83,6 +98,11 @@ def parse_request(job_input) -> Request:
             raise ASRError(INVALID_INPUT, "give exactly one of audio_base64 or audio_url")
         if req.output_format in ("srt", "vtt") and not req.timestamps:
             raise ASRError(INVALID_INPUT, f"output_format {req.output_format} needs timestamps=true")
+        misplaced = [k for k in WEBSOCKET_ONLY if k in job_input]
+        if misplaced:
+            raise ASRError(INVALID_INPUT, f"{', '.join(misplaced)} only apply to action 'websocket'")
+    elif req.audio_base64 is not None or req.audio_url is not None:
+        raise ASRError(INVALID_INPUT, "action 'websocket' takes no audio: stream it to the ws_url it returns")
     return req
 
 
@@ -127,7 +147,7 @@ async def handler(job: dict) -> dict:
     try:
         req = parse_request(job.get("input"))
         if req.action == "websocket":
-            raise ASRError(INVALID_INPUT, "action 'websocket' is not available in this version; use 'transcribe'")
+            return await websocket_job(job, req)
         audio = await fetch_audio(req)
         if audio.duration > 60:
             _progress(job, {"stage": "transcribing", "duration": round(audio.duration, 1)})
@@ -146,6 +166,69 @@ async def handler(job: dict) -> dict:
         return {"error": f"{INTERNAL_ERROR}: the job failed unexpectedly; it has been logged"}
 
 
+# ---------------------------------------------------------------------------------------------
+# real-time mode inside a RunPod job: {"action": "websocket"}
+_ws_server: ASRServer | None = None
+
+
+async def ensure_ws_server() -> ASRServer:
+    """Start the WebSocket server in this worker process once, on the shared engine. Reached
+    over the pod's public IP, so it always requires a token: WS_AUTH_TOKEN, or a random one."""
+    global _ws_server
+    if _ws_server is None:
+        token = SETTINGS.ws_auth_token or secrets.token_urlsafe(24)
+        server = ASRServer(dataclasses.replace(SETTINGS, ws_auth_token=token), get_engine())
+        await server.serve(SETTINGS.ws_host, SETTINGS.ws_port)
+        _ws_server = server
+    return _ws_server
+
+
+def public_ws_url() -> str:
+    """Where clients connect: RunPod maps the container's TCP port to a public one."""
+    host = os.environ.get("RUNPOD_PUBLIC_IP") or "127.0.0.1"
+    port = os.environ.get(f"RUNPOD_TCP_PORT_{SETTINGS.ws_port}") or str(SETTINGS.ws_port)
+    return f"ws://{host}:{port}"
+
+
+async def _announce(job: dict, message: dict) -> None:
+    """Make the ready message readable while the job runs: as progress (``/status``) and on the
+    job's stream channel (``/stream/{id}``). Only on RunPod; locally the SDK has no such URLs."""
+    _progress(job, message)
+    if os.environ.get("RUNPOD_WEBHOOK_POST_STREAM"):
+        from runpod.http_client import AsyncClientSession
+        from runpod.serverless.modules.rp_http import stream_result
+
+        try:
+            async with AsyncClientSession() as session:
+                await stream_result(session, {"output": message}, job)
+        except Exception:  # noqa: BLE001 - /status still carries it
+            log.warning("could not post the ready message to the stream channel", exc_info=True)
+
+
+async def websocket_job(job: dict, req: Request) -> dict:
+    """Serve WebSocket clients until no session has been active for ``idle_timeout`` seconds
+    or ``max_lifetime`` is reached, then finish the job with a summary."""
+    server = await ensure_ws_server()
+    ready = {"status": "ready", "ws_url": public_ws_url(), "token": server.settings.ws_auth_token}
+    log.info("websocket job %s: serving at %s", job.get("id"), ready["ws_url"])
+    await _announce(job, ready)
+    t0 = now = time.monotonic()
+    served_before = server.served
+    server.last_activity = t0
+    reason = "idle"
+    while True:
+        await asyncio.sleep(min(0.5, req.idle_timeout / 4))
+        now = time.monotonic()
+        if not server.sessions and now - server.last_activity >= req.idle_timeout:
+            break
+        if now - t0 >= req.max_lifetime:
+            reason = "max_lifetime"
+            break
+    return {"status": "finished", "reason": reason, "ws_url": ready["ws_url"],
+            "sessions": server.served - served_before, "active_sessions": len(server.sessions),
+            "seconds": round(now - t0, 1)}
+
+
 def concurrency_modifier(current: int) -> int:
     # Enough jobs in flight to fill one dynamic batch.
     return max(1, SETTINGS.max_batch_size)
@@ -153,6 +236,11 @@ def concurrency_modifier(current: int) -> int:
 
 def main() -> None:
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"), format="%(asctime)s %(name)s %(message)s")
+    if os.environ.get("WORKER_MODE", "queue").lower() == "load_balancer":
+        # RunPod load-balancing endpoint: traffic goes straight to our WebSocket server on PORT,
+        # health checks to GET /ping on PORT_HEALTH (204 while loading, 200 when warm)
+        asyncio.run(run_server(SETTINGS, SETTINGS.ws_host, SETTINGS.ws_port))
+        return
     get_engine()  # load and warm up before taking jobs
     runpod.serverless.start({"handler": handler, "concurrency_modifier": concurrency_modifier})
 

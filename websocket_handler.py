@@ -120,6 +120,29 @@ class ASRServer:
             await self.decoder.stop()
 
 
+class PcmInput:
+    """Client audio -> 16 kHz float32: PCM16 LE frames of any size (an odd trailing byte waits for
+    the next frame), resampled in a streaming way so the chunk boundaries leave no trace."""
+
+    def __init__(self, sample_rate: int):
+        self.carry = b""
+        self.resampler = None if sample_rate == SAMPLE_RATE else soxr.ResampleStream(
+            sample_rate, SAMPLE_RATE, 1, dtype="float32")
+
+    def feed(self, data: bytes) -> np.ndarray:
+        data = self.carry + data
+        cut = len(data) - len(data) % 2
+        self.carry = data[cut:]
+        pcm = np.frombuffer(data[:cut], dtype="<i2").astype(np.float32) / 32768.0
+        return pcm if self.resampler is None else self.resampler.resample_chunk(pcm, last=False)
+
+    def flush(self) -> np.ndarray:
+        """The resampler's last samples (its filter holds a few back until the end)."""
+        if self.resampler is None:
+            return np.zeros(0, np.float32)
+        return self.resampler.resample_chunk(np.zeros(0, np.float32), last=True)
+
+
 def _request_token(request: Request) -> str:
     auth = request.headers.get("Authorization", "")
     if auth.lower().startswith("bearer "):
@@ -137,8 +160,7 @@ class Session:
         self.ws = ws
         self.id = uuid.uuid4().hex
         self.stream = None
-        self.resampler: soxr.ResampleStream | None = None
-        self.carry = b""  # odd trailing byte of a PCM16 frame, kept for the next one
+        self.audio_in: PcmInput | None = None
         self.sample_rate = SAMPLE_RATE
         self.timestamps = True
         self.partial_every = 0.0  # seconds of audio between partial messages
@@ -205,9 +227,8 @@ class Session:
         if unknown:
             raise ProtocolError("invalid_input", f"unknown field(s) in start: {', '.join(sorted(unknown))}")
         self.sample_rate, self.timestamps, self.partial_every = int(rate), timestamps, float(chunk)
-        self.resampler = None if self.sample_rate == SAMPLE_RATE else soxr.ResampleStream(
-            self.sample_rate, SAMPLE_RATE, 1, dtype="float32")
-        self.carry, self.finals = b"", []
+        self.audio_in = PcmInput(self.sample_rate)
+        self.finals = []
         decoder = self.server.decoder
         self.stream = decoder.open()
         self.reader = asyncio.get_running_loop().create_task(self.forward_updates(self.stream))
@@ -218,19 +239,12 @@ class Session:
     def on_audio(self, data: bytes) -> None:
         if self.stream is None:
             raise ProtocolError("not_started", "audio before start: send {\"action\": \"start\"} first")
-        data = self.carry + data
-        cut = len(data) - len(data) % 2
-        self.carry = data[cut:]
-        pcm = np.frombuffer(data[:cut], dtype="<i2").astype(np.float32) / 32768.0
-        if self.resampler is not None:
-            pcm = self.resampler.resample_chunk(pcm, last=False)
-        self.server.decoder.push(self.stream, pcm)
+        self.server.decoder.push(self.stream, self.audio_in.feed(data))
 
     async def stop(self) -> None:
         if self.stream is None:
             raise ProtocolError("not_started", "nothing to stop: send {\"action\": \"start\"} first")
-        if self.resampler is not None:  # the resampler's filter delay holds the last few samples
-            self.server.decoder.push(self.stream, self.resampler.resample_chunk(np.zeros(0, np.float32), last=True))
+        self.server.decoder.push(self.stream, self.audio_in.flush())
         stream = self.stream
         self.server.decoder.finish(stream)
         await self.reader  # sends the remaining finals

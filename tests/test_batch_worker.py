@@ -25,12 +25,16 @@ pytestmark = requires_model
 
 MAX_SECONDS = 120
 MAX_BYTES = 4 << 20
+WS_TOKEN = "job-token"
 
 
 def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+WS_PORT = _free_port()
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +69,7 @@ def worker(file_server):
     """rp_handler.py under the SDK's local API server; only the file server's port is allowed."""
     port = _free_port()
     env = {**os.environ, "PARAKEET_MODEL": str(TINY_MODEL), "DEVICE": "cpu", "MAX_AUDIO_SECONDS": str(MAX_SECONDS),
+           "WS_PORT": str(WS_PORT), "WS_HOST": "127.0.0.1", "WS_AUTH_TOKEN": WS_TOKEN,
            "MAX_AUDIO_BYTES": str(MAX_BYTES), "ALLOWED_URL_HOSTS": f"127.0.0.1:{file_server[0]}",
            "MAX_BATCH_WAIT_MS": "30", "PYTHONUNBUFFERED": "1"}
     log = open(ROOT / "tests" / ".worker.log", "w")
@@ -200,7 +205,9 @@ def _hostile_cases(speech_files, tmp_path, file_server):
         "url_ipv6_loopback": ({"audio_url": "http://[::1]/a.wav"}, "forbidden_url"),
         "url_file": ({"audio_url": "file:///etc/passwd"}, "forbidden_url"),
         "url_redirect_to_loopback": ({"audio_url": f"http://127.0.0.1:{file_server[0]}/redirect"}, "forbidden_url"),
-        "websocket_not_yet": ({"action": "websocket"}, "invalid_input"),
+        "websocket_with_audio": ({"action": "websocket", "audio_base64": b64(speech_files["wav"])}, "invalid_input"),
+        "websocket_bad_idle": ({"action": "websocket", "idle_timeout": 0}, "invalid_input"),
+        "idle_timeout_on_transcribe": ({"audio_base64": b64(speech_files["wav"]), "idle_timeout": 5}, "invalid_input"),
         "bad_action": ({"action": "delete"}, "invalid_input"),
     }
 
@@ -243,11 +250,14 @@ def test_six_concurrent_jobs_each_get_their_own_text(worker, tmp_path):
         return await asyncio.gather(*(_runsync(worker, x) for x in inputs))
 
     results = asyncio.run(all_at_once())
-    for i, (u, res) in enumerate(zip(utts, results)):
-        text = res["output"]["text"]
+    texts = [res["output"]["text"] for res in results]
+    # random word sequences can merge across a word boundary ("with art" -> "without"), so the
+    # accuracy bound is on all six together; isolation is per job
+    assert jiwer.wer([u.text for u in utts], texts) <= 0.1, texts
+    for i, (u, text) in enumerate(zip(utts, texts)):
         own = jiwer.wer(u.text, text)
         others = min(jiwer.wer(v.text, text) for j, v in enumerate(utts) if j != i)
-        assert own <= 0.2 and own < others, (u.text, text)
+        assert own < others, (u.text, text)
 
 
 def test_client_run_and_status_polling(worker, speech_files, capsys):
@@ -258,3 +268,37 @@ def test_client_run_and_status_polling(worker, speech_files, capsys):
     assert ei.value.code == "invalid_input"
     assert client.main(["batch", worker, str(speech_files["ogg"]), "--format", "srt"]) == 0
     assert "-->" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------ RunPod WebSocket mode
+def test_websocket_action_serves_streams_until_idle(worker, speech_files):
+    """{"action": "websocket"} starts the server in the worker on the shared engine; the job ends
+    with a summary once no client has been connected for idle_timeout seconds."""
+    async def go():
+        async with aiohttp.ClientSession() as s:
+            async with s.post(f"{worker}/run", json={"input": {"action": "websocket", "idle_timeout": 2}}) as r:
+                job = await r.json()
+            # the local SDK server runs a /run job when its status is asked for: this call
+            # returns when the job ends
+            status = asyncio.create_task(s.post(f"{worker}/status/{job['id']}"))
+            url = f"ws://127.0.0.1:{WS_PORT}"
+            for _ in range(100):
+                try:
+                    socket.create_connection(("127.0.0.1", WS_PORT), timeout=1).close()
+                    break
+                except OSError:
+                    await asyncio.sleep(0.1)
+            text = await client.stream_file_to_websocket(url, speech_files["flac"], realtime=False,
+                                                         token=WS_TOKEN, show=False)
+            resp = await status
+            return text, await resp.json()
+
+    text, res = asyncio.run(go())
+    assert jiwer.wer(SAMPLE_TEXT, text) <= 0.2, text
+    assert res["status"] == "COMPLETED", res
+    out = res["output"]
+    assert out["status"] == "finished" and out["reason"] == "idle" and out["sessions"] == 1
+    assert out["ws_url"] == f"ws://127.0.0.1:{WS_PORT}"
+    # the worker still does batch jobs afterwards
+    ok = runsync(worker, {"audio_base64": b64(speech_files["wav"])})
+    assert ok["status"] == "COMPLETED"

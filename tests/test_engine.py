@@ -80,6 +80,23 @@ def test_local_attention_matches_full_and_switches_back(engine, tiny_model, sent
     assert engine.transcribe_batch([audio])[0].words == full.words
 
 
+def test_attention_switch_round_trip_leaves_the_weights_exactly_as_loaded(engine, tiny_model):
+    """NeMo's change_attention_model adds randomly initialised biases to a use_bias=False encoder;
+    the engine zeroes them, so a long-audio request cannot change later results."""
+    import torch
+
+    before = {k: v.clone() for k, v in tiny_model.state_dict().items()}
+    with engine.exclusive("local"):
+        local = {k: v.clone() for k, v in tiny_model.state_dict().items()}
+    after = tiny_model.state_dict()
+    for state in (local, after):
+        for k, v in state.items():
+            if k in before:
+                assert torch.equal(v, before[k]), k
+            else:
+                assert k.endswith(".bias") and not v.any(), k
+
+
 def test_automatic_local_attention_above_threshold(tiny_model, sentences):
     eng = Engine(Settings(model="tiny", local_attention_threshold_s=1.0, warmup=False), model=tiny_model)
     t = asyncio.run(eng.transcribe(sentences[3].audio))

