@@ -320,3 +320,65 @@ def test_auth_capacity_and_idle_timeout(engine):
         assert idle["type"] == "error" and idle["code"] == "idle_timeout"
     finally:
         srv.stop()
+
+
+def test_ping_is_204_and_connections_refused_while_the_model_loads(engine):
+    srv = ServerThread(engine.settings, None)  # no engine attached yet: still loading
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{srv.port}/ping", timeout=5) as r:
+            assert r.status == 204
+
+        async def run():
+            async with connect(srv.url) as ws:
+                with pytest.raises(ConnectionClosed) as closed:
+                    await ws.recv()
+            return closed.value.rcvd
+
+        close = asyncio.run(run())
+        assert close.code == 1013 and "loading" in close.reason
+    finally:
+        srv.stop()
+
+
+def test_load_balancer_mode_serves_ping_and_streams(tmp_path):
+    """WORKER_MODE=load_balancer: rp_handler.py runs only the WebSocket server on PORT, with
+    GET /ping on PORT_HEALTH (204 while loading, 200 when warm)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.error
+
+    from conftest import ROOT, TINY_MODEL
+
+    def free_port():
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    port, health = free_port(), free_port()
+    env = {**os.environ, "WORKER_MODE": "load_balancer", "PORT": str(port), "PORT_HEALTH": str(health),
+           "WS_HOST": "127.0.0.1", "PARAKEET_MODEL": str(TINY_MODEL), "DEVICE": "cpu"}
+    env.pop("WS_PORT", None)
+    log = open(tmp_path / "lb.log", "w")
+    proc = subprocess.Popen([sys.executable, "rp_handler.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        codes = []
+        deadline = time.time() + 120
+        while time.time() < deadline and 200 not in codes:
+            assert proc.poll() is None, (tmp_path / "lb.log").read_text()[-2000:]
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{health}/ping", timeout=2) as r:
+                    codes.append(r.status)
+            except (urllib.error.URLError, ConnectionError):
+                pass
+            time.sleep(0.2)
+        assert codes and codes[-1] == 200 and set(codes) <= {200, 204}, codes
+        audio, refs = two_utterances(seed=7021, pause=0.3)
+        _, done = asyncio.run(stream(f"ws://127.0.0.1:{port}", audio))
+        assert jiwer.wer(" ".join(refs), done["text"]) <= 0.3, done
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        log.close()
