@@ -185,6 +185,8 @@ async def stream_file_to_websocket(websocket_url: str, audio_file: str | Path, c
 
 
 def main(argv: list[str] | None = None) -> int:
+    from errors import ASRError
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
     b = sub.add_parser("batch", help="transcribe a file through a RunPod endpoint or the local server")
@@ -205,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             text = asyncio.run(stream_file_to_websocket(args.websocket_url, args.audio_file, args.chunk_duration,
                                                         realtime=not args.fast, token=args.token))
-        except (TranscriptionError, OSError) as exc:
+        except (TranscriptionError, OSError, ASRError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
         print(text)

@@ -3,6 +3,10 @@
     python -u rp_handler.py                      # on RunPod
     python rp_handler.py --rp_serve_api          # the SDK's local HTTP server (/run, /runsync, /status)
 
+``{"action": "websocket"}`` starts the real-time WebSocket server in this worker (on the same
+engine) and keeps the job alive while clients stream; ``WORKER_MODE=load_balancer`` runs only that
+server, for RunPod load-balancing endpoints.
+
 Every failure becomes ``{"error": "<code>: <message>"}`` (the job is marked FAILED); the worker
 itself never dies on a bad job. Several jobs run at once (``concurrency_modifier``) so that the
 engine's dynamic batcher can put them in one forward pass.

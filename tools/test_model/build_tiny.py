@@ -281,6 +281,13 @@ def _timestamps_ok(hyp, duration: float) -> bool:
 
 
 # ---------------------------------------------------------------- main
+def _rel(value) -> str:
+    """Paths inside the repository recorded relative to it (the metrics file is committed)."""
+    if isinstance(value, Path) and value.resolve().is_relative_to(ROOT):
+        return str(value.resolve().relative_to(ROOT))
+    return str(value)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--stage", choices=["all", "data", "train", "eval"], default="all")
@@ -323,7 +330,7 @@ def main() -> None:
         info = train(model, data, boot, phases, args.seed, args.batch_seconds, args.lr, args.ctc_weight)
         info.update({"parameters": n_params, "train_utterances": int(len(data["lens"])),
                      "train_hours": round(float(data["lens"].sum()) / 16000 / 3600, 2), "seed": args.seed,
-                     "threads": torch.get_num_threads(), "args": {k: str(v) for k, v in vars(args).items()}})
+                     "threads": torch.get_num_threads(), "args": {k: _rel(v) for k, v in vars(args).items()}})
         model.save_to(str(args.out))
         log.info("saved %s (%.1f MB)", args.out, args.out.stat().st_size / 1e6)
     if args.stage in ("all", "eval"):
