@@ -209,13 +209,13 @@ async def _announce(job: dict, message: dict) -> None:
             log.warning("could not post the ready message to the stream channel", exc_info=True)
 
 
-async def websocket_job(job: dict, req: Request) -> dict:
-    """Serve WebSocket clients until no session has been active for ``idle_timeout`` seconds
-    or ``max_lifetime`` is reached, then finish the job with a summary."""
+async def serve_websocket(job: dict, req: Request):
+    """Yield the ready message, serve WebSocket clients until no session has been active for
+    ``idle_timeout`` seconds or ``max_lifetime`` is reached, then yield a summary."""
     server = await ensure_ws_server()
     ready = {"status": "ready", "ws_url": public_ws_url(), "token": server.settings.ws_auth_token}
     log.info("websocket job %s: serving at %s", job.get("id"), ready["ws_url"])
-    await _announce(job, ready)
+    yield ready
     t0 = now = time.monotonic()
     served_before = server.served
     server.last_activity = t0
@@ -228,9 +228,33 @@ async def websocket_job(job: dict, req: Request) -> dict:
         if now - t0 >= req.max_lifetime:
             reason = "max_lifetime"
             break
-    return {"status": "finished", "reason": reason, "ws_url": ready["ws_url"],
-            "sessions": server.served - served_before, "active_sessions": len(server.sessions),
-            "seconds": round(now - t0, 1)}
+    yield {"status": "finished", "reason": reason, "ws_url": ready["ws_url"],
+           "sessions": server.served - served_before, "active_sessions": len(server.sessions),
+           "seconds": round(now - t0, 1)}
+
+
+async def websocket_job(job: dict, req: Request) -> dict:
+    """The websocket action for the (default) plain handler: the ready message goes out as
+    progress and on the stream channel; the summary is the job's output."""
+    messages = serve_websocket(job, req)
+    await _announce(job, await anext(messages))
+    return await anext(messages)
+
+
+async def generator_handler(job: dict):
+    """``RUNPOD_GENERATOR_HANDLER=1``: SPEC's generator form. A websocket job yields the ready
+    message (readable at ``/stream/{id}``) and then the summary; a transcribe job yields its one
+    output - which RunPod then returns as a one-element list, hence not the default."""
+    try:
+        req = parse_request(job.get("input"))
+    except ASRError as exc:
+        yield {"error": str(exc)}
+        return
+    if req.action == "websocket":
+        async for message in serve_websocket(job, req):
+            yield message
+    else:
+        yield await handler(job)
 
 
 def concurrency_modifier(current: int) -> int:
@@ -246,7 +270,11 @@ def main() -> None:
         asyncio.run(run_server(SETTINGS, SETTINGS.ws_host, SETTINGS.ws_port))
         return
     get_engine()  # load and warm up before taking jobs
-    runpod.serverless.start({"handler": handler, "concurrency_modifier": concurrency_modifier})
+    if os.environ.get("RUNPOD_GENERATOR_HANDLER", "").lower() in ("1", "true", "yes"):
+        runpod.serverless.start({"handler": generator_handler, "return_aggregate_stream": True,
+                                 "concurrency_modifier": concurrency_modifier})
+    else:
+        runpod.serverless.start({"handler": handler, "concurrency_modifier": concurrency_modifier})
 
 
 if __name__ == "__main__":

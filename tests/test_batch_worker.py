@@ -4,6 +4,7 @@ All traffic stays on loopback."""
 
 import asyncio
 import base64
+import contextlib
 import http.server
 import os
 import re
@@ -64,21 +65,18 @@ def file_server(speech_files):
     srv.shutdown()
 
 
-@pytest.fixture(scope="module")
-def worker(file_server):
-    """rp_handler.py under the SDK's local API server; only the file server's port is allowed."""
+@contextlib.contextmanager
+def running_worker(extra_env: dict, log_name: str):
+    """rp_handler.py under the SDK's local API server on a free loopback port; yields its URL."""
     port = _free_port()
-    env = {**os.environ, "PARAKEET_MODEL": str(TINY_MODEL), "DEVICE": "cpu", "MAX_AUDIO_SECONDS": str(MAX_SECONDS),
-           "WS_PORT": str(WS_PORT), "WS_HOST": "127.0.0.1", "WS_AUTH_TOKEN": WS_TOKEN,
-           "MAX_AUDIO_BYTES": str(MAX_BYTES), "ALLOWED_URL_HOSTS": f"127.0.0.1:{file_server[0]}",
-           "MAX_BATCH_WAIT_MS": "30", "PYTHONUNBUFFERED": "1"}
-    log = open(ROOT / "tests" / ".worker.log", "w")
+    env = {**os.environ, "PARAKEET_MODEL": str(TINY_MODEL), "DEVICE": "cpu", "WS_HOST": "127.0.0.1",
+           "WS_AUTH_TOKEN": WS_TOKEN, "PYTHONUNBUFFERED": "1", **extra_env}
+    log = open(ROOT / "tests" / log_name, "w")
     proc = subprocess.Popen([sys.executable, "rp_handler.py", "--rp_serve_api", "--rp_api_host", "127.0.0.1",
                              "--rp_api_port", str(port)], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 180
     while time.time() < deadline:
-        assert proc.poll() is None, "worker exited during start-up; see tests/.worker.log"
+        assert proc.poll() is None, f"worker exited during start-up; see tests/{log_name}"
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
             break
@@ -87,10 +85,21 @@ def worker(file_server):
     else:
         proc.kill()
         pytest.fail("worker did not start")
-    yield url
-    proc.terminate()
-    proc.wait(10)
-    log.close()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def worker(file_server):
+    """The batch worker; only the file server's port is allowed as a private URL host."""
+    env = {"MAX_AUDIO_SECONDS": str(MAX_SECONDS), "MAX_AUDIO_BYTES": str(MAX_BYTES), "WS_PORT": str(WS_PORT),
+           "ALLOWED_URL_HOSTS": f"127.0.0.1:{file_server[0]}", "MAX_BATCH_WAIT_MS": "30"}
+    with running_worker(env, ".worker.log") as url:
+        yield url
 
 
 async def _runsync(url, job_input):
@@ -302,3 +311,37 @@ def test_websocket_action_serves_streams_until_idle(worker, speech_files):
     # the worker still does batch jobs afterwards
     ok = runsync(worker, {"audio_base64": b64(speech_files["wav"])})
     assert ok["status"] == "COMPLETED"
+
+
+def test_generator_handler_streams_the_ready_message_then_the_summary(speech_files):
+    """RUNPOD_GENERATOR_HANDLER=1 (SPEC's generator form): /stream/{id} gives the ready message
+    and the summary; a transcribe job's output is then a one-element list (why it is opt-in)."""
+    ws_port = _free_port()
+    with running_worker({"RUNPOD_GENERATOR_HANDLER": "1", "WS_PORT": str(ws_port)}, ".worker-gen.log") as url:
+        async def go():
+            async with aiohttp.ClientSession() as s:
+                async with s.post(f"{url}/run", json={"input": {"action": "websocket", "idle_timeout": 2}}) as r:
+                    job = await r.json()
+                streamed = asyncio.create_task(s.post(f"{url}/stream/{job['id']}"))
+                for _ in range(100):
+                    try:
+                        socket.create_connection(("127.0.0.1", ws_port), timeout=1).close()
+                        break
+                    except OSError:
+                        await asyncio.sleep(0.1)
+                text = await client.stream_file_to_websocket(f"ws://127.0.0.1:{ws_port}", speech_files["wav"],
+                                                             realtime=False, token=WS_TOKEN, show=False)
+                resp = await streamed
+                return text, await resp.json()
+
+        text, res = asyncio.run(go())
+        assert jiwer.wer(SAMPLE_TEXT, text) <= 0.2, text
+        ready, summary = [m["output"] for m in res["stream"]]
+        assert ready == {"status": "ready", "ws_url": f"ws://127.0.0.1:{ws_port}", "token": WS_TOKEN}
+        assert summary["status"] == "finished" and summary["sessions"] == 1
+        out = runsync(url, {"audio_base64": b64(speech_files["wav"])})
+        assert out["status"] == "COMPLETED" and jiwer.wer(SAMPLE_TEXT, out["output"][0]["text"]) <= 0.15
+        bad = runsync(url, {"action": "websocket", "audio_url": "https://example.com/a.wav"})
+        # RunPod marks a streamed {"error": ...} FAILED; the local server lists it as output
+        error = bad.get("error") or bad["output"][0]["error"]
+        assert error.startswith("invalid_input: action 'websocket' takes no audio")
