@@ -101,11 +101,24 @@ class ASRWebSocketClient:
     async def __aenter__(self) -> "ASRWebSocketClient":
         from websockets.asyncio.client import connect
 
+        from websockets.exceptions import ConnectionClosed, InvalidStatus
+
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
-        self.ws = await connect(self.url, additional_headers=headers, open_timeout=self.open_timeout,
-                                max_size=None)
-        welcome = json.loads(await self.ws.recv())
+        try:
+            self.ws = await connect(self.url, additional_headers=headers, open_timeout=self.open_timeout,
+                                    max_size=None)
+        except InvalidStatus as exc:
+            code = exc.response.status_code
+            raise TranscriptionError(f"connection refused: HTTP {code} {exc.response.body.decode(errors='replace').strip()}",
+                                     "unauthorized" if code == 401 else None) from None
+        try:
+            welcome = json.loads(await self.ws.recv())
+        except ConnectionClosed as exc:  # e.g. 1013: over capacity or still loading
+            await self.ws.close()
+            raise TranscriptionError(f"connection closed by the server ({exc.rcvd.code if exc.rcvd else 1006}): "
+                                     f"{exc.rcvd.reason if exc.rcvd else 'no reason'}") from None
         if welcome.get("type") != "welcome":
+            await self.ws.close()
             raise TranscriptionError(f"unexpected first message: {welcome}")
         self.session_id = welcome.get("session_id")
         return self
@@ -166,7 +179,7 @@ async def stream_file_to_websocket(websocket_url: str, audio_file: str | Path, c
         task = asyncio.create_task(sender())
         done = None
         try:
-            async for msg in client:
+            async for msg in _until_done(client, task):
                 kind = msg.get("type")
                 if kind == "transcription" and show:
                     mark = "FINAL  " if msg["is_final"] else "partial"
@@ -182,6 +195,30 @@ async def stream_file_to_websocket(websocket_url: str, audio_file: str | Path, c
     if done is None:
         raise TranscriptionError("the server closed the session before 'done'")
     return done["text"]
+
+
+async def _until_done(client: ASRWebSocketClient, sender: asyncio.Task, after_stop_s: float = 60.0):
+    """The session's messages; fails if the sender fails or ``done`` is late after the stop."""
+    it = client.__aiter__()
+    nxt = asyncio.ensure_future(anext(it))
+    try:
+        while True:
+            waiting = {nxt} if sender.done() else {nxt, sender}
+            finished, _ = await asyncio.wait(waiting, timeout=after_stop_s if sender.done() else None,
+                                             return_when=asyncio.FIRST_COMPLETED)
+            if not finished:
+                raise TranscriptionError(f"no 'done' from the server {after_stop_s:g} s after stop")
+            if sender in finished and sender.exception() is not None:
+                raise TranscriptionError(f"sending audio failed: {sender.exception()}")
+            if nxt in finished:
+                try:
+                    msg = nxt.result()
+                except StopAsyncIteration:
+                    return
+                yield msg
+                nxt = asyncio.ensure_future(anext(it))
+    finally:
+        nxt.cancel()
 
 
 def main(argv: list[str] | None = None) -> int:

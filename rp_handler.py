@@ -173,17 +173,23 @@ async def handler(job: dict) -> dict:
 # ---------------------------------------------------------------------------------------------
 # real-time mode inside a RunPod job: {"action": "websocket"}
 _ws_server: ASRServer | None = None
+_ws_lock = asyncio.Lock()  # two websocket jobs arriving together start one server
 
 
 async def ensure_ws_server() -> ASRServer:
     """Start the WebSocket server in this worker process once, on the shared engine. Reached
     over the pod's public IP, so it always requires a token: WS_AUTH_TOKEN, or a random one."""
     global _ws_server
-    if _ws_server is None:
-        token = SETTINGS.ws_auth_token or secrets.token_urlsafe(24)
-        server = ASRServer(dataclasses.replace(SETTINGS, ws_auth_token=token), get_engine())
-        await server.serve(SETTINGS.ws_host, SETTINGS.ws_port)
-        _ws_server = server
+    async with _ws_lock:
+        if _ws_server is None:
+            token = SETTINGS.ws_auth_token or secrets.token_urlsafe(24)
+            server = ASRServer(dataclasses.replace(SETTINGS, ws_auth_token=token), get_engine())
+            try:
+                await server.serve(SETTINGS.ws_host, SETTINGS.ws_port)
+            except Exception:
+                await server.close()
+                raise
+            _ws_server = server
     return _ws_server
 
 
@@ -227,6 +233,8 @@ async def serve_websocket(job: dict, req: Request):
             break
         if now - t0 >= req.max_lifetime:
             reason = "max_lifetime"
+            # the worker may be stopped once no job holds it: tell clients instead of cutting them
+            await server.close_sessions(1001, "the streaming job reached its max_lifetime")
             break
     yield {"status": "finished", "reason": reason, "ws_url": ready["ws_url"],
            "sessions": server.served - served_before, "active_sessions": len(server.sessions),

@@ -57,7 +57,8 @@ class StreamUpdate:
 class Stream:
     id: int
     updates: asyncio.Queue
-    pending: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    pending: list = field(default_factory=list)  # received, not yet decoded 16 kHz chunks
+    pending_n: int = 0  # samples in ``pending``
     samples_in: int = 0  # 16 kHz samples received
     samples_done: int = 0  # samples decoded
     started: bool = False  # its first frame went to the pipeline
@@ -81,6 +82,7 @@ class StreamDecoder:
         self.steps = 0  # counters for benchmarks and /metrics-style summaries
         self.frames = 0
         self.step_seconds = 0.0
+        self.failed = False  # the scheduler died: the server reports not ready
 
     # ---- set-up
     def _build_pipeline(self):
@@ -137,6 +139,7 @@ class StreamDecoder:
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="stream-scheduler")
+            self._task.add_done_callback(self._on_scheduler_exit)
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -153,12 +156,17 @@ class StreamDecoder:
 
     def push(self, stream: Stream, samples: np.ndarray) -> None:
         """Queue 16 kHz float32 samples for decoding."""
-        if stream.closing or not len(samples):
+        if stream.closing or stream.closed or not len(samples):
             return
-        stream.pending = np.concatenate([stream.pending, samples.astype(np.float32, copy=False)])
+        stream.pending.append(samples.astype(np.float32, copy=False))
+        stream.pending_n += len(samples)
         stream.samples_in += len(samples)
-        if len(stream.pending) >= self.frame_samples:
+        if stream.pending_n >= self.frame_samples:
             self._wake.set()
+
+    def backlog(self, stream: Stream) -> float:
+        """Seconds of this stream's audio waiting to be decoded (for backpressure)."""
+        return stream.pending_n / SAMPLE_RATE
 
     def finish(self, stream: Stream) -> None:
         """No more audio: decode what is left, emit the last final, then free the stream."""
@@ -170,8 +178,10 @@ class StreamDecoder:
         """Drop a stream at once (client gone): its pipeline state is freed before the next step."""
         if self.streams.pop(stream.id, None) is not None:
             stream.closed = True
+            stream.pending, stream.pending_n = [], 0
             if stream.started:
                 self._aborted.append(stream)
+                self._wake.set()  # free its pipeline state now, not at the next busy moment
 
     @property
     def active(self) -> int:
@@ -179,7 +189,7 @@ class StreamDecoder:
 
     # ---- the scheduler
     def _ready(self) -> list[Stream]:
-        return [s for s in self.streams.values() if len(s.pending) >= self.frame_samples or s.closing]
+        return [s for s in self.streams.values() if s.pending_n >= self.frame_samples or s.closing]
 
     async def _run(self) -> None:
         while True:
@@ -189,24 +199,34 @@ class StreamDecoder:
                 # streams fed in real time become ready at different moments: give the others
                 # a moment to fill their frame, so one forward pass serves them all
                 await asyncio.sleep(self.config.max_wait_ms / 1000.0)
-            self._free_aborted()
-            batch = self._ready()
-            if not batch:
-                continue
-            frames = [self._next_frame(s) for s in batch]
+            batch = []
             try:
+                self._free_aborted()
+                batch = self._ready()
+                if not batch:
+                    continue
+                frames = [self._next_frame(s) for s in batch]
                 t0 = time.perf_counter()
                 outputs = await asyncio.to_thread(self._step, frames)
                 self.step_seconds += time.perf_counter() - t0
                 self.steps += 1
                 self.frames += len(frames)
+                for s, frame, out in zip(batch, frames, outputs):
+                    self._deliver(s, frame, out)
+            except asyncio.CancelledError:
+                raise
             except Exception:  # a failed step must not kill the scheduler: fail those streams only
                 log.exception("streaming step failed for %d streams", len(batch))
                 for s in batch:
                     self._reset_after_failure(s)
-                continue
-            for s, frame, out in zip(batch, frames, outputs):
-                self._deliver(s, frame, out)
+
+    def _on_scheduler_exit(self, task: asyncio.Task) -> None:
+        """Should the scheduler ever die, no reader may wait for it forever."""
+        self.failed = True
+        for s in list(self.streams.values()):
+            s.closed = True
+            s.updates.put_nowait(None)
+        self.streams.clear()
 
     def _free_aborted(self) -> None:
         while self._aborted:
@@ -221,8 +241,19 @@ class StreamDecoder:
         from nemo.collections.asr.inference.streaming.framing.request_options import ASRRequestOptions
 
         n = self.frame_samples
-        chunk, s.pending = s.pending[:n], s.pending[n:]
-        last = s.closing and len(s.pending) == 0
+        take, got = [], 0
+        while s.pending and got < n:
+            head = s.pending[0]
+            part = head[: n - got]
+            if len(part) == len(head):
+                s.pending.pop(0)
+            else:
+                s.pending[0] = head[len(part):]
+            take.append(part)
+            got += len(part)
+        s.pending_n -= got
+        chunk = np.concatenate(take) if take else np.zeros(0, np.float32)
+        last = s.closing and s.pending_n == 0
         length = len(chunk)
         if length < n:  # the last frame: zero-padded to the pipeline's fixed size, true length given
             chunk = np.concatenate([chunk, np.zeros(n - length, np.float32)])
@@ -254,5 +285,6 @@ class StreamDecoder:
 
     def _reset_after_failure(self, s: Stream) -> None:
         self.abort(s)
-        self._free_aborted()
+        with contextlib.suppress(Exception):
+            self._free_aborted()
         s.updates.put_nowait(None)  # the reader sees the stream ended abnormally

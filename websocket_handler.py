@@ -37,6 +37,7 @@ log = logging.getLogger("websocket")
 
 MIN_RATE, MAX_RATE = 8000, 48000
 CLOSE_TRY_AGAIN_LATER = 1013  # over capacity / still loading
+MAX_BACKLOG_S = 10.0  # undecoded audio per stream before we stop reading from its socket
 
 
 class ProtocolError(Exception):
@@ -72,7 +73,7 @@ class ASRServer:
 
     @property
     def ready(self) -> bool:
-        return self.decoder is not None and bool(self.engine and self.engine.ready)
+        return self.decoder is not None and not self.decoder.failed and bool(self.engine and self.engine.ready)
 
     # ---- HTTP before the upgrade: health check and authentication
     def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
@@ -85,7 +86,7 @@ class ASRServer:
         if request.headers.get("Upgrade", "").lower() != "websocket":
             return connection.respond(http.HTTPStatus.NOT_FOUND, "WebSocket endpoint: connect with a WebSocket client\n")
         token = self.settings.ws_auth_token
-        if token and not hmac.compare_digest(_request_token(request), token):
+        if token and not any(hmac.compare_digest(given.encode(), token.encode()) for given in _request_tokens(request)):
             return connection.respond(http.HTTPStatus.UNAUTHORIZED,
                                       "unauthorized: pass the token as ?token=... or 'Authorization: Bearer ...'\n")
         return None
@@ -115,6 +116,12 @@ class ASRServer:
                            max_size=self.settings.ws_max_message_bytes, ping_interval=20, ping_timeout=20,
                            close_timeout=5)
 
+    async def close_sessions(self, code: int, reason: str) -> None:
+        for session in list(self.sessions.values()):
+            with contextlib.suppress(Exception):
+                await session.error("closing", reason)
+                await session.ws.close(code, reason)
+
     async def close(self) -> None:
         if self.decoder is not None:
             await self.decoder.stop()
@@ -143,13 +150,16 @@ class PcmInput:
         return self.resampler.resample_chunk(np.zeros(0, np.float32), last=True)
 
 
-def _request_token(request: Request) -> str:
-    auth = request.headers.get("Authorization", "")
-    if auth.lower().startswith("bearer "):
-        return auth[7:].strip()
+def _request_tokens(request: Request) -> list[str]:
+    """Tokens the client offers: ``Authorization: Bearer`` and/or ``?token=`` (either may match;
+    a proxy may put its own credentials in the header)."""
     from urllib.parse import parse_qs, urlsplit
 
-    return (parse_qs(urlsplit(request.path).query).get("token") or [""])[0]
+    tokens = parse_qs(urlsplit(request.path).query).get("token", [])
+    auth = request.headers.get("Authorization", "")
+    if auth.lower().startswith("bearer "):
+        tokens.append(auth[7:].strip())
+    return tokens
 
 
 class Session:
@@ -190,7 +200,7 @@ class Session:
             self.server.last_activity = time.monotonic()
             try:
                 if isinstance(msg, bytes):
-                    self.on_audio(msg)
+                    await self.on_audio(msg)
                 else:
                     await self.on_text(msg)
             except ProtocolError as e:
@@ -236,31 +246,57 @@ class Session:
                          "chunk_duration": self.partial_every, "timestamps": self.timestamps,
                          "step_duration": round(decoder.frame_samples / SAMPLE_RATE, 3)})
 
-    def on_audio(self, data: bytes) -> None:
+    async def on_audio(self, data: bytes) -> None:
         if self.stream is None:
             raise ProtocolError("not_started", "audio before start: send {\"action\": \"start\"} first")
-        self.server.decoder.push(self.stream, self.audio_in.feed(data))
+        decoder, stream = self.server.decoder, self.stream
+        limit = self.server.settings.max_audio_seconds
+        if (stream.samples_in + len(data) // 2 * SAMPLE_RATE / self.sample_rate) / SAMPLE_RATE > limit:
+            raise ProtocolError("audio_too_long", f"a stream may carry at most {limit:g} s of audio; stop and start again")
+        decoder.push(stream, self.audio_in.feed(data))
+        # backpressure: a client sending faster than we decode waits here, and so (through TCP)
+        # does its socket, instead of its audio piling up in memory
+        while decoder.backlog(stream) > MAX_BACKLOG_S and not stream.closed:
+            await asyncio.sleep(0.05)
 
     async def stop(self) -> None:
         if self.stream is None:
             raise ProtocolError("not_started", "nothing to stop: send {\"action\": \"start\"} first")
         self.server.decoder.push(self.stream, self.audio_in.flush())
-        stream = self.stream
+        stream, reader = self.stream, self.reader
         self.server.decoder.finish(stream)
-        await self.reader  # sends the remaining finals
+        if reader is not None:
+            await asyncio.gather(reader, return_exceptions=True)  # it sends the remaining finals
         self.stream = self.reader = None
         await self.send({"type": "done", "text": " ".join(t for t in self.finals if t),
                          "duration": round(stream.samples_in / SAMPLE_RATE, 3)})
 
     async def forward_updates(self, stream) -> None:
         """Send this stream's partials and finals, in order, until its last step."""
+        try:
+            await self._forward(stream)
+        except ConnectionClosed:
+            pass  # the connection loop sees it too and cleans up
+        except Exception:  # noqa: BLE001 - a bug here must not leave the client waiting silently
+            log.exception("session %s: sending results failed", self.id)
+            with contextlib.suppress(Exception):
+                await self.error("internal_error", "sending results failed; start again")
+            self._forget(stream)
+
+    def _forget(self, stream) -> None:
+        """The stream is gone (decoder failure): the session may start afresh."""
+        if self.stream is stream:
+            self.server.decoder.abort(stream)
+            self.stream = self.reader = None
+
+    async def _forward(self, stream) -> None:
         last_partial, last_sent_at = "", 0.0
         utterance_start = 0.0
         while True:
             update: StreamUpdate | None = await stream.updates.get()
             if update is None:  # the decoder failed this stream
-                with contextlib.suppress(ConnectionClosed):
-                    await self.error("internal_error", "decoding failed for this stream; start again")
+                await self.error("internal_error", "decoding failed for this stream; start again")
+                self._forget(stream)
                 return
             if update.final is not None:
                 if update.final:

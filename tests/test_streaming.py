@@ -292,7 +292,8 @@ def test_ping_is_200_when_warm(server):
 
 
 def test_auth_capacity_and_idle_timeout(engine):
-    s = dataclasses.replace(engine.settings, ws_auth_token="s3cret", ws_max_sessions=1, ws_idle_timeout_s=1.0)
+    s = dataclasses.replace(engine.settings, ws_auth_token="s3cret", ws_max_sessions=1, ws_idle_timeout_s=1.0,
+                            ws_max_message_bytes=64 * 1024)
     srv = ServerThread(s, engine)
     try:
         async def run():
@@ -302,6 +303,10 @@ def test_auth_capacity_and_idle_timeout(engine):
             with pytest.raises(InvalidStatus):
                 async with connect(srv.url + "/?token=wrong"):
                     pass
+            # either credential may match (a proxy may put its own in the header)
+            async with connect(srv.url + "/?token=s3cret", additional_headers={"Authorization": "Bearer proxy"}) as ws:
+                assert json.loads(await ws.recv())["type"] == "welcome"
+            await asyncio.sleep(0.3)
             async with connect(srv.url + "/?token=s3cret") as first:
                 assert json.loads(await first.recv())["type"] == "welcome"
                 # over capacity: refused with 1013 and a reason
@@ -312,9 +317,20 @@ def test_auth_capacity_and_idle_timeout(engine):
                 msg = json.loads(await asyncio.wait_for(first.recv(), 5))
                 with pytest.raises(ConnectionClosed):
                     await asyncio.wait_for(first.recv(), 5)
-            return no_token.value.response.status_code, full.value.rcvd, msg
+            # a message over WS_MAX_MESSAGE_BYTES closes the connection with 1009
+            await asyncio.sleep(0.3)
+            async with connect(srv.url + "/?token=s3cret") as big:
+                await big.recv()
+                await big.send(json.dumps({"action": "start"}))
+                await big.recv()
+                await big.send(b"\0" * (128 * 1024))
+                with pytest.raises(ConnectionClosed) as too_big:
+                    while True:
+                        await big.recv()
+            return no_token.value.response.status_code, full.value.rcvd, msg, too_big.value.rcvd
 
-        status, close, idle = asyncio.run(run())
+        status, close, idle, big_close = asyncio.run(run())
+        assert big_close.code == 1009
         assert status == 401
         assert close.code == 1013 and "capacity" in close.reason
         assert idle["type"] == "error" and idle["code"] == "idle_timeout"
