@@ -256,17 +256,24 @@ class Engine:
 
     def _run_batch(self, signals: list[np.ndarray]) -> list[Transcript]:
         """One batcher call: sorted by length and split so that no forward pass holds more than
-        BATCH_AUDIO_BUDGET_S of padded audio (one very long file is not padded against 15 short)."""
+        BATCH_AUDIO_BUDGET_S of padded audio, nor pads its clips to more than ``max_padding_ratio``
+        times their real length (one long file is not padded against 15 short ones)."""
         order = sorted(range(len(signals)), key=lambda i: len(signals[i]))
         out: list[Transcript | None] = [None] * len(signals)
         group: list[int] = []
+        real = 0  # samples of real audio in the group
         for i in order + [None]:
-            if i is not None and (not group or len(signals[i]) * (len(group) + 1) <= BATCH_AUDIO_BUDGET_S * SAMPLE_RATE):
-                group.append(i)
-                continue
+            if i is not None:
+                n = len(signals[i])
+                padded = n * (len(group) + 1)  # sorted: the newcomer is the longest
+                if not group or (padded <= BATCH_AUDIO_BUDGET_S * SAMPLE_RATE
+                                 and padded <= self.settings.max_padding_ratio * (real + n)):
+                    group.append(i)
+                    real += n
+                    continue
             for k, t in zip(group, self.transcribe_batch([signals[k] for k in group], "full")):
                 out[k] = t
-            group = [i] if i is not None else []
+            group, real = ([i], len(signals[i])) if i is not None else ([], 0)
         return out  # type: ignore[return-value]
 
     async def _transcribe_chunked(self, signal: np.ndarray, chunk_s: float, local: bool) -> Transcript:

@@ -38,6 +38,7 @@ class Settings:
     warmup: bool = True
     max_batch_size: int = 16
     max_batch_wait_ms: float = 10.0
+    max_padding_ratio: float = 1.3  # split a batch rather than pad it beyond this (CPU: padding is pure waste)
     local_attention_threshold_s: float = 24 * 60.0
     local_attention_context: int = 128
     # audio input
@@ -71,6 +72,7 @@ class Settings:
             warmup=_env_bool("WARMUP", True),
             max_batch_size=_env_int("MAX_BATCH_SIZE", 16),
             max_batch_wait_ms=_env_float("MAX_BATCH_WAIT_MS", 10.0),
+            max_padding_ratio=_env_float("MAX_PADDING_RATIO", 1.3),
             local_attention_threshold_s=_env_float("LOCAL_ATTENTION_THRESHOLD_S", 24 * 60.0),
             local_attention_context=_env_int("LOCAL_ATTENTION_CONTEXT", 128),
             max_audio_bytes=_env_int("MAX_AUDIO_BYTES", 1 << 30),
