@@ -7,6 +7,7 @@ import base64
 import contextlib
 import http.server
 import os
+import random
 import re
 import socket
 import subprocess
@@ -194,7 +195,7 @@ def _hostile_cases(speech_files, tmp_path, file_server):
                     str(tmp_path / "long.flac")], check=True)
     mp3 = speech_files["mp3"].read_bytes()
     return {
-        "garbage": ({"audio_base64": base64.b64encode(os.urandom(30000).replace(b"\xff", b"\x01")).decode()}, "invalid_audio"),
+        "garbage": ({"audio_base64": base64.b64encode(b"\x01" + random.Random(6).randbytes(30000).replace(b"\xff", b"\x01")).decode()}, "invalid_audio"),
         "truncated_mp3": ({"audio_base64": base64.b64encode(mp3[: len(mp3) // 3]).decode()}, "invalid_audio"),
         "bad_base64": ({"audio_base64": "%%% not base64 %%%"}, "invalid_input"),
         "both_sources": ({"audio_base64": b64(speech_files["wav"]), "audio_url": "https://example.com/a.wav"}, "invalid_input"),
