@@ -26,3 +26,9 @@ def test_batch_bench_runs_every_mode_and_reports_ratios():
 def test_stream_bench_runs_one_stream():
     res = _run(["bench/stream_bench.py", "--streams", "1"])
     assert res["max_streams_within_target"] == 1
+
+
+def test_startup_bench_compares_warmup_and_no_warmup():
+    res = _run(["bench/startup_bench.py", "--requests", "2"])
+    for case in ("warmup", "no_warmup"):
+        assert 0 < res[case]["load_s"] <= res[case]["ready_s"] and res[case]["first_request_s"] > 0
