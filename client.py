@@ -153,17 +153,22 @@ class ASRWebSocketClient:
                 return
 
 
+def pcm16_bytes(audio) -> bytes:
+    """Float samples in [-1, 1] as the PCM16 little-endian bytes the WebSocket protocol takes."""
+    import numpy as np
+
+    return (np.clip(audio, -1.0, 1.0) * 32767).astype("<i2").tobytes()
+
+
 async def stream_file_to_websocket(websocket_url: str, audio_file: str | Path, chunk_duration: float = 2.0,
                                    realtime: bool = True, token: str | None = None, show: bool = True,
                                    frame_seconds: float = 0.1) -> str:
     """Decode any audio file, stream it as 16 kHz PCM16 (paced in real time unless ``realtime``
     is false), print partials and finals, return the final transcript (the server's ``done``)."""
-    import numpy as np
-
     from audio_utils import decode_audio
 
     audio = decode_audio(Path(audio_file), max_seconds=24 * 3600.0).samples
-    pcm = (np.clip(audio, -1.0, 1.0) * 32767).astype("<i2").tobytes()
+    pcm = pcm16_bytes(audio)
     step = int(16000 * frame_seconds) * 2
     async with ASRWebSocketClient(websocket_url, token) as client:
         await client.start(16000, chunk_duration)

@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools" / "test_model"))
 
 import synth  # noqa: E402
-from client import ASRWebSocketClient  # noqa: E402
+from client import ASRWebSocketClient, pcm16_bytes  # noqa: E402
 
 FRAME_S = 0.1
 PAUSE_S = 1.5
@@ -51,7 +51,7 @@ def make_stream_audio(i: int) -> tuple[np.ndarray, float]:
 
 
 async def one_stream(url: str, audio: np.ndarray, speech_end: float) -> dict:
-    pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
+    pcm = pcm16_bytes(audio)
     step = int(16000 * FRAME_S) * 2
     out = {"eos_to_final": None, "stop_to_done": None}
     async with ASRWebSocketClient(url) as c:

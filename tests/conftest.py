@@ -39,6 +39,15 @@ FORMATS = {
 SAMPLE_TEXT = "good morning teacher please open window today"
 
 
+def free_port() -> int:
+    """A free TCP port on loopback."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def write_wav(path, samples, rate=16000):
     import soundfile as sf
 

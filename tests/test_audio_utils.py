@@ -3,7 +3,6 @@ downloads (from loopback test servers only)."""
 
 import asyncio
 import base64
-import os
 import random
 
 import numpy as np

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 import client
-from conftest import requires_model, FORMATS, ROOT, SAMPLE_TEXT, TINY_MODEL, write_wav
+from conftest import requires_model, FORMATS, ROOT, SAMPLE_TEXT, TINY_MODEL, free_port, write_wav
 
 pytestmark = requires_model
 
@@ -30,19 +30,13 @@ MAX_BYTES = 4 << 20
 WS_TOKEN = "job-token"
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-WS_PORT = _free_port()
+WS_PORT = free_port()
 
 
 @pytest.fixture(scope="module")
 def file_server(speech_files):
     """Loopback file server: /speech.mp3, and /redirect -> another loopback port."""
-    other_port = _free_port()
+    other_port = free_port()
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802
@@ -69,7 +63,7 @@ def file_server(speech_files):
 @contextlib.contextmanager
 def running_worker(extra_env: dict, log_name: str):
     """rp_handler.py under the SDK's local API server on a free loopback port; yields its URL."""
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PARAKEET_MODEL": str(TINY_MODEL), "DEVICE": "cpu", "WS_HOST": "127.0.0.1",
            "WS_AUTH_TOKEN": WS_TOKEN, "PYTHONUNBUFFERED": "1", **extra_env}
     log = open(ROOT / "tests" / log_name, "w")
@@ -281,6 +275,19 @@ def test_client_run_and_status_polling(worker, speech_files, capsys):
 
 
 # ------------------------------------------------------------------ RunPod WebSocket mode
+async def _stream_when_listening(port, audio_file):
+    """Wait until the worker's WebSocket server (started by a job) listens on ``port``, then
+    stream ``audio_file`` to it and return the ``done`` text."""
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            await asyncio.sleep(0.1)
+    return await client.stream_file_to_websocket(f"ws://127.0.0.1:{port}", audio_file, realtime=False,
+                                                 token=WS_TOKEN, show=False)
+
+
 def test_websocket_action_serves_streams_until_idle(worker, speech_files):
     """{"action": "websocket"} starts the server in the worker on the shared engine; the job ends
     with a summary once no client has been connected for idle_timeout seconds."""
@@ -291,15 +298,7 @@ def test_websocket_action_serves_streams_until_idle(worker, speech_files):
             # the local SDK server runs a /run job when its status is asked for: this call
             # returns when the job ends
             status = asyncio.create_task(s.post(f"{worker}/status/{job['id']}"))
-            url = f"ws://127.0.0.1:{WS_PORT}"
-            for _ in range(100):
-                try:
-                    socket.create_connection(("127.0.0.1", WS_PORT), timeout=1).close()
-                    break
-                except OSError:
-                    await asyncio.sleep(0.1)
-            text = await client.stream_file_to_websocket(url, speech_files["flac"], realtime=False,
-                                                         token=WS_TOKEN, show=False)
+            text = await _stream_when_listening(WS_PORT, speech_files["flac"])
             resp = await status
             return text, await resp.json()
 
@@ -317,21 +316,14 @@ def test_websocket_action_serves_streams_until_idle(worker, speech_files):
 def test_generator_handler_streams_the_ready_message_then_the_summary(speech_files):
     """RUNPOD_GENERATOR_HANDLER=1 (SPEC's generator form): /stream/{id} gives the ready message
     and the summary; a transcribe job's output is then a one-element list (why it is opt-in)."""
-    ws_port = _free_port()
+    ws_port = free_port()
     with running_worker({"RUNPOD_GENERATOR_HANDLER": "1", "WS_PORT": str(ws_port)}, ".worker-gen.log") as url:
         async def go():
             async with aiohttp.ClientSession() as s:
                 async with s.post(f"{url}/run", json={"input": {"action": "websocket", "idle_timeout": 2}}) as r:
                     job = await r.json()
                 streamed = asyncio.create_task(s.post(f"{url}/stream/{job['id']}"))
-                for _ in range(100):
-                    try:
-                        socket.create_connection(("127.0.0.1", ws_port), timeout=1).close()
-                        break
-                    except OSError:
-                        await asyncio.sleep(0.1)
-                text = await client.stream_file_to_websocket(f"ws://127.0.0.1:{ws_port}", speech_files["wav"],
-                                                             realtime=False, token=WS_TOKEN, show=False)
+                text = await _stream_when_listening(ws_port, speech_files["wav"])
                 resp = await streamed
                 return text, await resp.json()
 

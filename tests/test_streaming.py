@@ -16,7 +16,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 import synth
 from asr_engine import Engine
-from client import ASRWebSocketClient
+from client import ASRWebSocketClient, pcm16_bytes as pcm16
 from settings import Settings
 from websocket_handler import ASRServer, PcmInput
 
@@ -71,10 +71,6 @@ def server(engine):
     s = ServerThread(dataclasses.replace(engine.settings, ws_max_sessions=12, ws_idle_timeout_s=30.0), engine)
     yield s
     s.stop()
-
-
-def pcm16(audio: np.ndarray) -> bytes:
-    return (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
 
 
 def two_utterances(seed=7001, pause=1.5):
@@ -364,18 +360,12 @@ def test_load_balancer_mode_serves_ping_and_streams(tmp_path):
     """WORKER_MODE=load_balancer: rp_handler.py runs only the WebSocket server on PORT, with
     GET /ping on PORT_HEALTH (204 while loading, 200 when warm)."""
     import os
-    import socket
     import subprocess
     import sys
     import time
     import urllib.error
 
-    from conftest import ROOT, TINY_MODEL
-
-    def free_port():
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return s.getsockname()[1]
+    from conftest import ROOT, TINY_MODEL, free_port
 
     port, health = free_port(), free_port()
     env = {**os.environ, "WORKER_MODE": "load_balancer", "PORT": str(port), "PORT_HEALTH": str(health),

@@ -1,6 +1,5 @@
 """The CPU TDT loss used to train the test model, checked against independent references."""
 
-import itertools
 import sys
 from pathlib import Path
 
