@@ -18,6 +18,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -27,6 +28,7 @@ from settings import Settings
 DEFAULT_MODEL = "nvidia/parakeet-tdt-0.6b-v3"
 SAMPLE_RATE = 16000
 BATCH_AUDIO_BUDGET_S = 1200.0  # padded seconds of audio in one forward pass
+LOCAL_WINDOW_OVERLAP_S = 16.0  # local-attention windows overlap by more than the attention reach (10 s)
 log = logging.getLogger(__name__)
 
 
@@ -55,6 +57,9 @@ class Transcript:
     segments: list[Segment] = field(default_factory=list)
     attention: str = "full"  # "full" or "local"
     chunks: int = 1
+    # A merged long job keeps its windows' own transcripts (times relative to each window) for
+    # diagnostics such as the seam check in bench/long_audio_bench.py; never in the job output.
+    parts: list["Transcript"] = field(default_factory=list, repr=False, compare=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -126,8 +131,7 @@ class Engine:
         m = self.model
         m.eval()
         self._use_sdpa(True)
-        if self.dtype != torch.float32:
-            m.encoder.to(self.dtype)  # the mel front end stays fp32; decoder/joint run under autocast
+        m.encoder.to(self.dtype)  # the mel front end stays fp32; decoder/joint run under autocast
         dec = self._checkpoint_decoding.copy()
         with open_dict(dec):
             dec.strategy = "greedy_batch"
@@ -189,8 +193,7 @@ class Engine:
             for name, p in self.model.named_parameters():
                 if name not in self._param_names and name.endswith(".bias"):
                     p.zero_()
-        if self.dtype != torch.float32:
-            self.model.encoder.to(self.dtype)
+        self.model.encoder.to(self.dtype)
         self.attention = attention
 
     def transcribe_batch(self, signals: list[np.ndarray], attention: str = "full") -> list[Transcript]:
@@ -243,18 +246,54 @@ class Engine:
 
     # ---- the async entry point
     async def transcribe(self, signal: np.ndarray, *, use_local_attention: bool = False,
-                         chunk_long_audio: bool = False, chunk_duration: float = 30.0) -> Transcript:
+                         chunk_long_audio: bool = False, chunk_duration: float = 30.0,
+                         on_progress: Callable[[float], None] | None = None) -> Transcript:
         """Transcribe one signal. Short audio goes through the dynamic batcher; long audio gets
-        local attention (above the threshold, or when asked) or is chunked and merged."""
+        local attention (above the threshold, or when asked) or is chunked; both run in windows
+        merged at pauses, so memory is that of one window whatever the duration.
+        ``on_progress(fraction)`` is called after each window of a long job."""
         duration = len(signal) / SAMPLE_RATE
         if chunk_long_audio and duration > chunk_duration:
-            return await self._transcribe_chunked(signal, chunk_duration, use_local_attention)
+            attention = "local" if use_local_attention else "full"
+            return await self._transcribe_windows(signal, chunk_duration, None, attention, on_progress)
         if use_local_attention or duration > self.settings.local_attention_threshold_s:
-            # One long forward: run it alone, off the event loop.
-            return (await asyncio.to_thread(self.transcribe_batch, [signal], "local"))[0]
+            return await self._transcribe_windows(signal, self.settings.local_attention_window_s,
+                                                  LOCAL_WINDOW_OVERLAP_S, "local", on_progress)
         return await self._batcher.submit(signal)
 
-    def _run_batch(self, signals: list[np.ndarray]) -> list[Transcript]:
+    async def _transcribe_windows(self, signal: np.ndarray, window_s: float, overlap_s: float | None,
+                                  attention: str, on_progress) -> Transcript:
+        duration = len(signal) / SAMPLE_RATE
+        spans = chunk_spans(duration, window_s, overlap_s)
+        pieces = [signal[int(a * SAMPLE_RATE): int(b * SAMPLE_RATE)] for a, b in spans]
+        results: list[Transcript] = []
+        pending: list[asyncio.Future] = []
+        try:
+            if attention == "full":
+                # Chunks share the batcher with other jobs: short jobs are not stuck behind a long one.
+                pending = [asyncio.ensure_future(self._batcher.submit(p)) for p in pieces]
+                for fut in pending:
+                    results.append(await fut)
+                    if on_progress:
+                        on_progress(spans[len(results) - 1][1] / duration)
+            else:
+                # Local attention runs off the batcher, a few windows per forward (bounded audio).
+                per_pass = max(1, min(self.settings.max_batch_size, int(BATCH_AUDIO_BUDGET_S // window_s)))
+                for k in range(0, len(pieces), per_pass):
+                    results += await asyncio.to_thread(self.transcribe_batch, pieces[k: k + per_pass], "local")
+                    if on_progress:
+                        on_progress(spans[len(results) - 1][1] / duration)
+        finally:
+            for fut in pending:  # a cancelled job leaves nothing queued behind it
+                fut.cancel()
+        merged = results[0] if len(results) == 1 else merge_chunks(spans, results)
+        if len(results) > 1:
+            merged.parts = results
+        merged.duration = round(duration, 3)
+        merged.attention = attention
+        return merged
+
+    def _run_batch(self, signals: list[np.ndarray], deliver=None) -> list[Transcript]:
         """One batcher call: sorted by length and split so that no forward pass holds more than
         BATCH_AUDIO_BUDGET_S of padded audio, nor pads its clips to more than ``max_padding_ratio``
         times their real length (one long file is not padded against 15 short ones)."""
@@ -273,27 +312,18 @@ class Engine:
                     continue
             for k, t in zip(group, self.transcribe_batch([signals[k] for k in group], "full")):
                 out[k] = t
+                if deliver:  # short clips answer as soon as their group is done
+                    deliver(k, t)
             group, real = ([i], len(signals[i])) if i is not None else ([], 0)
         return out  # type: ignore[return-value]
-
-    async def _transcribe_chunked(self, signal: np.ndarray, chunk_s: float, local: bool) -> Transcript:
-        spans = chunk_spans(len(signal) / SAMPLE_RATE, chunk_s)
-        pieces = [signal[int(a * SAMPLE_RATE): int(b * SAMPLE_RATE)] for a, b in spans]
-        if local:
-            results = await asyncio.to_thread(self.transcribe_batch, pieces, "local")
-        else:
-            results = await asyncio.gather(*(self._batcher.submit(p) for p in pieces))
-        merged = merge_chunks(spans, results)
-        merged.duration = round(len(signal) / SAMPLE_RATE, 3)
-        merged.attention = "local" if local else "full"
-        return merged
-
 
 # ---------------------------------------------------------------------------------------------
 # dynamic batching
 class DynamicBatcher:
     """Gathers requests that arrive within ``max_wait`` seconds (up to ``max_size``) into one call
-    of ``run_batch`` in a worker thread, so the event loop keeps serving while the model runs."""
+    of ``run_batch(items, deliver)`` in a worker thread, so the event loop keeps serving while the
+    model runs. ``run_batch`` may call ``deliver(index, result)`` as soon as one item is done (a
+    batch can take several forward passes); whatever it returns settles the rest."""
 
     def __init__(self, run_batch, max_size: int, max_wait: float):
         self.run_batch = run_batch
@@ -333,16 +363,24 @@ class DynamicBatcher:
                 continue
             self.batches_run += 1
             self.largest_batch = max(self.largest_batch, len(batch))
+            futures = [fut for _, fut in batch]
+
+            def settle(fut, res):
+                if not fut.done():
+                    fut.set_result(res)
+
+            def deliver(k, res, futures=futures):  # called from the worker thread
+                loop.call_soon_threadsafe(settle, futures[k], res)
+
             try:
-                results = await asyncio.to_thread(self.run_batch, [item for item, _ in batch])
+                results = await asyncio.to_thread(self.run_batch, [item for item, _ in batch], deliver)
             except Exception as exc:  # noqa: BLE001 - hand the failure to every waiter, keep serving
                 for _, fut in batch:
                     if not fut.done():
                         fut.set_exception(exc)
                 continue
-            for (_, fut), res in zip(batch, results):
-                if not fut.done():
-                    fut.set_result(res)
+            for fut, res in zip(futures, results):
+                settle(fut, res)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -366,18 +404,20 @@ def make_segments(words: list[Word]) -> list[Segment]:
     return segments
 
 
-def chunk_spans(duration: float, chunk_s: float) -> list[tuple[float, float]]:
+def chunk_spans(duration: float, chunk_s: float, overlap: float | None = None) -> list[tuple[float, float]]:
     """Chunks of ``chunk_s`` seconds that overlap by at least 2 s (wider than any word), so a
     word cut by one chunk's edge lies whole inside its neighbour."""
     if duration <= chunk_s:
         return [(0.0, duration)]
-    overlap = min(max(2.0, 0.1 * chunk_s), chunk_s / 2)
+    overlap = min(max(2.0, 0.2 * chunk_s if overlap is None else overlap), chunk_s / 2)
     step = chunk_s - overlap
     n = max(1, math.ceil((duration - overlap) / step))
     return [(i * step, min(i * step + chunk_s, duration)) for i in range(n)]
 
 
 SEAM_EDGE_S = 0.3  # words this close to a chunk's cut may be fragments: never put a seam there
+SEAM_TRUST_S = 1.0  # a word heard by one chunk only counts if this far inside that chunk
+SEAM_COVER_S = 0.08  # one encoder frame: timestamps of the same word in two chunks differ by about this
 
 
 def seam_between(left: list[Word], right: list[Word], lo: float, hi: float) -> float:
@@ -385,7 +425,9 @@ def seam_between(left: list[Word], right: list[Word], lo: float, hi: float) -> f
     [lo, hi] (absolute seconds): the point farthest from every word centre that either chunk
     heard, i.e. a pause between words. Both chunks then agree on which side each word falls,
     so a word is neither lost nor doubled even when their timestamps differ slightly."""
-    a, b = lo + SEAM_EDGE_S, hi - SEAM_EDGE_S
+    # Only the middle half of the overlap: there both chunks have context on both sides.
+    edge = max(SEAM_EDGE_S, (hi - lo) / 4)
+    a, b = lo + edge, hi - edge
     if b <= a:
         return (lo + hi) / 2
     mids = [(w.start + w.end) / 2 for w in left + right if w.end > lo and w.start < hi]
@@ -397,12 +439,26 @@ def seam_between(left: list[Word], right: list[Word], lo: float, hi: float) -> f
 
 
 def merge_chunks(spans: list[tuple[float, float]], results: list[Transcript]) -> Transcript:
-    """Words of overlapping chunks on one time line, each word taken from exactly one chunk."""
+    """Words of overlapping chunks on one time line, each word taken from exactly one chunk:
+    the left one's before the seam, the right one's after it. Where the two chunks disagree
+    near a seam (one heard a word the other did not), the word is kept if the chunk that heard
+    it had it well inside its span and no chosen word covers that time."""
     shifted = [[Word(w.word, round(start + w.start, 3), round(start + w.end, 3), w.confidence) for w in r.words]
                for (start, _), r in zip(spans, results)]
     seams = [seam_between(shifted[i], shifted[i + 1], spans[i + 1][0], spans[i][1]) for i in range(len(spans) - 1)]
     bounds = [-math.inf] + seams + [math.inf]
-    words = [w for i, ws in enumerate(shifted) for w in ws if bounds[i] <= (w.start + w.end) / 2 < bounds[i + 1]]
+    mid = lambda w: (w.start + w.end) / 2  # noqa: E731
+    words = [w for i, ws in enumerate(shifted) for w in ws if bounds[i] <= mid(w) < bounds[i + 1]]
+    extra = []
+    for i, seam in enumerate(seams):
+        lo, hi = spans[i + 1][0], spans[i][1]
+        others = ([w for w in shifted[i] if seam <= mid(w) < hi - SEAM_TRUST_S]
+                  + [w for w in shifted[i + 1] if lo + SEAM_TRUST_S <= mid(w) < seam])
+        near = [c for c in words if c.end > lo - 1.0 and c.start < hi + 1.0]
+        extra += [w for w in others
+                  if not any(c.start - SEAM_COVER_S < w.end and w.start < c.end + SEAM_COVER_S for c in near)]
+    if extra:
+        words = sorted(words + extra, key=mid)
     for a, b in zip(words, words[1:]):  # keep starts monotone across seams
         if b.start < a.start:
             b.start = a.start

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import math
 import os
 import secrets
 import time
@@ -37,6 +38,7 @@ log = logging.getLogger("rp_handler")
 
 OUTPUT_FORMATS = ("json", "text", "srt", "vtt")
 ACTIONS = ("transcribe", "websocket")
+PROGRESS_INTERVAL_S = 2.0  # long jobs: at most one progress update this often
 
 
 INPUT_SCHEMA = {
@@ -146,6 +148,26 @@ def _progress(job: dict, message: dict) -> None:
             log.debug("progress update failed", exc_info=True)
 
 
+class ProgressReporter:
+    """Progress of a long job as ``{"stage", "duration", "progress"}`` (0..1), at most one update
+    per PROGRESS_INTERVAL_S: each update is an HTTP post from its own thread in the SDK."""
+
+    def __init__(self, job: dict, duration: float, send=None):
+        self.job, self.duration = job, round(duration, 1)
+        self.send = send or _progress
+        self.last = -math.inf
+        self.sent = 0
+
+    def __call__(self, fraction: float) -> None:
+        now = time.monotonic()
+        if now - self.last < PROGRESS_INTERVAL_S and fraction < 1.0:
+            return
+        self.last = now
+        self.sent += 1
+        self.send(self.job, {"stage": "transcribing", "duration": self.duration,
+                             "progress": round(min(max(fraction, 0.0), 1.0), 3)})
+
+
 async def handler(job: dict) -> dict:
     t0 = time.perf_counter()
     try:
@@ -153,12 +175,14 @@ async def handler(job: dict) -> dict:
         if req.action == "websocket":
             return await websocket_job(job, req)
         audio = await fetch_audio(req)
+        progress = None
         if audio.duration > 60:
-            _progress(job, {"stage": "transcribing", "duration": round(audio.duration, 1)})
+            progress = ProgressReporter(job, audio.duration)
+            progress(0.0)
         engine = get_engine()
         transcript = await engine.transcribe(audio.samples, use_local_attention=req.use_local_attention,
                                              chunk_long_audio=req.chunk_long_audio,
-                                             chunk_duration=req.chunk_duration)
+                                             chunk_duration=req.chunk_duration, on_progress=progress)
         return job_output(transcript, timestamps=req.timestamps, output_format=req.output_format,
                           model=engine.model_name, processing_time=time.perf_counter() - t0)
     except ASRError as exc:

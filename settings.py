@@ -41,6 +41,7 @@ class Settings:
     max_padding_ratio: float = 1.3  # split a batch rather than pad it beyond this (CPU: padding is pure waste)
     local_attention_threshold_s: float = 24 * 60.0
     local_attention_context: int = 128
+    local_attention_window_s: float = 900.0  # long audio runs in windows this long: memory stays flat
     # audio input
     max_audio_bytes: int = 1 << 30
     max_audio_seconds: float = 4 * 3600.0
@@ -75,6 +76,7 @@ class Settings:
             max_padding_ratio=_env_float("MAX_PADDING_RATIO", 1.3),
             local_attention_threshold_s=_env_float("LOCAL_ATTENTION_THRESHOLD_S", 24 * 60.0),
             local_attention_context=_env_int("LOCAL_ATTENTION_CONTEXT", 128),
+            local_attention_window_s=_env_float("LOCAL_ATTENTION_WINDOW_S", 900.0),
             max_audio_bytes=_env_int("MAX_AUDIO_BYTES", 1 << 30),
             max_audio_seconds=_env_float("MAX_AUDIO_SECONDS", 4 * 3600.0),
             download_timeout_s=_env_float("DOWNLOAD_TIMEOUT_S", 120.0),

@@ -32,3 +32,44 @@ def test_startup_bench_compares_warmup_and_no_warmup():
     res = _run(["bench/startup_bench.py", "--requests", "2"])
     for case in ("warmup", "no_warmup"):
         assert 0 < res[case]["load_s"] <= res[case]["ready_s"] and res[case]["first_request_s"] > 0
+
+
+def test_long_audio_bench_merges_windows_without_losing_words_and_posts_progress():
+    res = _run(["bench/long_audio_bench.py", "--hours", "0.02", "--progress-hours", "0.01"])
+    runs = {r["mode"]: r for r in res["runs"]}
+    assert set(runs) == {"local", "chunked"}
+    assert runs["local"]["windows"] == 1 and runs["chunked"]["windows"] >= 3
+    chunked = runs["chunked"]
+    assert chunked["words_both_windows_heard"] > 0
+    assert chunked["lost_by_merge"] == 0 and chunked["doubled_by_merge"] == 0
+    assert all(r["wer"] < 0.2 and 3 <= r["tokens_per_s"] <= 10 and r["working_mb"] > 0 for r in runs.values())
+    prog = res["progress"]["runs"]
+    assert prog["none"]["posts_received"] == 0
+    # every update the handler sent reached the (loopback) RunPod stand-in, the last one at 100%
+    assert prog["every_window"]["updates"] == prog["every_window"]["posts_received"] >= 2
+
+
+def test_gpu_levers_run_on_cpu_and_skip_cuda_only_levers():
+    res = _run(["bench/gpu_levers.py", "--n", "2", "--batch-sizes", "1", "2", "--repeats", "1"])
+    lev = res["levers"]
+    assert lev["sdpa"]["speedup_on_vs_off"] > 0
+    assert [r["batch"] for r in lev["batch"]] == [1, 2] and all(r["rtfx"] > 0 for r in lev["batch"])
+    for name in ("precision", "cuda_graphs", "compile"):
+        assert lev[name] == {"skipped": "needs CUDA"}
+
+
+def test_gpu_suite_runs_parts_merges_json_and_plots(tmp_path):
+    import os
+
+    env = {**os.environ, "SUITE_QUICK": "1", "FULL_MODEL": str(ROOT / "tests" / "assets" / "tiny_parakeet.nemo")}
+    out = subprocess.run(["bash", "bench/gpu_suite.sh", str(tmp_path), "levers", "startup"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    suite = json.loads((tmp_path / "gpu_suite.json").read_text())
+    assert set(suite["parts"]) == {"levers", "startup"} and suite["machine"]["torch"]
+    assert suite["parts"]["levers"]["full"]["levers"]["batch"][0]["rtfx"] > 0
+    assert suite["parts"]["startup"]["full"]["warmup"]["ready_s"] > 0
+    plots = subprocess.run([sys.executable, "bench/plots.py", str(tmp_path / "gpu_suite.json"), "--out",
+                            str(tmp_path / "img"), "--tag", "t"], cwd=ROOT, capture_output=True, text=True)
+    assert plots.returncode == 0, plots.stderr[-2000:]
+    assert (tmp_path / "img" / "rtfx_vs_batch_t.png").stat().st_size > 5000

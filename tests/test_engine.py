@@ -120,13 +120,32 @@ def test_seam_falls_in_a_pause_both_chunks_agree_on():
     assert 11.0 < seam < 11.6  # the only real pause
 
 
-def test_chunked_long_audio_loses_and_doubles_no_words(engine):
+@pytest.fixture(scope="module")
+def long_clip():
     rng = random.Random(6202)
     words = synth.load_words("en")
     utts = [synth.synthesize(synth.random_sentence(rng, words, 8, 12), "en", "en-us", rng, augment=False)
             for _ in range(8)]
-    audio = np.concatenate([u.audio for u in utts])  # ~35 s, little silence between sentences
-    ref = " ".join(u.text for u in utts)
+    # ~35 s, little silence between sentences
+    return np.concatenate([u.audio for u in utts]), " ".join(u.text for u in utts)
+
+
+def test_local_attention_windows_merge_without_losing_words(tiny_model, long_clip):
+    audio, ref = long_clip
+    eng = Engine(Settings(model="tiny", local_attention_window_s=12.0, max_batch_size=2, warmup=False),
+                 model=tiny_model)  # two windows per forward
+    fractions = []
+    t = asyncio.run(eng.transcribe(audio, use_local_attention=True, on_progress=fractions.append))
+    assert t.attention == "local" and t.chunks == len(chunk_spans(len(audio) / 16000, 12.0, 16.0)) >= 4
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0 and len(fractions) == (t.chunks + 1) // 2
+    assert jiwer.wer(ref, t.text) <= 0.1
+    assert abs(len(t.words) - len(ref.split())) <= 2
+    starts = [w.start for w in t.words]
+    assert starts == sorted(starts) and t.words[-1].end <= t.duration
+
+
+def test_chunked_long_audio_loses_and_doubles_no_words(engine, long_clip):
+    audio, ref = long_clip
     whole = engine.transcribe_batch([audio])[0]
     chunked = asyncio.run(engine.transcribe(audio, chunk_long_audio=True, chunk_duration=7.0))
     assert chunked.chunks > 3

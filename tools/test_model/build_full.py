@@ -60,6 +60,12 @@ def emission_rate(model, enc, enc_len, seconds: float) -> float:
     return sum(len(h.y_sequence) for h in hyps) / seconds
 
 
+def calibration_clips(n_clips: int = 4) -> list:
+    rng = random.Random(0)
+    return [synth.synthesize(synth.random_sentence(rng, synth.load_words("en"), 20, 30), "en", "en-us", rng).audio
+            for _ in range(n_clips)]
+
+
 def calibrate_emission(model, target: float, n_clips: int = 4) -> tuple[int, float]:
     """Make greedy TDT decoding emit about ``target`` tokens/s on real (synthetic) speech.
 
@@ -68,9 +74,7 @@ def calibrate_emission(model, target: float, n_clips: int = 4) -> tuple[int, flo
     (~125 tokens/s) or none does (measured). Instead the duration head is biased to one duration
     d, so each decoding step emits one token and jumps d frames: 12.5 / d tokens per second, the
     same number of decoder steps that real speech costs. d is the one closest to ``target``."""
-    rng = random.Random(0)
-    clips = [synth.synthesize(synth.random_sentence(rng, synth.load_words("en"), 20, 30), "en", "en-us", rng).audio
-             for _ in range(n_clips)]
+    clips = calibration_clips(n_clips)
     seconds = sum(len(c) for c in clips) / 16000
     sig, lens = synth.pad_batch(clips)
     with torch.inference_mode():

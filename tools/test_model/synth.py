@@ -6,6 +6,8 @@ accent + voice-variant pairs; the HELD_OUT voices never appear in training data.
 
 from __future__ import annotations
 
+import hashlib
+import os
 import random
 import subprocess
 from dataclasses import dataclass
@@ -56,11 +58,24 @@ def random_sentence(rng: random.Random, words: list[str], lo: int = 3, hi: int =
 
 
 def espeak(text: str, voice: str, speed: int = 175, pitch: int = 50, gap: int = 0) -> np.ndarray:
-    """Speak ``text`` with espeak-ng and return float32 audio at 16 kHz."""
+    """Speak ``text`` with espeak-ng and return float32 audio at 16 kHz.
+
+    With ESPEAK_CACHE set to a folder, espeak-ng's output is kept there (compressed) and read
+    back on the next identical call, so a machine without espeak-ng (the GPU benchmark machine)
+    gets bit-identical audio from a folder filled elsewhere."""
     cmd = ["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "-g", str(gap), "--stdout", text]
-    raw = subprocess.run(cmd, check=True, capture_output=True).stdout
-    # --stdout writes a streaming WAV header (sizes 0), so read the PCM after the 44-byte header.
-    pcm = np.frombuffer(raw[44 : 44 + (len(raw) - 44) // 2 * 2], dtype="<i2").astype(np.float32) / 32768.0
+    cache = os.environ.get("ESPEAK_CACHE")
+    path = Path(cache) / (hashlib.sha1("\0".join(cmd).encode()).hexdigest()[:20] + ".npz") if cache else None
+    if path is not None and path.exists():
+        pcm16 = np.load(path)["pcm"]
+    else:
+        raw = subprocess.run(cmd, check=True, capture_output=True).stdout
+        # --stdout writes a streaming WAV header (sizes 0), so read the PCM after the 44-byte header.
+        pcm16 = np.frombuffer(raw[44 : 44 + (len(raw) - 44) // 2 * 2], dtype="<i2")
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            np.savez_compressed(path, pcm=pcm16)
+    pcm = pcm16.astype(np.float32) / 32768.0
     return soxr.resample(pcm, _ESPEAK_RATE, SAMPLE_RATE).astype(np.float32)
 
 
