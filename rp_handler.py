@@ -125,16 +125,18 @@ def get_engine() -> Engine:
     return _engine
 
 
-async def fetch_audio(req: Request) -> audio_utils.DecodedAudio:
+async def fetch_audio(req: Request, engine: Engine) -> audio_utils.DecodedAudio:
     s = SETTINGS
     if req.audio_base64 is not None:
-        data = audio_utils.decode_base64(req.audio_base64, s.max_audio_bytes)
-        return await asyncio.to_thread(audio_utils.decode_audio, data, s.max_audio_seconds, req.format)
+        with engine.expecting():  # jobs that arrive together are batched together
+            data = audio_utils.decode_base64(req.audio_base64, s.max_audio_bytes)
+            return await asyncio.to_thread(audio_utils.decode_audio, data, s.max_audio_seconds, req.format)
     policy = audio_utils.DownloadPolicy(s.max_audio_bytes, s.download_timeout_s, s.max_redirects,
                                         s.allow_private_urls, s.allowed_url_hosts)
     path = await audio_utils.download(req.audio_url, policy)
     try:
-        return await asyncio.to_thread(audio_utils.decode_audio, Path(path), s.max_audio_seconds, req.format)
+        with engine.expecting():
+            return await asyncio.to_thread(audio_utils.decode_audio, Path(path), s.max_audio_seconds, req.format)
     finally:
         path.unlink(missing_ok=True)
 
@@ -174,12 +176,12 @@ async def handler(job: dict) -> dict:
         req = parse_request(job.get("input"))
         if req.action == "websocket":
             return await websocket_job(job, req)
-        audio = await fetch_audio(req)
+        engine = get_engine()
+        audio = await fetch_audio(req, engine)
         progress = None
         if audio.duration > 60:
             progress = ProgressReporter(job, audio.duration)
             progress(0.0)
-        engine = get_engine()
         transcript = await engine.transcribe(audio.samples, use_local_attention=req.use_local_attention,
                                              chunk_long_audio=req.chunk_long_audio,
                                              chunk_duration=req.chunk_duration, on_progress=progress)

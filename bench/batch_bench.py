@@ -10,6 +10,8 @@ Modes, all on the same clips (espeak-ng sentences, decoded once):
 - ``engine_concurrent``: every clip submitted at once through the dynamic batcher
 - ``handler_concurrent``: every clip as a base64 WAV job through ``rp_handler.handler`` at once
   (base64 + decoding + formatting included)
+- ``handler_no_expecting``: the same without the batcher waiting for jobs still decoding
+  (an ablation of ``DynamicBatcher.expecting``)
 Reported: RTFx (audio seconds / wall seconds), per-job latency p50/p95 for the concurrent modes,
 the emission rate (tokens/s of output), and ratios to plain NeMo. JSON on the last line.
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import io
 import json
 import os
@@ -39,6 +42,21 @@ def clips_for(n: int, seed: int) -> list:
     import synth
 
     return synth.make_utterances("en", synth.train_voices("en"), n, seed)
+
+
+@contextlib.contextmanager
+def plain_nemo(model):
+    """NeMo exactly as shipped: without the engine's leaner subsampling masks (asr_engine)."""
+    from nemo.collections.asr.parts.submodules.subsampling import MaskedConvSequential
+
+    mods = [m for m in model.modules() if isinstance(m, MaskedConvSequential)]
+    saved = [vars(m).pop("forward", None) for m in mods]
+    try:
+        yield model
+    finally:
+        for m, f in zip(mods, saved):
+            if f is not None:
+                m.forward = f
 
 
 def timed(fn):
@@ -101,34 +119,42 @@ def main() -> None:
         print(f"{name:20s} {row}", flush=True)
 
     engine.transcribe_batch(audio[:2])  # both paths warm
-    model.transcribe(audio[:2], timestamps=True, verbose=False)
-    model.eval()
-
-    if "nemo_one_by_one" not in args.skip:
-        def one_by_one():
-            out = [model.transcribe([a], batch_size=1, timestamps=True, verbose=False)[0].text for a in audio]
-            model.eval()
-            return out
-        texts, sec = timed(one_by_one)
-        record("nemo_one_by_one", sec, texts)
-    if "nemo_batched" not in args.skip:
-        hyps, sec = timed(lambda: model.transcribe(audio, batch_size=args.n, timestamps=True, verbose=False))
+    with plain_nemo(model):
+        model.transcribe(audio[:2], timestamps=True, verbose=False)
         model.eval()
-        record("nemo_batched", sec, [h.text for h in hyps])
+
+        if "nemo_one_by_one" not in args.skip:
+            def one_by_one():
+                out = [model.transcribe([a], batch_size=1, timestamps=True, verbose=False)[0].text for a in audio]
+                model.eval()
+                return out
+            texts, sec = timed(one_by_one)
+            record("nemo_one_by_one", sec, texts)
+        if "nemo_batched" not in args.skip:
+            hyps, sec = timed(lambda: model.transcribe(audio, batch_size=args.n, timestamps=True, verbose=False))
+            model.eval()
+            record("nemo_batched", sec, [h.text for h in hyps])
     if "engine_single" not in args.skip:
         texts, sec = timed(lambda: [engine.transcribe_batch([a])[0].text for a in audio])
         record("engine_single", sec, texts)
     if "engine_concurrent" not in args.skip:
         res, sec = timed(lambda: asyncio.run(_gather_timed([engine.transcribe(a) for a in audio])))
         record("engine_concurrent", sec, [r.text for r, _ in res], [t for _, t in res])
+    jobs = [{"id": f"b{i}", "input": {"audio_base64": wav_b64(a)}} for i, a in enumerate(audio)]
     if "handler_concurrent" not in args.skip:
-        jobs = [{"id": f"b{i}", "input": {"audio_base64": wav_b64(a)}} for i, a in enumerate(audio)]
         res, sec = timed(lambda: asyncio.run(_gather_timed([rp_handler.handler(j) for j in jobs])))
         record("handler_concurrent", sec, [r.get("text", "") for r, _ in res], [t for _, t in res])
+    if "handler_no_expecting" not in args.skip:
+        # ablation: the batcher does not wait for jobs still decoding (DynamicBatcher.expecting)
+        engine.expecting = contextlib.nullcontext
+        res, sec = timed(lambda: asyncio.run(_gather_timed([rp_handler.handler(j) for j in jobs])))
+        del engine.expecting
+        record("handler_no_expecting", sec, [r.get("text", "") for r, _ in res], [t for _, t in res])
 
     ratios = {}
     for ours, base in (("engine_single", "nemo_one_by_one"), ("engine_concurrent", "nemo_one_by_one"),
-                       ("engine_concurrent", "nemo_batched"), ("handler_concurrent", "nemo_one_by_one")):
+                       ("engine_concurrent", "nemo_batched"), ("handler_concurrent", "nemo_one_by_one"),
+                       ("handler_concurrent", "handler_no_expecting")):
         if ours in rows and base in rows:
             ratios[f"{ours}/{base}"] = round(rows[base]["seconds"] / rows[ours]["seconds"], 2)
     device = torch.cuda.get_device_name(0) if engine.device.type == "cuda" else \

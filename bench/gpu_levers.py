@@ -10,6 +10,7 @@ Levers (settings in settings.py; the README lists their variables):
 - ``cuda_graphs``: NeMo's CUDA-graph TDT greedy decoder vs the plain label-looping loop (CUDA only);
 - ``compile``: ``torch.compile`` of the encoder vs eager (CUDA only; kept off by default unless
   this shows a gain);
+- ``lean_masks``: the engine's subsampling forward (fewer padding-mask passes) vs NeMo's;
 - ``batch``: RTFx for batch sizes 1..64 (the dynamic batcher's MAX_BATCH_SIZE).
 Each measurement: one warm-up pass, then ``--repeats`` timed passes over all clips in batches of
 the given size; the best pass counts. RTFx = audio seconds / wall seconds. The emission rate of
@@ -69,7 +70,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16, help="batch size for the on/off levers")
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64])
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--levers", nargs="+", default=["precision", "sdpa", "cuda_graphs", "batch", "compile"])
+    ap.add_argument("--levers", nargs="+",
+                    default=["precision", "sdpa", "cuda_graphs", "lean_masks", "batch", "compile"])
     args = ap.parse_args()
     import torch
 
@@ -107,6 +109,17 @@ def main() -> None:
     compare("precision", {"precision": "fp32"}, {"precision": "bf16"}, cuda_only=True)
     compare("sdpa", {}, {}, setup=lambda eng, on: eng._use_sdpa(on))
     compare("cuda_graphs", {"cuda_graphs": False}, {"cuda_graphs": True}, cuda_only=True)
+
+    def lean_masks(eng, on):  # off: NeMo's own subsampling forward
+        from nemo.collections.asr.parts.submodules.subsampling import MaskedConvSequential
+
+        from asr_engine import lean_subsampling_masks
+        for mod in eng.model.modules():
+            if isinstance(mod, MaskedConvSequential):
+                vars(mod).pop("forward", None)
+        if on:
+            lean_subsampling_masks(eng.model)
+    compare("lean_masks", {}, {}, setup=lean_masks)
 
     if "batch" in args.levers:
         eng = engine()

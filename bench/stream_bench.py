@@ -39,6 +39,7 @@ from client import ASRWebSocketClient, pcm16_bytes  # noqa: E402
 
 FRAME_S = 0.1
 PAUSE_S = 1.5
+FINAL_REACH_S = 0.3  # a final ending this close to the end of speech holds the sentence's last word
 
 
 CLIP_POOL = 16  # distinct clips; client i streams clip i % CLIP_POOL (the content does not change cost)
@@ -74,8 +75,10 @@ async def one_stream(url: str, audio: np.ndarray, speech_end: float) -> dict:
         task = asyncio.create_task(sender())
         async for msg in c:
             now = time.monotonic()
-            if msg.get("type") == "transcription" and msg["is_final"] and out["eos_to_final"] is None:
-                # the sample at speech_end was sent at t0 + speech_end (real-time pacing)
+            if (msg.get("type") == "transcription" and msg["is_final"] and out["eos_to_final"] is None
+                    and msg.get("end", 0.0) >= speech_end - FINAL_REACH_S):
+                # the final that holds the first sentence's last word; the sample at speech_end
+                # was sent at t0 + speech_end (real-time pacing)
                 out["eos_to_final"] = now - (t0 + speech_end)
             elif msg.get("type") == "done":
                 out["stop_to_done"] = now - stop_at["t"]

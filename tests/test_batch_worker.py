@@ -338,3 +338,15 @@ def test_generator_handler_streams_the_ready_message_then_the_summary(speech_fil
         # RunPod marks a streamed {"error": ...} FAILED; the local server lists it as output
         error = bad.get("error") or bad["output"][0]["error"]
         assert error.startswith("invalid_input: action 'websocket' takes no audio")
+
+
+def test_progress_of_long_jobs_is_throttled_and_ends_at_one():
+    import rp_handler
+
+    sent = []
+    report = rp_handler.ProgressReporter({"id": "j"}, 3600.04, send=lambda job, msg: sent.append((job["id"], msg)))
+    for fraction in (0.0, 0.25, 0.5, 1.0):  # within PROGRESS_INTERVAL_S of each other
+        report(fraction)
+    assert sent == [("j", {"stage": "transcribing", "duration": 3600.0, "progress": 0.0}),
+                    ("j", {"stage": "transcribing", "duration": 3600.0, "progress": 1.0})]
+    assert report.sent == 2

@@ -18,7 +18,7 @@ def _run(args):
 def test_batch_bench_runs_every_mode_and_reports_ratios():
     res = _run(["bench/batch_bench.py", "--n", "4"])
     assert set(res["modes"]) == {"nemo_one_by_one", "nemo_batched", "engine_single", "engine_concurrent",
-                                 "handler_concurrent"}
+                                 "handler_concurrent", "handler_no_expecting"}
     assert all(m["rtfx"] > 0 and 3 <= m["tokens_per_s"] <= 10 for m in res["modes"].values())
     assert "engine_concurrent/nemo_one_by_one" in res["speedup"]
 

@@ -159,3 +159,35 @@ def test_chunked_long_audio_loses_and_doubles_no_words(engine, long_clip):
     assert abs(len(chunked.words) - len(ref.split())) <= 2
     starts = [w.start for w in chunked.words]
     assert starts == sorted(starts) and chunked.words[-1].end <= chunked.duration
+
+
+def test_lean_subsampling_masks_give_nemos_exact_output(tiny_model):
+    """The engine's subsampling forward skips redundant padding masks; the output must be NeMo's,
+    bit for bit, for a padded batch and for a single clip."""
+    import torch
+    from nemo.collections.asr.parts.submodules.subsampling import MaskedConvSequential
+
+    from asr_engine import lean_subsampling_masks
+
+    rng = np.random.default_rng(3)
+    sigs = [rng.standard_normal(n).astype(np.float32) * 0.1 for n in (48000, 80123, 40000)]
+    batch = torch.zeros(len(sigs), max(map(len, sigs)))
+    for i, s in enumerate(sigs):
+        batch[i, : len(s)] = torch.from_numpy(s)
+    length = torch.tensor([len(s) for s in sigs])
+    convs = [m for m in tiny_model.modules() if isinstance(m, MaskedConvSequential)]
+    with torch.inference_mode():
+        feats, feat_len = tiny_model.preprocessor(input_signal=batch, length=length)
+        inputs = [(feats.transpose(1, 2), feat_len), (feats[:1, :, : int(feat_len[0])].transpose(1, 2), feat_len[:1])]
+        saved = [vars(m).pop("forward", None) for m in convs]  # NeMo's own forward
+        try:
+            reference = [tiny_model.encoder.pre_encode(x, n) for x, n in inputs]
+            assert lean_subsampling_masks(tiny_model) == len(convs) >= 1
+            lean = [tiny_model.encoder.pre_encode(x, n) for x, n in inputs]
+        finally:
+            for m, f in zip(convs, saved):
+                vars(m).pop("forward", None)
+                if f is not None:
+                    m.forward = f
+    for (a, la), (b, lb) in zip(reference, lean):
+        assert torch.equal(la, lb) and torch.equal(a, b)
