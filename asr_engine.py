@@ -272,12 +272,15 @@ class Engine:
         pending: list[asyncio.Future] = []
         try:
             if attention == "full":
-                # Chunks share the batcher with other jobs: short jobs are not stuck behind a long one.
-                pending = [asyncio.ensure_future(self._batcher.submit(p)) for p in pieces]
-                for fut in pending:
-                    results.append(await fut)
-                    if on_progress:
-                        on_progress(spans[len(results) - 1][1] / duration)
+                # Through the batcher one batch-full at a time: jobs that arrive meanwhile are
+                # queued before the next wave, so a 3 h file does not hold up a 3 s one.
+                wave = self._batcher.max_size
+                for k in range(0, len(pieces), wave):
+                    pending = [asyncio.ensure_future(self._batcher.submit(p)) for p in pieces[k: k + wave]]
+                    for fut in pending:
+                        results.append(await fut)
+                        if on_progress:
+                            on_progress(spans[len(results) - 1][1] / duration)
             else:
                 # Local attention runs off the batcher, a few windows per forward (bounded audio).
                 per_pass = max(1, min(self.settings.max_batch_size, int(BATCH_AUDIO_BUDGET_S // window_s)))

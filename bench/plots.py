@@ -18,14 +18,17 @@ from pathlib import Path
 def collect(obj, label: str, sweeps: list, streams: list) -> None:
     if isinstance(obj, dict):
         device = obj.get("device", label)
+        if obj.get("model"):
+            device = f"{device}, {Path(str(obj['model'])).stem}"
         if isinstance(obj.get("levers"), dict) and isinstance(obj["levers"].get("batch"), list):
             sweeps.append((device, obj["levers"]["batch"]))
         if isinstance(obj.get("levels"), list):
             cfg = obj.get("stream_config", {})
             tag = f"chunk {cfg.get('chunk_s')} s, eou {cfg.get('eou_ms')} ms" if cfg else ""
             streams.append((f"{device} {tag}".strip(), obj["levels"]))
+        consumed = {"levels"} | ({"levers"} if isinstance(obj.get("levers"), dict) and "batch" in obj["levers"] else set())
         for k, v in obj.items():
-            if k not in ("levers", "levels") and isinstance(v, (dict, list)):
+            if k not in consumed and isinstance(v, (dict, list)):
                 collect(v, label, sweeps, streams)
 
 
@@ -52,6 +55,7 @@ def main() -> None:
         ax.set(xscale="log", xlabel="batch size (clips per forward pass)", ylabel="RTFx (audio s / wall s)",
                title="Batch throughput vs batch size")
         ax.set_xticks([r["batch"] for r in sweeps[0][1]], [str(r["batch"]) for r in sweeps[0][1]])
+        ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         fig.tight_layout()
@@ -65,8 +69,9 @@ def main() -> None:
             ax.plot(ns, [r["eos_to_final_p50"] for r in rows], marker=".", linestyle="--", label=f"{label} p50")
         ax.set(xlabel="concurrent real-time streams", ylabel="end of speech -> final (s)",
                title="Streaming latency vs concurrent streams")
+        ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(args.out / f"latency_vs_streams_{args.tag}.png", dpi=110)
         print(args.out / f"latency_vs_streams_{args.tag}.png")

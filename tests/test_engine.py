@@ -191,3 +191,21 @@ def test_lean_subsampling_masks_give_nemos_exact_output(tiny_model):
                     m.forward = f
     for (a, la), (b, lb) in zip(reference, lean):
         assert torch.equal(la, lb) and torch.equal(a, b)
+
+
+def test_a_short_job_is_not_held_up_by_a_chunked_long_one(tiny_model, long_clip, sentences):
+    audio, _ = long_clip
+    eng = Engine(Settings(model="tiny", max_batch_size=2, max_batch_wait_ms=5, warmup=False), model=tiny_model)
+
+    async def both():
+        long_job = asyncio.create_task(eng.transcribe(audio, chunk_long_audio=True, chunk_duration=5.0))
+        await asyncio.sleep(0.05)  # the long job's first wave is running
+        short = await eng.transcribe(sentences[0].audio)
+        batches_before_short = eng._batcher.batches_run
+        return short, batches_before_short, await long_job
+
+    short, batches_before_short, long_result = asyncio.run(both())
+    # 9 chunks, 2 per forward pass: the short job rides in the second or third pass, not the fifth
+    assert long_result.chunks >= 8 and eng._batcher.batches_run >= 5
+    assert batches_before_short <= 3, "the short job waited for the long one's chunks"
+    assert jiwer.wer(sentences[0].text, short.text) <= 0.2
