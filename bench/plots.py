@@ -48,6 +48,16 @@ def main() -> None:
         text = p.read_text().strip()
         collect(json.loads(text.splitlines()[-1] if not text.startswith("{\n") else text), p.stem, sweeps, streams)
     args.out.mkdir(parents=True, exist_ok=True)
+
+    def save(fig, ax, name: str, legend_size: int) -> None:
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=legend_size)
+        fig.tight_layout()
+        path = args.out / f"{name}_{args.tag}.png"
+        fig.savefig(path, dpi=110)
+        print(path)
+
     if sweeps:
         fig, ax = plt.subplots(figsize=(6, 4))
         for device, rows in sweeps:
@@ -55,12 +65,7 @@ def main() -> None:
         ax.set(xscale="log", xlabel="batch size (clips per forward pass)", ylabel="RTFx (audio s / wall s)",
                title="Batch throughput vs batch size")
         ax.set_xticks([r["batch"] for r in sweeps[0][1]], [str(r["batch"]) for r in sweeps[0][1]])
-        ax.set_ylim(bottom=0)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(args.out / f"rtfx_vs_batch_{args.tag}.png", dpi=110)
-        print(args.out / f"rtfx_vs_batch_{args.tag}.png")
+        save(fig, ax, "rtfx_vs_batch", 8)
     if streams:
         fig, ax = plt.subplots(figsize=(6, 4))
         for label, rows in streams:
@@ -69,13 +74,7 @@ def main() -> None:
             ax.plot(ns, [r["eos_to_final_p50"] for r in rows], marker=".", linestyle="--", label=f"{label} p50")
         ax.set(xlabel="concurrent real-time streams", ylabel="end of speech -> final (s)",
                title="Streaming latency vs concurrent streams")
-        ax.set_ylim(bottom=0)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(args.out / f"latency_vs_streams_{args.tag}.png", dpi=110)
-        print(args.out / f"latency_vs_streams_{args.tag}.png")
-
+        save(fig, ax, "latency_vs_streams", 7)
 
 if __name__ == "__main__":
     main()

@@ -288,21 +288,24 @@ async def _stream_when_listening(port, audio_file):
                                                  token=WS_TOKEN, show=False)
 
 
+async def _websocket_job(url: str, poll: str, ws_port: int, audio_file) -> tuple[str, dict]:
+    """Start a websocket job, stream a file to it once it listens, and return the transcript and
+    what ``/{poll}/{id}`` answered (it returns when the job ends, 2 s after the client leaves)."""
+    async with aiohttp.ClientSession() as s:
+        async with s.post(f"{url}/run", json={"input": {"action": "websocket", "idle_timeout": 2}}) as r:
+            job = await r.json()
+        answer = asyncio.create_task(s.post(f"{url}/{poll}/{job['id']}"))
+        text = await _stream_when_listening(ws_port, audio_file)
+        resp = await answer
+        return text, await resp.json()
+
+
 def test_websocket_action_serves_streams_until_idle(worker, speech_files):
     """{"action": "websocket"} starts the server in the worker on the shared engine; the job ends
     with a summary once no client has been connected for idle_timeout seconds."""
-    async def go():
-        async with aiohttp.ClientSession() as s:
-            async with s.post(f"{worker}/run", json={"input": {"action": "websocket", "idle_timeout": 2}}) as r:
-                job = await r.json()
-            # the local SDK server runs a /run job when its status is asked for: this call
-            # returns when the job ends
-            status = asyncio.create_task(s.post(f"{worker}/status/{job['id']}"))
-            text = await _stream_when_listening(WS_PORT, speech_files["flac"])
-            resp = await status
-            return text, await resp.json()
-
-    text, res = asyncio.run(go())
+    # the local SDK server runs a /run job when its status is asked for: that call returns when
+    # the job ends
+    text, res = asyncio.run(_websocket_job(worker, "status", WS_PORT, speech_files["flac"]))
     assert jiwer.wer(SAMPLE_TEXT, text) <= 0.2, text
     assert res["status"] == "COMPLETED", res
     out = res["output"]
@@ -318,16 +321,7 @@ def test_generator_handler_streams_the_ready_message_then_the_summary(speech_fil
     and the summary; a transcribe job's output is then a one-element list (why it is opt-in)."""
     ws_port = free_port()
     with running_worker({"RUNPOD_GENERATOR_HANDLER": "1", "WS_PORT": str(ws_port)}, ".worker-gen.log") as url:
-        async def go():
-            async with aiohttp.ClientSession() as s:
-                async with s.post(f"{url}/run", json={"input": {"action": "websocket", "idle_timeout": 2}}) as r:
-                    job = await r.json()
-                streamed = asyncio.create_task(s.post(f"{url}/stream/{job['id']}"))
-                text = await _stream_when_listening(ws_port, speech_files["wav"])
-                resp = await streamed
-                return text, await resp.json()
-
-        text, res = asyncio.run(go())
+        text, res = asyncio.run(_websocket_job(url, "stream", ws_port, speech_files["wav"]))
         assert jiwer.wer(SAMPLE_TEXT, text) <= 0.2, text
         ready, summary = [m["output"] for m in res["stream"]]
         assert ready == {"status": "ready", "ws_url": f"ws://127.0.0.1:{ws_port}", "token": WS_TOKEN}
