@@ -8,6 +8,7 @@ ARG PARAKEET_MODEL=nvidia/parakeet-tdt-0.6b-v3
 ARG TORCH_SPEC="torch==2.13.0"
 ENV PARAKEET_MODEL=${PARAKEET_MODEL} \
     HF_HOME=/models/hf \
+    PARAKEET_MODEL_CACHE=/models/extracted \
     VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
@@ -19,7 +20,7 @@ RUN bash docker/setup.sh system && python3 -m venv /opt/venv
 COPY requirements.txt .
 RUN TORCH_SPEC="${TORCH_SPEC}" bash docker/setup.sh python
 COPY . .
-# The model is fetched at build time: a cold start downloads nothing.
+# The model is fetched and unpacked at build time: a cold start downloads and unpacks nothing.
 RUN bash docker/setup.sh bake && useradd --create-home --uid 1000 worker && chown -R worker /models /app
 USER worker
 

@@ -17,7 +17,6 @@ import math
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -70,20 +69,18 @@ def pick_device(requested: str | None = None) -> torch.device:
     return torch.device(requested or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
-def load_model(name_or_path: str | None = None, device: str | None = None):
-    """Load a NeMo ASR model from a local ``.nemo`` file or a Hugging Face id, in eval mode."""
-    from nemo.collections.asr.models import ASRModel
+def load_model(name_or_path: str | None = None, device: str | None = None, cache_dir: str | None = None):
+    """Load a NeMo ASR model (Hugging Face id, ``.nemo`` file or extracted folder), in eval mode.
 
-    name = name_or_path or Settings.from_env().model
+    ``cache_dir`` (default ``PARAKEET_MODEL_CACHE``) holds models unpacked at image build time:
+    see ``model_loader`` for why a restore from there starts faster.
+    """
+    import model_loader
+
+    s = Settings.from_env()
+    name = name_or_path or s.model
     dev = pick_device(device)
-    if name.endswith(".nemo") or Path(name).is_file():
-        if not Path(name).is_file():
-            raise FileNotFoundError(f"model file not found: {name}")
-        model = ASRModel.restore_from(name, map_location=dev)
-    else:
-        # Hugging Face id: NeMo downloads once into its cache; the Docker image runs this at
-        # build time so that a cold start downloads nothing.
-        model = ASRModel.from_pretrained(model_name=name, map_location=dev)
+    model = model_loader.restore(name, dev, s.model_cache_dir if cache_dir is None else cache_dir)
     model = model.to(dev).eval()
     log.info("loaded %s on %s", name, dev)
     return model

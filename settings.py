@@ -31,6 +31,7 @@ def _env_list(name: str) -> tuple[str, ...]:
 class Settings:
     # model and engine
     model: str = "nvidia/parakeet-tdt-0.6b-v3"
+    model_cache_dir: str = ""  # models unpacked at image build time (model_loader.py); "" = none
     device: str = ""  # "" = cuda if available, else cpu
     precision: str = "auto"  # auto | bf16 | fp16 | fp32
     compile: bool = False
@@ -66,6 +67,7 @@ class Settings:
     def from_env(cls) -> "Settings":
         return cls(
             model=os.environ.get("PARAKEET_MODEL") or cls.model,
+            model_cache_dir=os.environ.get("PARAKEET_MODEL_CACHE", ""),
             device=os.environ.get("DEVICE", ""),
             precision=os.environ.get("PRECISION", "auto").lower(),
             compile=_env_bool("TORCH_COMPILE", False),

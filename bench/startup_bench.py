@@ -1,5 +1,7 @@
 """Start-up benchmark: time to ready, and the first request against the steady state, with and
-without the warmup pass. Each case runs in a fresh process, so nothing is warm by accident.
+without the warmup pass, and how the model is loaded: NeMo's own ``restore_from`` (before) against
+``model_loader`` from the ``.nemo`` archive and from the folder the image unpacks it into. Each
+case runs in a fresh process, so nothing is warm by accident.
 
     python bench/startup_bench.py                      # tiny model
     python bench/startup_bench.py --model PATH.nemo --requests 10
@@ -12,6 +14,7 @@ import json
 import subprocess
 import sys
 import time
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,11 +23,15 @@ CHILD = r"""
 import json, os, sys, time
 t0 = time.perf_counter()
 sys.path.insert(0, {root!r}); sys.path.insert(0, {tools!r})
-import numpy as np, synth
+import numpy as np, synth, torch
 from asr_engine import Engine, load_model
 from settings import Settings
 t_import = time.perf_counter() - t0
-model = load_model({model!r})
+if {loader!r} == "nemo":
+    from nemo.collections.asr.models import ASRModel
+    model = ASRModel.restore_from({model!r}, map_location="cuda" if torch.cuda.is_available() else "cpu").eval()
+else:
+    model = load_model({model!r}, cache_dir={cache!r})
 t_load = time.perf_counter() - t0
 s = Settings.from_env()
 engine = Engine(type(s)(**{{**s.__dict__, "model": {model!r}, "warmup": {warmup}}}), model=model)
@@ -43,19 +50,33 @@ def main() -> None:
     ap.add_argument("--model", default=str(ROOT / "tests" / "assets" / "tiny_parakeet.nemo"))
     ap.add_argument("--requests", type=int, default=6)
     args = ap.parse_args()
+    # (name, loader, warmup): the default deployment is "extracted" with warmup on
+    cases = [("warmup", "extracted", True), ("no_warmup", "extracted", False),
+             ("nemo_restore", "nemo", True), ("archive", "archive", True)]
     rows = {}
-    for warmup in (True, False):
-        code = CHILD.format(root=str(ROOT), tools=str(ROOT / "tools" / "test_model"), model=args.model,
-                            warmup=warmup, n=max(args.requests, 2))
-        t0 = time.perf_counter()
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
-        if out.returncode != 0:
-            sys.exit(out.stderr[-2000:])
-        row = json.loads(out.stdout.strip().splitlines()[-1])
-        row["process_s"] = round(time.perf_counter() - t0, 2)
-        row["first_over_steady"] = round(row["first_request_s"] / row["steady_request_s"], 2)
-        rows["warmup" if warmup else "no_warmup"] = row
-        print(("warmup   " if warmup else "no warmup"), row, flush=True)
+    with tempfile.TemporaryDirectory(prefix="startup_bench_") as cache:
+        sys.path.insert(0, str(ROOT))
+        import model_loader
+
+        model_loader.extract(args.model, cache)  # what the image's bake step does
+        for name, loader, warmup in cases:
+            code = CHILD.format(root=str(ROOT), tools=str(ROOT / "tools" / "test_model"), model=args.model,
+                                warmup=warmup, n=max(args.requests, 2), loader=loader,
+                                cache=cache if loader == "extracted" else "")
+            t0 = time.perf_counter()
+            out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+            if out.returncode != 0:
+                sys.exit(out.stderr[-2000:])
+            row = json.loads(out.stdout.strip().splitlines()[-1])
+            row["loader"] = loader
+            row["process_s"] = round(time.perf_counter() - t0, 2)
+            row["first_over_steady"] = round(row["first_request_s"] / row["steady_request_s"], 2)
+            rows[name] = row
+            print(f"{name:<13}", row, flush=True)
+    load = {name: row["load_s"] - row["import_s"] for name, row in rows.items()}
+    rows["load_speedup"] = {"extracted_vs_nemo": round(load["nemo_restore"] / load["warmup"], 2),
+                            "archive_vs_nemo": round(load["nemo_restore"] / load["archive"], 2)}
+    print("model load, NeMo restore_from / ours:", rows["load_speedup"], flush=True)
     print(json.dumps({"model": args.model, **rows}))
 
 

@@ -2,7 +2,7 @@
 # The Docker image's build steps as one script, so the tests run them too and they cannot rot.
 #   system : OS packages (ffmpeg for decoding, libsndfile for the WAV/FLAC fast path)
 #   python : torch (CUDA build in the image; TORCH_SPEC to override) and requirements.txt
-#   bake   : download/load $PARAKEET_MODEL once so a cold start downloads nothing
+#   bake   : download $PARAKEET_MODEL, unpack it into $PARAKEET_MODEL_CACHE, load it once
 #   check  : the runtime has what the worker needs (ffmpeg, imports, model loads)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +21,13 @@ case "$step" in
     "$PY" -m pip install --no-cache-dir -r requirements.txt
     ;;
   bake)
+    if [ -n "${PARAKEET_MODEL_CACHE:-}" ]; then
+      # Unpack the model once into the image (model_loader.py): a cold start neither downloads nor
+      # unpacks it. The downloaded archive goes with this step, so the image holds one copy.
+      download="$(mktemp -d)"
+      HF_HOME="$download" "$PY" model_loader.py
+      rm -rf "$download"
+    fi
     "$PY" -c "import asr_engine; m = asr_engine.load_model(device='cpu'); print('baked', type(m).__name__)"
     ;;
   check)

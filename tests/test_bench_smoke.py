@@ -28,10 +28,11 @@ def test_stream_bench_runs_one_stream():
     assert res["max_streams_within_target"] == 1
 
 
-def test_startup_bench_compares_warmup_and_no_warmup():
+def test_startup_bench_compares_warmup_and_loaders():
     res = _run(["bench/startup_bench.py", "--requests", "2"])
-    for case in ("warmup", "no_warmup"):
+    for case in ("warmup", "no_warmup", "nemo_restore", "archive"):
         assert 0 < res[case]["load_s"] <= res[case]["ready_s"] and res[case]["first_request_s"] > 0
+    assert res["load_speedup"]["extracted_vs_nemo"] > 0
 
 
 def test_long_audio_bench_merges_windows_without_losing_words_and_posts_progress():

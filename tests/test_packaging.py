@@ -31,10 +31,15 @@ def test_dockerfile_runs_only_steps_that_exist():
 
 
 @pytest.mark.parametrize("step", ["check", "bake"])
-def test_docker_setup_steps_run_here(step):
-    out = subprocess.run(["bash", "docker/setup.sh", step], cwd=ROOT, env=ENV, capture_output=True, text=True,
+def test_docker_setup_steps_run_here(step, tmp_path):
+    env = {**ENV, "PARAKEET_MODEL_CACHE": str(tmp_path / "extracted")}
+    out = subprocess.run(["bash", "docker/setup.sh", step], cwd=ROOT, env=env, capture_output=True, text=True,
                          timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
+    if step == "bake":  # the model is unpacked into the cache and loaded from there
+        (folder,) = (tmp_path / "extracted").iterdir()
+        assert (folder / "model_weights.ckpt").is_file()
+        assert f"Restoration will occur within pre-extracted directory : `{folder}`" in out.stdout + out.stderr
 
 
 def test_runpod_convention_files_match_the_schema():
