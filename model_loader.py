@@ -76,13 +76,13 @@ def extracted_path(name: str, cache_dir: str) -> Path:
 
 
 def nemo_file(name: str) -> str:
-    """The ``.nemo`` archive for ``name``: the local file, or NeMo's download of a Hugging Face id."""
+    """The ``.nemo`` archive (or unpacked folder) for ``name``: local, or NeMo's download of a Hugging Face id."""
     from nemo.collections.asr.models import ASRModel
 
-    if name.endswith(".nemo") or Path(name).is_file():
-        if not Path(name).is_file():
-            raise FileNotFoundError(f"model file not found: {name}")
+    if Path(name).exists():  # a .nemo file, or a folder unpacked from one
         return name
+    if name.endswith(".nemo"):
+        raise FileNotFoundError(f"model file not found: {name}")
     return ASRModel.from_pretrained(model_name=name, return_model_file=True)
 
 
@@ -92,13 +92,14 @@ def extract(name: str, cache_dir: str) -> Path:
     if is_extracted(dest):
         return dest
     source = nemo_file(name)
-    if is_extracted(source):  # a Hugging Face repository that is already a folder
-        return Path(source)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=dest.name + ".", dir=dest.parent))
     try:
-        with tarfile.open(source, "r:*") as tar:
-            tar.extractall(tmp, filter="data")
+        if Path(source).is_dir():  # a Hugging Face repository that is already unpacked: copy it
+            shutil.copytree(source, tmp / "model")
+        else:
+            with tarfile.open(source, "r:*") as tar:
+                tar.extractall(tmp, filter="data")
         inner = [p for p in tmp.rglob(CONFIG_NAME)]
         if len(inner) != 1 or not is_extracted(inner[0].parent):
             raise ValueError(f"{source} is not a NeMo archive ({CONFIG_NAME} + {WEIGHTS_NAME})")

@@ -42,6 +42,8 @@ def test_extracted_folder_gives_the_same_model_and_transcripts(tmp_path, tiny_mo
     from_folder = load_model(str(folder), device="cpu", cache_dir="")
     _same_tensors(tiny_model, from_cache)
     _same_tensors(tiny_model, from_folder)
+    copied = model_loader.extract(str(folder), str(tmp_path / "again"))  # an unpacked source is copied
+    assert model_loader.is_extracted(copied) and copied.parent == tmp_path / "again"
 
     clips = [u.audio for u in synth.make_utterances("en", ["en-us"], 3, 4242)]
     settings = Settings(model=str(TINY_MODEL), device="cpu", warmup=False)
