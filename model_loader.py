@@ -76,7 +76,7 @@ def extracted_path(name: str, cache_dir: str) -> Path:
 
 
 def nemo_file(name: str) -> str:
-    """The ``.nemo`` archive (or unpacked folder) for ``name``: local, or NeMo's download of a Hugging Face id."""
+    """The ``.nemo`` archive or unpacked folder for ``name``, local or downloaded from Hugging Face."""
     from nemo.collections.asr.models import ASRModel
 
     if Path(name).exists():  # a .nemo file, or a folder unpacked from one

@@ -29,7 +29,8 @@ from settings import Settings
 t_import = time.perf_counter() - t0
 if {loader!r} == "nemo":
     from nemo.collections.asr.models import ASRModel
-    model = ASRModel.restore_from({model!r}, map_location="cuda" if torch.cuda.is_available() else "cpu").eval()
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    model = ASRModel.restore_from({model!r}, map_location=dev).eval()
 else:
     model = load_model({model!r}, cache_dir={cache!r})
 t_load = time.perf_counter() - t0
