@@ -8,7 +8,7 @@
 #   levers   bench/gpu_levers.py: BF16, SDPA, CUDA graphs, torch.compile, batch sizes 1..128
 #   stream   bench/stream_bench.py: 1..300 real-time streams, default and low-latency settings
 #   long     bench/long_audio_bench.py: 1, 2, 3 h through local attention and chunking
-#   startup  bench/startup_bench.py: time to ready, first vs steady request, warmup on/off
+#   startup  bench/startup_bench.py: time to ready, first vs steady request, warmup on/off, loaders
 # Each part writes OUT_DIR/<part>.json (its benchmarks' JSON results); after every part,
 # OUT_DIR/gpu_suite.json holds all part files present plus the machine's description. Parts
 # can run in separate calls (a time-limited machine): the merge keeps earlier parts.
