@@ -100,7 +100,7 @@ def extract(name: str, cache_dir: str) -> Path:
         else:
             with tarfile.open(source, "r:*") as tar:
                 tar.extractall(tmp, filter="data")
-        inner = [p for p in tmp.rglob(CONFIG_NAME)]
+        inner = list(tmp.rglob(CONFIG_NAME))
         if len(inner) != 1 or not is_extracted(inner[0].parent):
             raise ValueError(f"{source} is not a NeMo archive ({CONFIG_NAME} + {WEIGHTS_NAME})")
         os.replace(inner[0].parent, dest)  # appears whole or not at all
@@ -114,17 +114,14 @@ def restore(name: str, device: torch.device, cache_dir: str = ""):
     """Load ``name`` (Hugging Face id, ``.nemo`` file, or an extracted folder) onto ``device``."""
     from nemo.collections.asr.models import ASRModel
 
+    cached = extracted_path(name, cache_dir) if cache_dir else None
+    # the copy unpacked at build time if there is one; else the local file or folder, or NeMo's
+    # download of a Hugging Face id (once, into its own cache)
+    source = str(cached) if cached is not None and is_extracted(cached) else nemo_file(name)
     connector = FastRestoreConnector()
-    folder = Path(name) if is_extracted(name) else (extracted_path(name, cache_dir) if cache_dir else None)
-    if folder is not None and is_extracted(folder):
-        connector.model_extracted_dir = str(folder)
-        return ASRModel.restore_from(str(folder), map_location=device, save_restore_connector=connector)
-    if name.endswith(".nemo") or Path(name).is_file():
-        if not Path(name).is_file():
-            raise FileNotFoundError(f"model file not found: {name}")
-        return ASRModel.restore_from(name, map_location=device, save_restore_connector=connector)
-    # Hugging Face id: NeMo downloads once into its cache (the image bakes it in at build time).
-    return ASRModel.from_pretrained(model_name=name, map_location=device, save_restore_connector=connector)
+    if is_extracted(source):
+        connector.model_extracted_dir = source
+    return ASRModel.restore_from(source, map_location=device, save_restore_connector=connector)
 
 
 if __name__ == "__main__":  # python model_loader.py [NAME] [CACHE_DIR]: the image's bake step

@@ -13,8 +13,8 @@ import argparse
 import json
 import subprocess
 import sys
-import time
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
