@@ -22,6 +22,7 @@ from urllib.parse import urljoin, urlsplit
 
 import numpy as np
 
+from constants import SAMPLE_RATE
 from errors import (
     AUDIO_TOO_LARGE,
     AUDIO_TOO_LONG,
@@ -33,7 +34,6 @@ from errors import (
     ASRError,
 )
 
-SAMPLE_RATE = 16000
 KNOWN_FORMATS = {"wav", "flac", "mp3", "ogg", "opus", "webm", "m4a", "mp4", "aac", "mka", "mkv", "wma", "aiff", "amr"}
 
 
@@ -316,20 +316,22 @@ async def download(url: str, policy: DownloadPolicy) -> Path:
                         raise ASRError(DOWNLOAD_FAILED, f"the server answered HTTP {resp.status}")
                     declared = resp.content_length
                     if declared is not None and declared > policy.max_bytes:
-                        raise ASRError(AUDIO_TOO_LARGE, f"the file is {declared} bytes; the limit is {policy.max_bytes}")
+                        raise ASRError(AUDIO_TOO_LARGE,
+                                       f"the file is {declared} bytes; the limit is {policy.max_bytes}")
                     size = 0
                     with open(path, "wb") as f:
                         async for block in resp.content.iter_chunked(1 << 16):
                             size += len(block)
                             if size > policy.max_bytes:
-                                raise ASRError(AUDIO_TOO_LARGE, f"the download passed the {policy.max_bytes} byte limit")
+                                raise ASRError(AUDIO_TOO_LARGE,
+                                               f"the download passed the {policy.max_bytes} byte limit")
                             f.write(block)
                     return path
             raise ASRError(DOWNLOAD_FAILED, f"more than {policy.max_redirects} redirects")
     except ASRError:
         path.unlink(missing_ok=True)
         raise
-    except asyncio.TimeoutError:
+    except TimeoutError:
         path.unlink(missing_ok=True)
         raise ASRError(DOWNLOAD_FAILED, f"the download timed out after {policy.timeout_s:.0f} s") from None
     except Exception as exc:  # noqa: BLE001 - any network failure is the user's download failing

@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from constants import SAMPLE_RATE
+
 
 class TranscriptionError(RuntimeError):
     """The job failed (``code`` from SPEC, e.g. invalid_audio) or the endpoint could not be reached."""
@@ -86,7 +88,7 @@ class ASRWebSocketClient:
     """One real-time session::
 
         async with ASRWebSocketClient("ws://127.0.0.1:8765", token=None) as c:
-            await c.start(sample_rate=16000)
+            await c.start(sample_rate=SAMPLE_RATE)
             await c.send_audio(pcm16_bytes)
             await c.stop()                      # the server answers the last finals, then "done"
             async for msg in c:                 # transcription / error messages, ends after "done"
@@ -98,9 +100,8 @@ class ASRWebSocketClient:
         self.ws = None
         self.session_id: str | None = None
 
-    async def __aenter__(self) -> "ASRWebSocketClient":
+    async def __aenter__(self) -> ASRWebSocketClient:
         from websockets.asyncio.client import connect
-
         from websockets.exceptions import ConnectionClosed, InvalidStatus
 
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
@@ -109,7 +110,8 @@ class ASRWebSocketClient:
                                     max_size=None)
         except InvalidStatus as exc:
             code = exc.response.status_code
-            raise TranscriptionError(f"connection refused: HTTP {code} {exc.response.body.decode(errors='replace').strip()}",
+            body = exc.response.body.decode(errors="replace").strip()
+            raise TranscriptionError(f"connection refused: HTTP {code} {body}",
                                      "unauthorized" if code == 401 else None) from None
         try:
             welcome = json.loads(await self.ws.recv())
@@ -126,7 +128,7 @@ class ASRWebSocketClient:
     async def __aexit__(self, *exc) -> None:
         await self.ws.close()
 
-    async def start(self, sample_rate: int = 16000, chunk_duration: float = 2.0, timestamps: bool = True) -> dict:
+    async def start(self, sample_rate: int = SAMPLE_RATE, chunk_duration: float = 2.0, timestamps: bool = True) -> dict:
         await self.ws.send(json.dumps({"action": "start", "sample_rate": sample_rate,
                                        "chunk_duration": chunk_duration, "timestamps": timestamps}))
         reply = json.loads(await self.ws.recv())
@@ -169,9 +171,9 @@ async def stream_file_to_websocket(websocket_url: str, audio_file: str | Path, c
 
     audio = decode_audio(Path(audio_file), max_seconds=24 * 3600.0).samples
     pcm = pcm16_bytes(audio)
-    step = int(16000 * frame_seconds) * 2
+    step = int(SAMPLE_RATE * frame_seconds) * 2
     async with ASRWebSocketClient(websocket_url, token) as client:
-        await client.start(16000, chunk_duration)
+        await client.start(SAMPLE_RATE, chunk_duration)
 
         async def sender():
             t0 = time.monotonic()

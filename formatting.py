@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from asr_engine import Segment, Transcript
+from transcript import Segment, Transcript
 
 
 def _clock(seconds: float, sep: str) -> str:

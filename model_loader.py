@@ -127,10 +127,10 @@ def restore(name: str, device: torch.device, cache_dir: str = ""):
 if __name__ == "__main__":  # python model_loader.py [NAME] [CACHE_DIR]: the image's bake step
     import sys
 
-    from settings import Settings
+    from settings import Settings, configure_logging
 
-    logging.basicConfig(level=logging.INFO)
     s = Settings.from_env()
+    configure_logging(s)
     name = sys.argv[1] if len(sys.argv) > 1 else s.model
     cache = sys.argv[2] if len(sys.argv) > 2 else s.model_cache_dir
     if not cache:

@@ -1,30 +1,18 @@
-"""All configuration, read from the environment in one place (README lists every variable)."""
+"""All configuration, read from the environment in one place (README lists every variable).
+
+Each setting's default is written once, as the dataclass field's default; ``ENV`` names the
+variable that overrides it, and the field's type says how the value is parsed. No other module
+reads ``os.environ`` (the client's command line reads its own API key and token).
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import os
 from dataclasses import dataclass, field
 
-
-def _env_bool(name: str, default: bool) -> bool:
-    raw = os.environ.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    return raw.strip().lower() in ("1", "true", "yes", "on")
-
-
-def _env_float(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    return float(raw) if raw not in (None, "") else default
-
-
-def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name)
-    return int(raw) if raw not in (None, "") else default
-
-
-def _env_list(name: str) -> tuple[str, ...]:
-    return tuple(x.strip().lower() for x in os.environ.get(name, "").split(",") if x.strip())
+_TRUE = ("1", "true", "yes", "on")
 
 
 @dataclass(frozen=True)
@@ -49,51 +37,79 @@ class Settings:
     download_timeout_s: float = 120.0
     max_redirects: int = 5
     allow_private_urls: bool = False
-    allowed_url_hosts: tuple[str, ...] = field(default_factory=tuple)  # "host" or "host:port", exempt from the address check
+    # "host" or "host:port", exempt from the address check
+    allowed_url_hosts: tuple[str, ...] = field(default_factory=tuple)
     # real-time streaming (WebSocket)
     ws_host: str = "0.0.0.0"
-    ws_port: int = 8765
+    ws_port: int = 8765  # WS_PORT, else PORT (RunPod load-balancing endpoints set PORT)
     port_health: int = 0  # load-balancing mode: GET /ping also on this port (0 = only on ws_port)
     ws_auth_token: str = ""  # "" = no auth
     ws_max_sessions: int = 64
     ws_idle_timeout_s: float = 60.0  # no message from the client for this long closes the session
     ws_max_message_bytes: int = 1 << 20
-    stream_chunk_s: float = 0.48  # decoding step per stream (NeMo rounds it to 80 ms frames)
+    stream_step_s: float = 0.48  # STREAM_CHUNK_S: audio decoded per streaming step (NeMo rounds to 80 ms frames)
     stream_left_s: float = 1.6  # left context re-encoded each step
     stream_right_s: float = 0.48  # look-ahead: adds this much latency, buys accuracy
     stream_eou_ms: int = 800  # silence that ends an utterance (see streaming.StreamConfig)
+    # process
+    log_level: str = "INFO"
+    worker_mode: str = "queue"  # queue (RunPod jobs) | load_balancer (only the WebSocket server)
+    generator_handler: bool = False  # RunPod: the generator handler form (see rp_handler.py)
+    # set by RunPod in a worker (read-only facts about where we run)
+    runpod_public_ip: str = ""  # the pod's public address, for the websocket job's ws_url
+    runpod_public_ws_port: int = 0  # RUNPOD_TCP_PORT_<ws_port>: the public port mapped to ws_port
+    runpod_progress_url: str = ""  # RUNPOD_WEBHOOK_POST_OUTPUT: progress updates are posted there
+    runpod_stream_url: str = ""  # RUNPOD_WEBHOOK_POST_STREAM: the job's /stream channel
 
     @classmethod
-    def from_env(cls) -> "Settings":
-        return cls(
-            model=os.environ.get("PARAKEET_MODEL") or cls.model,
-            model_cache_dir=os.environ.get("PARAKEET_MODEL_CACHE", ""),
-            device=os.environ.get("DEVICE", ""),
-            precision=os.environ.get("PRECISION", "auto").lower(),
-            compile=_env_bool("TORCH_COMPILE", False),
-            cuda_graphs=_env_bool("CUDA_GRAPHS", True),
-            warmup=_env_bool("WARMUP", True),
-            max_batch_size=_env_int("MAX_BATCH_SIZE", 16),
-            max_batch_wait_ms=_env_float("MAX_BATCH_WAIT_MS", 10.0),
-            max_padding_ratio=_env_float("MAX_PADDING_RATIO", 1.3),
-            local_attention_threshold_s=_env_float("LOCAL_ATTENTION_THRESHOLD_S", 24 * 60.0),
-            local_attention_context=_env_int("LOCAL_ATTENTION_CONTEXT", 128),
-            local_attention_window_s=_env_float("LOCAL_ATTENTION_WINDOW_S", 900.0),
-            max_audio_bytes=_env_int("MAX_AUDIO_BYTES", 1 << 30),
-            max_audio_seconds=_env_float("MAX_AUDIO_SECONDS", 4 * 3600.0),
-            download_timeout_s=_env_float("DOWNLOAD_TIMEOUT_S", 120.0),
-            max_redirects=_env_int("MAX_REDIRECTS", 5),
-            allow_private_urls=_env_bool("ALLOW_PRIVATE_URLS", False),
-            allowed_url_hosts=_env_list("ALLOWED_URL_HOSTS"),
-            ws_host=os.environ.get("WS_HOST", "0.0.0.0"),
-            ws_port=_env_int("WS_PORT", _env_int("PORT", 8765)),
-            port_health=_env_int("PORT_HEALTH", 0),
-            ws_auth_token=os.environ.get("WS_AUTH_TOKEN", ""),
-            ws_max_sessions=_env_int("WS_MAX_SESSIONS", 64),
-            ws_idle_timeout_s=_env_float("WS_IDLE_TIMEOUT_S", 60.0),
-            ws_max_message_bytes=_env_int("WS_MAX_MESSAGE_BYTES", 1 << 20),
-            stream_chunk_s=_env_float("STREAM_CHUNK_S", 0.48),
-            stream_left_s=_env_float("STREAM_LEFT_S", 1.6),
-            stream_right_s=_env_float("STREAM_RIGHT_S", 0.48),
-            stream_eou_ms=_env_int("STREAM_EOU_MS", 800),
-        )
+    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        values = {}
+        for f in dataclasses.fields(cls):
+            names = ENV[f.name]
+            if f.name == "runpod_public_ws_port":
+                names = (f"RUNPOD_TCP_PORT_{values.get('ws_port', cls.ws_port)}",)
+            raw = next((env[n].strip() for n in names if env.get(n, "").strip()), None)
+            if raw is not None:
+                values[f.name] = _parse(f, raw)
+        return cls(**values)
+
+
+# field -> the environment variables that set it, first one set wins
+ENV: dict[str, tuple[str, ...]] = {
+    "model": ("PARAKEET_MODEL",), "model_cache_dir": ("PARAKEET_MODEL_CACHE",), "device": ("DEVICE",),
+    "precision": ("PRECISION",), "compile": ("TORCH_COMPILE",), "cuda_graphs": ("CUDA_GRAPHS",),
+    "warmup": ("WARMUP",), "max_batch_size": ("MAX_BATCH_SIZE",), "max_batch_wait_ms": ("MAX_BATCH_WAIT_MS",),
+    "max_padding_ratio": ("MAX_PADDING_RATIO",), "local_attention_threshold_s": ("LOCAL_ATTENTION_THRESHOLD_S",),
+    "local_attention_context": ("LOCAL_ATTENTION_CONTEXT",), "local_attention_window_s": ("LOCAL_ATTENTION_WINDOW_S",),
+    "max_audio_bytes": ("MAX_AUDIO_BYTES",), "max_audio_seconds": ("MAX_AUDIO_SECONDS",),
+    "download_timeout_s": ("DOWNLOAD_TIMEOUT_S",), "max_redirects": ("MAX_REDIRECTS",),
+    "allow_private_urls": ("ALLOW_PRIVATE_URLS",), "allowed_url_hosts": ("ALLOWED_URL_HOSTS",),
+    "ws_host": ("WS_HOST",), "ws_port": ("WS_PORT", "PORT"), "port_health": ("PORT_HEALTH",),
+    "ws_auth_token": ("WS_AUTH_TOKEN",), "ws_max_sessions": ("WS_MAX_SESSIONS",),
+    "ws_idle_timeout_s": ("WS_IDLE_TIMEOUT_S",), "ws_max_message_bytes": ("WS_MAX_MESSAGE_BYTES",),
+    "stream_step_s": ("STREAM_CHUNK_S",), "stream_left_s": ("STREAM_LEFT_S",), "stream_right_s": ("STREAM_RIGHT_S",),
+    "stream_eou_ms": ("STREAM_EOU_MS",), "log_level": ("LOG_LEVEL",), "worker_mode": ("WORKER_MODE",),
+    "generator_handler": ("RUNPOD_GENERATOR_HANDLER",), "runpod_public_ip": ("RUNPOD_PUBLIC_IP",),
+    "runpod_public_ws_port": (),  # named after ws_port: see from_env
+    "runpod_progress_url": ("RUNPOD_WEBHOOK_POST_OUTPUT",), "runpod_stream_url": ("RUNPOD_WEBHOOK_POST_STREAM",),
+}
+_LOWERCASE = {"precision", "worker_mode"}
+
+
+def _parse(f: dataclasses.Field, raw: str):
+    kind = f.type  # a string: `from __future__ import annotations`
+    if kind == "bool":
+        return raw.lower() in _TRUE
+    if kind == "int":
+        return int(raw)
+    if kind == "float":
+        return float(raw)
+    if kind.startswith("tuple"):
+        return tuple(x.strip().lower() for x in raw.split(",") if x.strip())
+    return raw.lower() if f.name in _LOWERCASE else raw
+
+
+def configure_logging(settings: Settings) -> None:
+    """The one logging set-up, for every entry point (worker, WebSocket server, model bake)."""
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(name)s %(message)s")

@@ -2,7 +2,7 @@
 
 Its own module because it is the streaming half of the engine (the WebSocket protocol lives in
 websocket_handler.py): it owns NeMo's buffered RNNT/TDT pipeline, built on the engine's
-already-loaded model, and one scheduler that takes the next chunk of every stream that has one
+already-loaded model, and one scheduler that takes the next frame of every stream that has one
 and decodes them together under the engine lock, so batch jobs and streaming steps never use
 the model at the same time.
 
@@ -22,24 +22,32 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from asr_engine import SAMPLE_RATE, Engine, Word
+from asr_engine import Engine
+from constants import SAMPLE_RATE
+from settings import Settings
+from transcript import Word
 
 log = logging.getLogger("streaming")
 
 
 @dataclass(frozen=True)
 class StreamConfig:
-    """Chunking and endpointing shared by every stream (one pipeline batches them all).
+    """Step size and endpointing shared by every stream (one pipeline batches them all).
 
-    Every step re-encodes left + chunk + right seconds per stream and emits ``chunk`` seconds.
-    ``eou_ms``: with chunk 0.48 / right 0.48, a final comes ~1-1.4 s after the last word, and
-    pauses inside a sentence shorter than ~1 s never split it (tokens are 80 ms frames)."""
+    Every step re-encodes left + step + right seconds per stream and emits ``step`` seconds (NeMo
+    calls it the chunk size). ``eou_ms``: with step 0.48 / right 0.48, a final comes ~1-1.4 s after
+    the last word, and pauses inside a sentence shorter than ~1 s never split it (tokens are 80 ms
+    frames). The defaults are the Settings' (STREAM_* variables)."""
 
-    chunk_s: float = 0.48
-    left_s: float = 1.6
-    right_s: float = 0.48
-    eou_ms: int = 800
+    step_s: float
+    left_s: float
+    right_s: float
+    eou_ms: int
     max_wait_ms: float = 15.0  # after the first ready stream, wait this long for others to batch
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> StreamConfig:
+        return cls(s.stream_step_s, s.stream_left_s, s.stream_right_s, s.stream_eou_ms)
 
 
 @dataclass
@@ -57,7 +65,7 @@ class StreamUpdate:
 class Stream:
     id: int
     updates: asyncio.Queue
-    pending: list = field(default_factory=list)  # received, not yet decoded 16 kHz chunks
+    pending: list = field(default_factory=list)  # received, not yet decoded 16 kHz sample arrays
     pending_n: int = 0  # samples in ``pending``
     samples_in: int = 0  # 16 kHz samples received
     samples_done: int = 0  # samples decoded
@@ -71,7 +79,7 @@ class StreamDecoder:
 
     def __init__(self, engine: Engine, config: StreamConfig | None = None):
         self.engine = engine
-        self.config = config or StreamConfig()
+        self.config = config or StreamConfig.from_settings(engine.settings)
         self.pipeline = self._build_pipeline()
         self.frame_samples = int(round(self.pipeline.chunk_size * SAMPLE_RATE))
         self.streams: dict[int, Stream] = {}
@@ -109,7 +117,7 @@ class StreamDecoder:
                                             "use_cuda_graph_decoder": engine.device.type == "cuda"
                                             and engine.settings.cuda_graphs}}},
             "streaming": {"sample_rate": SAMPLE_RATE, "batch_size": engine.settings.max_batch_size,
-                          "stateful": True, "chunk_size": c.chunk_s, "left_padding_size": c.left_s,
+                          "stateful": True, "chunk_size": c.step_s, "left_padding_size": c.left_s,
                           "right_padding_size": c.right_s, "request_type": "frame", "padding_mode": "right",
                           "word_boundary_tolerance": 4},
             "endpointing": {"stop_history_eou": c.eou_ms, "residue_tokens_at_end": 0},
@@ -132,7 +140,7 @@ class StreamDecoder:
             for name, dt in keep.items():  # the wrapper cast the whole model; offline keeps fp32 parts fp32
                 getattr(model, name).to(dt)
             engine.reconfigure()
-        log.info("streaming pipeline: chunk %.2f s, left %.2f s, right %.2f s, EoU %d ms",
+        log.info("streaming pipeline: step %.2f s, left %.2f s, right %.2f s, EoU %d ms",
                  pipeline.chunk_size, pipeline.left_padding_size, pipeline.right_padding_size, c.eou_ms)
         return pipeline
 
@@ -182,10 +190,6 @@ class StreamDecoder:
             if stream.started:
                 self._aborted.append(stream)
                 self._wake.set()  # free its pipeline state now, not at the next busy moment
-
-    @property
-    def active(self) -> int:
-        return len(self.streams)
 
     # ---- the scheduler
     def _ready(self) -> list[Stream]:
@@ -252,15 +256,15 @@ class StreamDecoder:
             take.append(part)
             got += len(part)
         s.pending_n -= got
-        chunk = np.concatenate(take) if take else np.zeros(0, np.float32)
+        samples = np.concatenate(take) if take else np.zeros(0, np.float32)
         last = s.closing and s.pending_n == 0
-        length = len(chunk)
+        length = len(samples)
         if length < n:  # the last frame: zero-padded to the pipeline's fixed size, true length given
-            chunk = np.concatenate([chunk, np.zeros(n - length, np.float32)])
+            samples = np.concatenate([samples, np.zeros(n - length, np.float32)])
         first = not s.started
         s.started = True
         s.samples_done += length
-        return Frame(samples=torch.from_numpy(np.ascontiguousarray(chunk)), stream_id=s.id, is_first=first,
+        return Frame(samples=torch.from_numpy(np.ascontiguousarray(samples)), stream_id=s.id, is_first=first,
                      is_last=last, length=length if last else -1,
                      options=ASRRequestOptions(stop_history_eou=self.config.eou_ms) if first else None)
 

@@ -3,8 +3,9 @@
     python websocket_handler.py --port 8765          # loads PARAKEET_MODEL, serves ws://0.0.0.0:8765
 
 One connection is one session: welcome -> start -> binary PCM16 audio -> partial and final
-``transcription`` messages -> stop -> done, and again. Every session's audio goes to the shared
-``StreamDecoder``, which decodes all sessions together in one batched step per chunk.
+``transcription`` messages -> stop -> done, and again (docs/PROTOCOL.md has the messages). Every
+session's audio goes to the shared ``StreamDecoder``, which decodes all sessions together in one
+batched step.
 ``GET /ping`` on the same port (and on ``PORT_HEALTH``) answers 200 once the model is warm, 204
 while it loads, for RunPod load-balancing endpoints.
 """
@@ -29,8 +30,22 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from asr_engine import SAMPLE_RATE, Engine
-from settings import Settings
+from asr_engine import Engine
+from constants import SAMPLE_RATE
+from errors import (
+    ALREADY_STARTED,
+    AUDIO_TOO_LONG,
+    CLOSING,
+    IDLE_TIMEOUT,
+    INTERNAL_ERROR,
+    INVALID_INPUT,
+    INVALID_JSON,
+    INVALID_SAMPLE_RATE,
+    NOT_STARTED,
+    UNKNOWN_ACTION,
+    ASRError,
+)
+from settings import Settings, configure_logging
 from streaming import StreamConfig, StreamDecoder, StreamUpdate
 
 log = logging.getLogger("websocket")
@@ -38,15 +53,6 @@ log = logging.getLogger("websocket")
 MIN_RATE, MAX_RATE = 8000, 48000
 CLOSE_TRY_AGAIN_LATER = 1013  # over capacity / still loading
 MAX_BACKLOG_S = 10.0  # undecoded audio per stream before we stop reading from its socket
-
-
-class ProtocolError(Exception):
-    """A recoverable client mistake: answered with an error message, the connection stays open."""
-
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 class ASRServer:
@@ -57,8 +63,8 @@ class ASRServer:
         self.settings = settings
         self.engine: Engine | None = None
         self.decoder: StreamDecoder | None = None
-        self.sessions: dict[str, "Session"] = {}
-        self.last_activity = time.monotonic()
+        self.sessions: dict[str, Session] = {}
+        self._last_activity = time.monotonic()
         self.served = 0  # sessions completed, for the RunPod job summary
         if engine is not None:
             self.attach(engine)
@@ -67,9 +73,16 @@ class ASRServer:
         """Use this (warm) engine; must be called inside the running event loop."""
         s = self.settings
         self.engine = engine
-        self.decoder = StreamDecoder(engine, StreamConfig(s.stream_chunk_s, s.stream_left_s, s.stream_right_s,
-                                                          s.stream_eou_ms))
+        self.decoder = StreamDecoder(engine, StreamConfig.from_settings(s))
         self.decoder.start()
+
+    def mark_active(self) -> None:
+        """Something happened (a connection, a message, a websocket job started): see idle_seconds."""
+        self._last_activity = time.monotonic()
+
+    def idle_seconds(self) -> float:
+        """Seconds since the last activity, for the websocket job's idle timeout."""
+        return time.monotonic() - self._last_activity
 
     @property
     def ready(self) -> bool:
@@ -84,7 +97,8 @@ class ASRServer:
             return connection.respond(status, body.decode()) if body else Response(
                 status.value, status.phrase, Headers([("Content-Length", "0")]), b"")
         if request.headers.get("Upgrade", "").lower() != "websocket":
-            return connection.respond(http.HTTPStatus.NOT_FOUND, "WebSocket endpoint: connect with a WebSocket client\n")
+            return connection.respond(http.HTTPStatus.NOT_FOUND,
+                                      "WebSocket endpoint: connect with a WebSocket client\n")
         token = self.settings.ws_auth_token
         if token and not any(hmac.compare_digest(given.encode(), token.encode()) for given in _request_tokens(request)):
             return connection.respond(http.HTTPStatus.UNAUTHORIZED,
@@ -101,14 +115,14 @@ class ASRServer:
             return
         session = Session(self, ws)
         self.sessions[session.id] = session
-        self.last_activity = time.monotonic()
+        self.mark_active()
         try:
             await session.run()
         finally:
             session.abort()
             self.sessions.pop(session.id, None)
             self.served += 1
-            self.last_activity = time.monotonic()
+            self.mark_active()
 
     async def serve(self, host: str, port: int):
         """Start listening (returns the websockets Server; ``port=0`` picks a free port)."""
@@ -119,7 +133,7 @@ class ASRServer:
     async def close_sessions(self, code: int, reason: str) -> None:
         for session in list(self.sessions.values()):
             with contextlib.suppress(Exception):
-                await session.error("closing", reason)
+                await session.error(CLOSING, reason)
                 await session.ws.close(code, reason)
 
     async def close(self) -> None:
@@ -129,7 +143,7 @@ class ASRServer:
 
 class PcmInput:
     """Client audio -> 16 kHz float32: PCM16 LE frames of any size (an odd trailing byte waits for
-    the next frame), resampled in a streaming way so the chunk boundaries leave no trace."""
+    the next frame), resampled in a streaming way so the frame boundaries leave no trace."""
 
     def __init__(self, sample_rate: int):
         self.carry = b""
@@ -173,7 +187,7 @@ class Session:
         self.audio_in: PcmInput | None = None
         self.sample_rate = SAMPLE_RATE
         self.timestamps = True
-        self.partial_every = 0.0  # seconds of audio between partial messages
+        self.partial_interval_s = 0.0  # the start message's chunk_duration: audio seconds between partials
         self.finals: list[str] = []
         self.reader: asyncio.Task | None = None
 
@@ -190,69 +204,71 @@ class Session:
         while True:
             try:
                 msg = await asyncio.wait_for(self.ws.recv(), timeout=idle)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 with contextlib.suppress(ConnectionClosed):
-                    await self.error("idle_timeout", f"no message for {idle:g} s, closing the session")
+                    await self.error(IDLE_TIMEOUT, f"no message for {idle:g} s, closing the session")
                     await self.ws.close(1000, "idle timeout")
                 return
             except ConnectionClosed:
                 return
-            self.server.last_activity = time.monotonic()
+            self.server.mark_active()
             try:
                 if isinstance(msg, bytes):
                     await self.on_audio(msg)
                 else:
                     await self.on_text(msg)
-            except ProtocolError as e:
+            except ASRError as e:  # a recoverable client mistake: the connection stays open
                 await self.error(e.code, e.message)
 
     async def on_text(self, raw: str) -> None:
         try:
             msg = json.loads(raw)
         except ValueError:
-            raise ProtocolError("invalid_json", "text frames must be JSON objects") from None
+            raise ASRError(INVALID_JSON, "text frames must be JSON objects") from None
         if not isinstance(msg, dict):
-            raise ProtocolError("invalid_json", "text frames must be JSON objects")
+            raise ASRError(INVALID_JSON, "text frames must be JSON objects")
         action = msg.get("action")
         if action == "start":
             await self.start(msg)
         elif action == "stop":
             await self.stop()
         else:
-            raise ProtocolError("unknown_action", f"unknown action {action!r}: use 'start' or 'stop'")
+            raise ASRError(UNKNOWN_ACTION, f"unknown action {action!r}: use 'start' or 'stop'")
 
     async def start(self, msg: dict) -> None:
         if self.stream is not None:
-            raise ProtocolError("already_started", "send {\"action\": \"stop\"} before starting again")
+            raise ASRError(ALREADY_STARTED, "send {\"action\": \"stop\"} before starting again")
         rate = msg.get("sample_rate", SAMPLE_RATE)
         if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not MIN_RATE <= rate <= MAX_RATE:
-            raise ProtocolError("invalid_sample_rate", f"sample_rate must be a number from {MIN_RATE} to {MAX_RATE}")
-        chunk = msg.get("chunk_duration", 2.0)
-        if isinstance(chunk, bool) or not isinstance(chunk, (int, float)) or not 0.0 <= chunk <= 30.0:
-            raise ProtocolError("invalid_input", "chunk_duration must be a number of seconds from 0 to 30")
+            raise ASRError(INVALID_SAMPLE_RATE, f"sample_rate must be a number from {MIN_RATE} to {MAX_RATE}")
+        partial_interval = msg.get("chunk_duration", 2.0)  # public name; it paces partials only
+        if (isinstance(partial_interval, bool) or not isinstance(partial_interval, (int, float))
+                or not 0.0 <= partial_interval <= 30.0):
+            raise ASRError(INVALID_INPUT, "chunk_duration must be a number of seconds from 0 to 30")
         timestamps = msg.get("timestamps", True)
         if not isinstance(timestamps, bool):
-            raise ProtocolError("invalid_input", "timestamps must be true or false")
+            raise ASRError(INVALID_INPUT, "timestamps must be true or false")
         unknown = set(msg) - {"action", "sample_rate", "chunk_duration", "timestamps"}
         if unknown:
-            raise ProtocolError("invalid_input", f"unknown field(s) in start: {', '.join(sorted(unknown))}")
-        self.sample_rate, self.timestamps, self.partial_every = int(rate), timestamps, float(chunk)
+            raise ASRError(INVALID_INPUT, f"unknown field(s) in start: {', '.join(sorted(unknown))}")
+        self.sample_rate, self.timestamps = int(rate), timestamps
+        self.partial_interval_s = float(partial_interval)
         self.audio_in = PcmInput(self.sample_rate)
         self.finals = []
         decoder = self.server.decoder
         self.stream = decoder.open()
-        self.reader = asyncio.get_running_loop().create_task(self.forward_updates(self.stream))
+        self.reader = asyncio.get_running_loop().create_task(self.relay_updates(self.stream))
         await self.send({"type": "started", "session_id": self.id, "sample_rate": self.sample_rate,
-                         "chunk_duration": self.partial_every, "timestamps": self.timestamps,
+                         "chunk_duration": self.partial_interval_s, "timestamps": self.timestamps,
                          "step_duration": round(decoder.frame_samples / SAMPLE_RATE, 3)})
 
     async def on_audio(self, data: bytes) -> None:
         if self.stream is None:
-            raise ProtocolError("not_started", "audio before start: send {\"action\": \"start\"} first")
+            raise ASRError(NOT_STARTED, "audio before start: send {\"action\": \"start\"} first")
         decoder, stream = self.server.decoder, self.stream
         limit = self.server.settings.max_audio_seconds
         if (stream.samples_in + len(data) // 2 * SAMPLE_RATE / self.sample_rate) / SAMPLE_RATE > limit:
-            raise ProtocolError("audio_too_long", f"a stream may carry at most {limit:g} s of audio; stop and start again")
+            raise ASRError(AUDIO_TOO_LONG, f"a stream may carry at most {limit:g} s of audio; stop and start again")
         decoder.push(stream, self.audio_in.feed(data))
         # backpressure: a client sending faster than we decode waits here, and so (through TCP)
         # does its socket, instead of its audio piling up in memory
@@ -261,7 +277,7 @@ class Session:
 
     async def stop(self) -> None:
         if self.stream is None:
-            raise ProtocolError("not_started", "nothing to stop: send {\"action\": \"start\"} first")
+            raise ASRError(NOT_STARTED, "nothing to stop: send {\"action\": \"start\"} first")
         self.server.decoder.push(self.stream, self.audio_in.flush())
         stream, reader = self.stream, self.reader
         self.server.decoder.finish(stream)
@@ -271,16 +287,16 @@ class Session:
         await self.send({"type": "done", "text": " ".join(t for t in self.finals if t),
                          "duration": round(stream.samples_in / SAMPLE_RATE, 3)})
 
-    async def forward_updates(self, stream) -> None:
+    async def relay_updates(self, stream) -> None:
         """Send this stream's partials and finals, in order, until its last step."""
         try:
-            await self._forward(stream)
+            await self._relay(stream)
         except ConnectionClosed:
             pass  # the connection loop sees it too and cleans up
         except Exception:  # noqa: BLE001 - a bug here must not leave the client waiting silently
             log.exception("session %s: sending results failed", self.id)
             with contextlib.suppress(Exception):
-                await self.error("internal_error", "sending results failed; start again")
+                await self.error(INTERNAL_ERROR, "sending results failed; start again")
             self._forget(stream)
 
     def _forget(self, stream) -> None:
@@ -289,13 +305,13 @@ class Session:
             self.server.decoder.abort(stream)
             self.stream = self.reader = None
 
-    async def _forward(self, stream) -> None:
+    async def _relay(self, stream) -> None:
         last_partial, last_sent_at = "", 0.0
         utterance_start = 0.0
         while True:
             update: StreamUpdate | None = await stream.updates.get()
             if update is None:  # the decoder failed this stream
-                await self.error("internal_error", "decoding failed for this stream; start again")
+                await self.error(INTERNAL_ERROR, "decoding failed for this stream; start again")
                 self._forget(stream)
                 return
             if update.final is not None:
@@ -304,7 +320,8 @@ class Session:
                     await self.send(self._message(update.final, True, update.words, utterance_start, update.end))
                 utterance_start = update.words[-1].end if update.words else update.end
                 last_partial, last_sent_at = "", update.end
-            elif update.partial and update.partial != last_partial and update.end - last_sent_at >= self.partial_every:
+            elif (update.partial and update.partial != last_partial
+                  and update.end - last_sent_at >= self.partial_interval_s):
                 await self.send(self._message(update.partial, False, [], utterance_start, update.end))
                 last_partial, last_sent_at = update.partial, update.end
             if update.last:
@@ -353,7 +370,7 @@ def main() -> None:
     ap.add_argument("--host", default=s.ws_host)
     ap.add_argument("--port", type=int, default=s.ws_port)
     args = ap.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    configure_logging(s)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run_server(s, args.host, args.port))
 

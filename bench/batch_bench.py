@@ -11,7 +11,7 @@ Modes, all on the same clips (espeak-ng sentences, decoded once):
 - ``handler_concurrent``: every clip as a base64 WAV job through ``rp_handler.handler`` at once
   (base64 + decoding + formatting included)
 - ``handler_no_expecting``: the same without the batcher waiting for jobs still decoding
-  (an ablation of ``DynamicBatcher.expecting``)
+  (an ablation of ``DynamicBatcher.request_arriving``)
 Reported: RTFx (audio seconds / wall seconds), per-job latency p50/p95 for the concurrent modes,
 the emission rate (tokens/s of output), and ratios to plain NeMo. JSON on the last line.
 """
@@ -27,15 +27,11 @@ import json
 import os
 import platform
 import resource
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tools" / "test_model"))
+from _paths import ROOT  # noqa: E402 - run as a script: puts the repository on sys.path
 
 
 def clips_for(n: int, seed: int) -> list:
@@ -99,8 +95,8 @@ def main() -> None:
     clips = clips_for(args.n, args.seed)
     audio = [u.audio for u in clips]
     total_s = sum(len(a) for a in audio) / 16000
-    model = load_model(args.model)
     settings = Settings.from_env()
+    model = load_model(args.model, cache_dir=settings.model_cache_dir)
     settings = type(settings)(**{**settings.__dict__, "model": args.model, "max_batch_size": max(args.n, 1)})
     engine = Engine(settings, model=model)
     rp_handler._engine = engine  # the handler uses this very engine
@@ -145,10 +141,10 @@ def main() -> None:
         res, sec = timed(lambda: asyncio.run(_gather_timed([rp_handler.handler(j) for j in jobs])))
         record("handler_concurrent", sec, [r.get("text", "") for r, _ in res], [t for _, t in res])
     if "handler_no_expecting" not in args.skip:
-        # ablation: the batcher does not wait for jobs still decoding (DynamicBatcher.expecting)
-        engine.expecting = contextlib.nullcontext
+        # ablation: the batcher does not wait for jobs still decoding (DynamicBatcher.request_arriving)
+        engine.request_arriving = contextlib.nullcontext
         res, sec = timed(lambda: asyncio.run(_gather_timed([rp_handler.handler(j) for j in jobs])))
-        del engine.expecting
+        del engine.request_arriving
         record("handler_no_expecting", sec, [r.get("text", "") for r, _ in res], [t for _, t in res])
 
     ratios = {}

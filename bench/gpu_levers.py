@@ -23,14 +23,9 @@ import argparse
 import dataclasses
 import json
 import platform
-import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-sys.path.insert(0, str(ROOT / "tools" / "test_model"))
+from _paths import ROOT  # noqa: E402 - run as a script: puts the repository on sys.path
 
 
 def measure(engine, clips, batch: int, repeats: int) -> dict:
@@ -79,7 +74,7 @@ def main() -> None:
     from batch_bench import clips_for
     from settings import Settings
 
-    model = load_model(args.model)
+    model = load_model(args.model, cache_dir=Settings.from_env().model_cache_dir)
     cuda = next(model.parameters()).device.type == "cuda"
     clips = [u.audio for u in clips_for(args.n, 4242)]
     base = dataclasses.replace(Settings.from_env(), model=args.model, compile=False, warmup=False)
@@ -113,7 +108,7 @@ def main() -> None:
     def lean_masks(eng, on):  # off: NeMo's own subsampling forward
         from nemo.collections.asr.parts.submodules.subsampling import MaskedConvSequential
 
-        from asr_engine import lean_subsampling_masks
+        from nemo_patches import lean_subsampling_masks
         for mod in eng.model.modules():
             if isinstance(mod, MaskedConvSequential):
                 vars(mod).pop("forward", None)

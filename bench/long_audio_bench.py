@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import platform
@@ -30,13 +31,11 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tools" / "test_model"))
+from _paths import ROOT  # noqa: E402 - run as a script: puts the repository on sys.path
+
 TINY = ROOT / "tests" / "assets" / "tiny_parakeet.nemo"
 
 
@@ -186,14 +185,14 @@ def child_run(model_path: str, hours: float, mode: str) -> dict:
     import jiwer
     import torch
 
-    from asr_engine import LOCAL_WINDOW_OVERLAP_S, chunk_spans
+    from long_audio import LOCAL_WINDOW_OVERLAP_S, window_spans
 
     engine = _engine(model_path)
     signal, sentences = long_signal(hours)
     duration = len(signal) / 16000
     local = mode == "local"
-    spans = (chunk_spans(duration, engine.settings.local_attention_window_s, LOCAL_WINDOW_OVERLAP_S) if local
-             else chunk_spans(duration, 30.0))
+    spans = (window_spans(duration, engine.settings.local_attention_window_s, LOCAL_WINDOW_OVERLAP_S) if local
+             else window_spans(duration, 30.0))
     if engine.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     before = rss_mb()
@@ -231,22 +230,23 @@ def child_progress(model_path: str, hours: float) -> dict:
     loop.run_until_complete(site.start())
     port = site._server.sockets[0].getsockname()[1]
     threading.Thread(target=loop.run_forever, daemon=True).start()
-    # the SDK reads the URL when imported: set it first
+    # the SDK reads the URL when imported, and Settings when built: set it first
     os.environ["RUNPOD_WEBHOOK_POST_OUTPUT"] = f"http://127.0.0.1:{port}/progress?id=$ID"
-    import rp_handler
+    from progress import PROGRESS_INTERVAL_S, ProgressReporter, post_progress
+    from settings import Settings
 
+    send = functools.partial(post_progress, Settings.from_env())  # as rp_handler posts them
     engine = _engine(model_path)
     signal, _ = long_signal(hours)
     duration = len(signal) / 16000
     job = {"id": "long-audio-bench"}
     rows = {}
-    for name, interval in (("none", None), ("throttled", rp_handler.PROGRESS_INTERVAL_S),
+    for name, interval in (("none", None), ("throttled", PROGRESS_INTERVAL_S),
                            ("every_window", 0.0), ("none_again", None)):
         posts.clear()
         reporter = None
         if interval is not None:
-            rp_handler.PROGRESS_INTERVAL_S = interval
-            reporter = rp_handler.ProgressReporter(job, duration)
+            reporter = ProgressReporter(job, duration, send, interval_s=interval)
         t0 = time.perf_counter()
         asyncio.run(engine.transcribe(signal, chunk_long_audio=True, on_progress=reporter))
         sec = time.perf_counter() - t0

@@ -26,7 +26,8 @@ def collect(obj, label: str, sweeps: list, streams: list) -> None:
             cfg = obj.get("stream_config", {})
             tag = f"chunk {cfg.get('chunk_s')} s, eou {cfg.get('eou_ms')} ms" if cfg else ""
             streams.append((f"{device} {tag}".strip(), obj["levels"]))
-        consumed = {"levels"} | ({"levers"} if isinstance(obj.get("levers"), dict) and "batch" in obj["levers"] else set())
+        has_levers = isinstance(obj.get("levers"), dict) and "batch" in obj["levers"]
+        consumed = {"levels"} | ({"levers"} if has_levers else set())
         for k, v in obj.items():
             if k not in consumed and isinstance(v, (dict, list)):
                 collect(v, label, sweeps, streams)

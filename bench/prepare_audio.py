@@ -10,14 +10,11 @@ what bench/gpu_suite.sh runs (clip counts and seeds).
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from _paths import ROOT  # noqa: E402 - run as a script: puts the repository on sys.path
+
 os.environ.setdefault("ESPEAK_CACHE", str(ROOT / ".bench_audio"))
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-sys.path.insert(0, str(ROOT / "tools" / "test_model"))
 
 import batch_bench  # noqa: E402
 import build_full  # noqa: E402

@@ -19,14 +19,9 @@ import cProfile
 import json
 import os
 import pstats
-import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-sys.path.insert(0, str(ROOT / "tools" / "test_model"))
+from _paths import ROOT  # noqa: E402 - run as a script: puts the repository on sys.path
 
 # (stage, file suffix, function name): cumulative time of that function
 STAGES = [

@@ -11,18 +11,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from _paths import PATHS, ROOT  # noqa: E402 - run as a script: puts the repository on sys.path
 
 CHILD = r"""
 import json, os, sys, time
 t0 = time.perf_counter()
-sys.path.insert(0, {root!r}); sys.path.insert(0, {tools!r})
 import numpy as np, synth, torch
 from asr_engine import Engine, load_model
 from settings import Settings
@@ -56,16 +55,16 @@ def main() -> None:
              ("nemo_restore", "nemo", True), ("archive", "archive", True)]
     rows = {}
     with tempfile.TemporaryDirectory(prefix="startup_bench_") as cache:
-        sys.path.insert(0, str(ROOT))
         import model_loader
 
         model_loader.extract(args.model, cache)  # what the image's bake step does
         for name, loader, warmup in cases:
-            code = CHILD.format(root=str(ROOT), tools=str(ROOT / "tools" / "test_model"), model=args.model,
+            code = CHILD.format(model=args.model,
                                 warmup=warmup, n=max(args.requests, 2), loader=loader,
                                 cache=cache if loader == "extracted" else "")
             t0 = time.perf_counter()
-            out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+            env = {**os.environ, "PYTHONPATH": os.pathsep.join(PATHS)}  # the child imports the repository
+            out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env)
             if out.returncode != 0:
                 sys.exit(out.stderr[-2000:])
             row = json.loads(out.stdout.strip().splitlines()[-1])

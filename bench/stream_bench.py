@@ -18,23 +18,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import functools
 import dataclasses
+import functools
 import json
 import platform
 import random
-import sys
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tools" / "test_model"))
-
 import synth  # noqa: E402
+from _paths import ROOT  # noqa: E402 - run as a script: puts the repository on sys.path
 from client import ASRWebSocketClient, pcm16_bytes  # noqa: E402
 
 FRAME_S = 0.1
@@ -45,7 +40,7 @@ FINAL_REACH_S = 0.6  # a final ending this close to the end of speech holds the 
 CLIP_POOL = 16  # distinct clips; client i streams clip i % CLIP_POOL (the content does not change cost)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def make_stream_audio(i: int) -> tuple[np.ndarray, float, int]:
     """Two sentences with a pause; returns (audio, seconds where the first sentence's speech
     ends, words in the first sentence)."""
@@ -105,7 +100,8 @@ async def run_level(url: str, n: int, decoder=None) -> dict:
            "eos_to_final_p50": pct(eos, 50), "eos_to_final_p95": pct(eos, 95), "eos_to_final_p99": pct(eos, 99),
            "first_final_missing": n - len(eos),
            "stop_to_done_p50": pct([r["stop_to_done"] for r in res], 50),
-           "words_per_s": round(sum(len(r.get("text", "").split()) for r in res) / (sum(len(c[0]) for c in clips) / 16000), 2)}
+           "words_per_s": round(sum(len(r.get("text", "").split()) for r in res)
+                                / (sum(len(c[0]) for c in clips) / 16000), 2)}
     if decoder:
         steps, frames, secs = (x - y for x, y in zip((decoder.steps, decoder.frames, decoder.step_seconds), before))
         chunk = decoder.frame_samples / 16000
@@ -124,7 +120,7 @@ def start_local_server(model: str):
     from websocket_handler import ASRServer
 
     settings = dataclasses.replace(Settings.from_env(), model=model)
-    engine = Engine(settings, model=load_model(model))
+    engine = Engine(settings, model=load_model(model, cache_dir=settings.model_cache_dir))
     loop = asyncio.new_event_loop()
     ready = threading.Event()
     box = {}
@@ -142,7 +138,8 @@ def start_local_server(model: str):
 
     threading.Thread(target=run, daemon=True).start()
     ready.wait(300)
-    device = torch.cuda.get_device_name(0) if engine.device.type == "cuda" else f"{platform.processor() or 'cpu'} ({torch.get_num_threads()} threads)"
+    device = (torch.cuda.get_device_name(0) if engine.device.type == "cuda"
+              else f"{platform.processor() or 'cpu'} ({torch.get_num_threads()} threads)")
     return box["url"], box["server"].decoder, device
 
 
@@ -168,7 +165,7 @@ def main() -> None:
 
     st = Settings.from_env()
     print(json.dumps({"device": device, "model": args.model if not args.url else args.url,
-                      "stream_config": {"chunk_s": st.stream_chunk_s, "left_s": st.stream_left_s,
+                      "stream_config": {"chunk_s": st.stream_step_s, "left_s": st.stream_left_s,
                                         "right_s": st.stream_right_s, "eou_ms": st.stream_eou_ms},
                       "target_p95_s": args.target, "max_streams_within_target": max(ok) if ok else 0,
                       "levels": rows}))

@@ -11,8 +11,8 @@ from aiohttp import web
 
 import audio_utils
 from audio_utils import DownloadPolicy, check_url, decode_audio, decode_base64, sniff_format
-from conftest import FORMATS, write_wav
 from errors import ASRError
+from tests.helpers import FORMATS, write_wav
 
 
 def code_of(fn, *a, **k):

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 import client
-from conftest import requires_model, FORMATS, ROOT, SAMPLE_TEXT, TINY_MODEL, free_port, write_wav
+from tests.helpers import FORMATS, ROOT, SAMPLE_TEXT, TINY_MODEL, free_port, requires_model, write_wav
 
 pytestmark = requires_model
 
@@ -61,17 +61,17 @@ def file_server(speech_files):
 
 
 @contextlib.contextmanager
-def running_worker(extra_env: dict, log_name: str):
+def running_worker(extra_env: dict, log_path):
     """rp_handler.py under the SDK's local API server on a free loopback port; yields its URL."""
     port = free_port()
     env = {**os.environ, "PARAKEET_MODEL": str(TINY_MODEL), "DEVICE": "cpu", "WS_HOST": "127.0.0.1",
            "WS_AUTH_TOKEN": WS_TOKEN, "PYTHONUNBUFFERED": "1", **extra_env}
-    log = open(ROOT / "tests" / log_name, "w")
+    log = open(log_path, "w")  # under the test's temporary folder, never in the tree
     proc = subprocess.Popen([sys.executable, "rp_handler.py", "--rp_serve_api", "--rp_api_host", "127.0.0.1",
                              "--rp_api_port", str(port)], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.time() + 180
     while time.time() < deadline:
-        assert proc.poll() is None, f"worker exited during start-up; see tests/{log_name}"
+        assert proc.poll() is None, f"worker exited during start-up; see {log_path}"
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
             break
@@ -89,11 +89,11 @@ def running_worker(extra_env: dict, log_name: str):
 
 
 @pytest.fixture(scope="module")
-def worker(file_server):
+def worker(file_server, tmp_path_factory):
     """The batch worker; only the file server's port is allowed as a private URL host."""
     env = {"MAX_AUDIO_SECONDS": str(MAX_SECONDS), "MAX_AUDIO_BYTES": str(MAX_BYTES), "WS_PORT": str(WS_PORT),
            "ALLOWED_URL_HOSTS": f"127.0.0.1:{file_server[0]}", "MAX_BATCH_WAIT_MS": "30"}
-    with running_worker(env, ".worker.log") as url:
+    with running_worker(env, tmp_path_factory.mktemp("worker") / "worker.log") as url:
         yield url
 
 
@@ -134,7 +134,8 @@ def _parse_subtitles(text, sep):
     cues = []
     for m in re.finditer(pattern, text):
         g = [int(x) for x in m.groups()[:8]]
-        cues.append((g[0] * 3600 + g[1] * 60 + g[2] + g[3] / 1000, g[4] * 3600 + g[5] * 60 + g[6] + g[7] / 1000, m.group(9)))
+        start, end = g[0] * 3600 + g[1] * 60 + g[2] + g[3] / 1000, g[4] * 3600 + g[5] * 60 + g[6] + g[7] / 1000
+        cues.append((start, end, m.group(9)))
     return cues
 
 
@@ -188,18 +189,20 @@ def _hostile_cases(speech_files, tmp_path, file_server):
     subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-i", str(long_silence), "-c:a", "flac",
                     str(tmp_path / "long.flac")], check=True)
     mp3 = speech_files["mp3"].read_bytes()
+    garbage = b"\x01" + random.Random(6).randbytes(30000).replace(b"\xff", b"\x01")
+    wav = b64(speech_files["wav"])
     return {
-        "garbage": ({"audio_base64": base64.b64encode(b"\x01" + random.Random(6).randbytes(30000).replace(b"\xff", b"\x01")).decode()}, "invalid_audio"),
+        "garbage": ({"audio_base64": base64.b64encode(garbage).decode()}, "invalid_audio"),
         "truncated_mp3": ({"audio_base64": base64.b64encode(mp3[: len(mp3) // 3]).decode()}, "invalid_audio"),
         "bad_base64": ({"audio_base64": "%%% not base64 %%%"}, "invalid_input"),
-        "both_sources": ({"audio_base64": b64(speech_files["wav"]), "audio_url": "https://example.com/a.wav"}, "invalid_input"),
+        "both_sources": ({"audio_base64": wav, "audio_url": "https://example.com/a.wav"}, "invalid_input"),
         "no_source": ({"timestamps": True}, "invalid_input"),
         "unknown_field": ({"audio_base64": b64(speech_files["wav"]), "language": "en"}, "invalid_input"),
         "wrong_type": ({"audio_base64": b64(speech_files["wav"]), "timestamps": "yes"}, "invalid_input"),
         "wrong_type_source": ({"audio_base64": 12345}, "invalid_input"),
-        "negative_chunk": ({"audio_base64": b64(speech_files["wav"]), "chunk_long_audio": True, "chunk_duration": -5}, "invalid_input"),
+        "negative_chunk": ({"audio_base64": wav, "chunk_long_audio": True, "chunk_duration": -5}, "invalid_input"),
         "bad_output_format": ({"audio_base64": b64(speech_files["wav"]), "output_format": "docx"}, "invalid_input"),
-        "srt_without_timestamps": ({"audio_base64": b64(speech_files["wav"]), "output_format": "srt", "timestamps": False}, "invalid_input"),
+        "srt_without_timestamps": ({"audio_base64": wav, "output_format": "srt", "timestamps": False}, "invalid_input"),
         "oversized": ({"audio_base64": base64.b64encode(b"\0" * (MAX_BYTES + 10)).decode()}, "audio_too_large"),
         "too_long": ({"audio_base64": b64(tmp_path / "long.flac")}, "audio_too_long"),
         "png": ({"audio_base64": base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\0" * 64).decode()}, "unsupported_format"),
@@ -231,12 +234,24 @@ def test_hostile_inputs_fail_cleanly_and_the_worker_keeps_serving(worker, speech
 
 
 def test_non_object_input_is_refused(worker):
+    """The SDK's local server refuses a non-object input itself (422, before any job); RunPod
+    passes it to the handler, which must fail that job with invalid_input."""
     async def go():
         async with aiohttp.ClientSession() as s:
             async with s.post(f"{worker}/runsync", json={"input": ["not", "an", "object"]}) as r:
                 return r.status, await r.text()
     status, body = asyncio.run(go())
-    assert status in (200, 422) and "Traceback" not in body
+    assert status == 422 and "Traceback" not in body, (status, body)
+
+    import rp_handler
+
+    async def generator_output(job):
+        return [m async for m in rp_handler.generator_handler(job)]
+
+    for bad in (["not", "an", "object"], "text", 3, None):
+        job = {"id": "j", "input": bad}
+        assert asyncio.run(rp_handler.handler(job)) == {"error": "invalid_input: input must be a JSON object"}
+        assert asyncio.run(generator_output(job)) == [{"error": "invalid_input: input must be a JSON object"}]
 
 
 # ------------------------------------------------------------------ concurrency and the client
@@ -247,7 +262,8 @@ def test_six_concurrent_jobs_each_get_their_own_text(worker, tmp_path):
 
     rng = random.Random(6301)
     words = synth.load_words("en")
-    utts = [synth.synthesize(synth.random_sentence(rng, words, 6, 9), "en", "en-us", rng, augment=False) for _ in range(6)]
+    utts = [synth.synthesize(synth.random_sentence(rng, words, 6, 9), "en", "en-us", rng, augment=False)
+            for _ in range(6)]
     inputs = [{"audio_base64": b64(write_wav(tmp_path / f"c{i}.wav", u.audio))} for i, u in enumerate(utts)]
 
     async def all_at_once():
@@ -316,11 +332,11 @@ def test_websocket_action_serves_streams_until_idle(worker, speech_files):
     assert ok["status"] == "COMPLETED"
 
 
-def test_generator_handler_streams_the_ready_message_then_the_summary(speech_files):
+def test_generator_handler_streams_the_ready_message_then_the_summary(speech_files, tmp_path):
     """RUNPOD_GENERATOR_HANDLER=1 (SPEC's generator form): /stream/{id} gives the ready message
     and the summary; a transcribe job's output is then a one-element list (why it is opt-in)."""
     ws_port = free_port()
-    with running_worker({"RUNPOD_GENERATOR_HANDLER": "1", "WS_PORT": str(ws_port)}, ".worker-gen.log") as url:
+    with running_worker({"RUNPOD_GENERATOR_HANDLER": "1", "WS_PORT": str(ws_port)}, tmp_path / "worker-gen.log") as url:
         text, res = asyncio.run(_websocket_job(url, "stream", ws_port, speech_files["wav"]))
         assert jiwer.wer(SAMPLE_TEXT, text) <= 0.2, text
         ready, summary = [m["output"] for m in res["stream"]]
@@ -335,10 +351,10 @@ def test_generator_handler_streams_the_ready_message_then_the_summary(speech_fil
 
 
 def test_progress_of_long_jobs_is_throttled_and_ends_at_one():
-    import rp_handler
+    from progress import ProgressReporter
 
     sent = []
-    report = rp_handler.ProgressReporter({"id": "j"}, 3600.04, send=lambda job, msg: sent.append((job["id"], msg)))
+    report = ProgressReporter({"id": "j"}, 3600.04, send=lambda job, msg: sent.append((job["id"], msg)))
     for fraction in (0.0, 0.25, 0.5, 1.0):  # within PROGRESS_INTERVAL_S of each other
         report(fraction)
     assert sent == [("j", {"stage": "transcribing", "duration": 3600.0, "progress": 0.0}),

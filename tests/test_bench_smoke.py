@@ -4,7 +4,7 @@ import json
 import subprocess
 import sys
 
-from conftest import ROOT, requires_model
+from tests.helpers import ROOT, requires_model
 
 pytestmark = requires_model
 

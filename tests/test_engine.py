@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 import synth
-from asr_engine import Engine, chunk_spans
+from asr_engine import Engine
+from long_audio import window_spans
 from settings import Settings
 
 
@@ -104,7 +105,7 @@ def test_automatic_local_attention_above_threshold(tiny_model, sentences):
 
 
 def test_chunk_spans_cover_the_audio_with_overlap():
-    spans = chunk_spans(100.0, 30.0)
+    spans = window_spans(100.0, 30.0)
     assert spans[0][0] == 0.0 and spans[-1][1] == 100.0
     for (_, end), (start, _) in zip(spans, spans[1:]):
         assert end - start >= 2.0  # overlap wider than any word
@@ -112,7 +113,8 @@ def test_chunk_spans_cover_the_audio_with_overlap():
 
 
 def test_seam_falls_in_a_pause_both_chunks_agree_on():
-    from asr_engine import Word, seam_between
+    from long_audio import seam_between
+    from transcript import Word
 
     left = [Word("a", 10.0, 10.4), Word("b", 10.5, 11.0), Word("c", 11.6, 12.0)]
     right = [Word("b", 10.52, 11.02), Word("c", 11.62, 12.0), Word("d", 12.1, 12.5)]
@@ -136,7 +138,7 @@ def test_local_attention_windows_merge_without_losing_words(tiny_model, long_cli
                  model=tiny_model)  # two windows per forward
     fractions = []
     t = asyncio.run(eng.transcribe(audio, use_local_attention=True, on_progress=fractions.append))
-    assert t.attention == "local" and t.chunks == len(chunk_spans(len(audio) / 16000, 12.0, 16.0)) >= 4
+    assert t.attention == "local" and t.chunks == len(window_spans(len(audio) / 16000, 12.0, 16.0)) >= 4
     assert fractions == sorted(fractions) and fractions[-1] == 1.0 and len(fractions) == (t.chunks + 1) // 2
     assert jiwer.wer(ref, t.text) <= 0.1
     assert abs(len(t.words) - len(ref.split())) <= 2
@@ -150,7 +152,7 @@ def test_chunked_long_audio_loses_and_doubles_no_words(engine, long_clip):
     chunked = asyncio.run(engine.transcribe(audio, chunk_long_audio=True, chunk_duration=7.0))
     assert chunked.chunks > 3
     # the seams really cut words: each cut point of a chunk lies inside a word of the whole transcript
-    cuts = [end for _, end in chunk_spans(len(audio) / 16000, 7.0)[:-1]]
+    cuts = [end for _, end in window_spans(len(audio) / 16000, 7.0)[:-1]]
     inside = sum(any(w.start < c < w.end for w in whole.words) for c in cuts)
     assert inside >= 1
     wer_whole, wer_chunked = jiwer.wer(ref, whole.text), jiwer.wer(ref, chunked.text)
@@ -167,7 +169,7 @@ def test_lean_subsampling_masks_give_nemos_exact_output(tiny_model):
     import torch
     from nemo.collections.asr.parts.submodules.subsampling import MaskedConvSequential
 
-    from asr_engine import lean_subsampling_masks
+    from nemo_patches import lean_subsampling_masks
 
     rng = np.random.default_rng(3)
     sigs = [rng.standard_normal(n).astype(np.float32) * 0.1 for n in (48000, 80123, 40000)]

@@ -9,8 +9,7 @@ import model_loader
 import synth
 from asr_engine import Engine, load_model
 from settings import Settings
-
-from conftest import TINY_MODEL, requires_model
+from tests.helpers import TINY_MODEL, requires_model
 
 pytestmark = requires_model
 
@@ -54,6 +53,18 @@ def test_extracted_folder_gives_the_same_model_and_transcripts(tmp_path):
     expected = [t.text for t in Engine(settings, model=reference).transcribe_batch(clips)]
     got = [t.text for t in Engine(settings, model=from_folder).transcribe_batch(clips)]
     assert got == expected and all(expected)
+
+
+def test_engine_restores_from_the_callers_cache_folder(tmp_path, monkeypatch):
+    """Settings flow in from the caller: Engine(settings) restores through settings.model_cache_dir
+    (it used to read PARAKEET_MODEL_CACHE itself and ignore the caller's folder)."""
+    monkeypatch.delenv("PARAKEET_MODEL_CACHE", raising=False)
+    model_loader.extract(str(TINY_MODEL), str(tmp_path))
+    seen, restore = [], model_loader.restore
+    monkeypatch.setattr(model_loader, "restore",
+                        lambda name, dev, cache: seen.append(cache) or restore(name, dev, cache))
+    engine = Engine(Settings(model=str(TINY_MODEL), device="cpu", model_cache_dir=str(tmp_path), warmup=False))
+    assert seen == [str(tmp_path)] and engine.device.type == "cpu"
 
 
 def test_bad_archives_fail_clearly_and_leave_no_partial_folder(tmp_path):

@@ -11,8 +11,8 @@ import jiwer
 import pytest
 
 import rp_handler
-from conftest import requires_model, ROOT, TINY_MODEL
 from errors import ASRError
+from tests.helpers import ROOT, TINY_MODEL, requires_model
 
 pytestmark = requires_model
 

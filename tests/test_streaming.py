@@ -16,7 +16,8 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 import synth
 from asr_engine import Engine
-from client import ASRWebSocketClient, pcm16_bytes as pcm16
+from client import ASRWebSocketClient
+from client import pcm16_bytes as pcm16
 from settings import Settings
 from websocket_handler import ASRServer, PcmInput
 
@@ -161,7 +162,7 @@ def test_sample_rates_other_than_16k_are_transcribed(server):
 
     utts = synth.make_utterances("en", ["en-us", "en-gb"], 4, 7002, augment=False)
     for rate in (8000, 44100):
-        async def run(audio):
+        async def run(audio, rate=rate):
             raw = pcm16(soxr.resample(audio, 16000, rate).astype(np.float32))
             async with ASRWebSocketClient(server.url) as c:
                 await c.start(sample_rate=rate)
@@ -271,7 +272,8 @@ def test_disconnect_mid_stream_frees_the_session(server):
 
     def state():
         d = server.server.decoder
-        return len(server.server.sessions), len(d.streams), len(d.pipeline._state_pool), len(d.pipeline.bufferer.bufferers)
+        pipeline = d.pipeline
+        return len(server.server.sessions), len(d.streams), len(pipeline._state_pool), len(pipeline.bufferer.bufferers)
 
     def settled():  # the server notices the closed socket a moment after the client
         for _ in range(100):
@@ -365,7 +367,7 @@ def test_load_balancer_mode_serves_ping_and_streams(tmp_path):
     import time
     import urllib.error
 
-    from conftest import ROOT, TINY_MODEL, free_port
+    from tests.helpers import ROOT, TINY_MODEL, free_port
 
     port, health = free_port(), free_port()
     env = {**os.environ, "WORKER_MODE": "load_balancer", "PORT": str(port), "PORT_HEALTH": str(health),

@@ -11,7 +11,7 @@ import jiwer
 import pytest
 
 import synth
-from conftest import TINY_MODEL
+from tests.helpers import TINY_MODEL
 
 N = 40  # sentences per set: about 300 words, enough to resolve a 5% bound
 

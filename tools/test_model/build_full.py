@@ -26,8 +26,7 @@ from pathlib import Path
 import torch
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parents[1]))
+sys.path.append(str(HERE.parents[1]))  # run as a script from tools/test_model: the product modules too
 
 import synth  # noqa: E402
 from config import DURATIONS, FULL, parakeet_config  # noqa: E402

@@ -27,8 +27,7 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(ROOT))
+sys.path.append(str(ROOT))  # run as a script from tools/test_model: the product modules too
 
 import synth  # noqa: E402
 from config import DURATIONS, TINY, parakeet_config  # noqa: E402
@@ -120,7 +119,8 @@ def endless_batches(data: dict, max_seconds: float, rng: np.random.Generator, ta
             lens = data["lens"][idx]
             sig = torch.zeros(len(idx), int(lens.max()))
             for j, i in enumerate(idx):
-                sig[j, : lens[j]] = torch.from_numpy(data["audio"][offsets[i] : offsets[i + 1]].astype(np.float32) / 32768)
+                pcm = data["audio"][offsets[i] : offsets[i + 1]]
+                sig[j, : lens[j]] = torch.from_numpy(pcm.astype(np.float32) / 32768)
             tl = torch.tensor([len(targets[i]) for i in idx])
             tg = torch.full((len(idx), int(tl.max())), pad_id, dtype=torch.long)
             for j, i in enumerate(idx):
@@ -170,7 +170,8 @@ def train(model, data: dict, boot: dict, phases: list[Phase], seed: int, max_sec
             return peak_lr * (step + 1) / warmup
         if step < decay_from:
             return peak_lr
-        return 1e-5 + 0.5 * (peak_lr - 1e-5) * (1 + math.cos(math.pi * (step - decay_from) / max(1, total - decay_from)))
+        progress = (step - decay_from) / max(1, total - decay_from)
+        return 1e-5 + 0.5 * (peak_lr - 1e-5) * (1 + math.cos(math.pi * progress))
 
     streams = {name: endless_batches(d, max_seconds, rng, [tok.text_to_ids(t) for t in d["texts"]], blank)
                for name, d in (("bootstrap", boot), ("full", data))}

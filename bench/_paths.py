@@ -1,0 +1,9 @@
+"""Benchmarks run as ``python bench/NAME.py`` from anywhere: this makes the repository's modules and
+the test-model tools (synth) importable, in one place. ``PATHS`` also serves child processes."""
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PATHS = [str(ROOT), str(ROOT / "tools" / "test_model")]
+sys.path[:0] = [p for p in PATHS if p not in sys.path]
