@@ -31,7 +31,7 @@ import time
 
 import numpy as np
 
-from _paths import ROOT  # noqa: E402 - run as a script: puts the repository on sys.path
+from _paths import ROOT  # run as a script: puts the repository on sys.path
 
 
 def clips_for(n: int, seed: int) -> list:

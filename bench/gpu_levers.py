@@ -25,7 +25,7 @@ import json
 import platform
 import time
 
-from _paths import ROOT  # noqa: E402 - run as a script: puts the repository on sys.path
+from _paths import ROOT  # run as a script: puts the repository on sys.path
 
 
 def measure(engine, clips, batch: int, repeats: int) -> dict:

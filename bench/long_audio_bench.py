@@ -34,7 +34,7 @@ import time
 
 import numpy as np
 
-from _paths import ROOT  # noqa: E402 - run as a script: puts the repository on sys.path
+from _paths import ROOT  # run as a script: puts the repository on sys.path
 
 TINY = ROOT / "tests" / "assets" / "tiny_parakeet.nemo"
 

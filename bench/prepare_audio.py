@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from _paths import ROOT  # noqa: E402 - run as a script: puts the repository on sys.path
+from _paths import ROOT  # run as a script: puts the repository on sys.path
 
 os.environ.setdefault("ESPEAK_CACHE", str(ROOT / ".bench_audio"))
 

@@ -21,7 +21,7 @@ import os
 import pstats
 import time
 
-from _paths import ROOT  # noqa: E402 - run as a script: puts the repository on sys.path
+from _paths import ROOT  # run as a script: puts the repository on sys.path
 
 # (stage, file suffix, function name): cumulative time of that function
 STAGES = [

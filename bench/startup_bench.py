@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 
-from _paths import PATHS, ROOT  # noqa: E402 - run as a script: puts the repository on sys.path
+from _paths import PATHS, ROOT  # run as a script: puts the repository on sys.path
 
 CHILD = r"""
 import json, os, sys, time

@@ -29,7 +29,7 @@ import time
 import numpy as np
 
 import synth  # noqa: E402
-from _paths import ROOT  # noqa: E402 - run as a script: puts the repository on sys.path
+from _paths import ROOT  # run as a script: puts the repository on sys.path
 from client import ASRWebSocketClient, pcm16_bytes  # noqa: E402
 
 FRAME_S = 0.1
