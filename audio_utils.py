@@ -1,7 +1,7 @@
 """Audio in: base64 and URL sources, the URL policy, content sniffing, decoding to 16 kHz mono float32.
 
 Data flows one way: ``decode_base64`` or ``download`` give bytes (or a temp file), ``decode_audio``
-turns them into a float32 array at 16 kHz. Every failure is an ``ASRError`` with a SPEC code.
+turns them into a float32 array at 16 kHz. Every failure is an ``ASRError`` with a code from errors.py.
 """
 
 from __future__ import annotations

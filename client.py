@@ -24,7 +24,7 @@ from constants import SAMPLE_RATE
 
 
 class TranscriptionError(RuntimeError):
-    """The job failed (``code`` from SPEC, e.g. invalid_audio) or the endpoint could not be reached."""
+    """The job failed (``code`` from docs/PROTOCOL.md, e.g. invalid_audio) or the endpoint could not be reached."""
 
     def __init__(self, message: str, code: str | None = None):
         super().__init__(message)

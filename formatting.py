@@ -28,7 +28,7 @@ def to_vtt(segments: list[Segment]) -> str:
 
 def job_output(t: Transcript, *, timestamps: bool, output_format: str, model: str,
                processing_time: float) -> dict:
-    """The SPEC's batch output. Words and segments only when timestamps were asked for;
+    """The batch output (docs/PROTOCOL.md). Words and segments only when timestamps were asked for;
     ``output_format`` text drops them too, srt/vtt add the subtitle text under their own key."""
     out: dict = {"text": t.text, "duration": round(t.duration, 3), "processing_time": round(processing_time, 3)}
     if timestamps and output_format != "text":

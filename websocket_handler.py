@@ -1,4 +1,4 @@
-"""Real-time transcription over WebSocket: the SPEC protocol on top of the streaming decoder.
+"""Real-time transcription over WebSocket: the protocol (docs/PROTOCOL.md) on top of the streaming decoder.
 
     python websocket_handler.py --port 8765          # loads PARAKEET_MODEL, serves ws://0.0.0.0:8765
 

@@ -86,6 +86,7 @@ def main() -> None:
     ap.add_argument("--skip", nargs="*", default=[], help="modes to leave out")
     args = ap.parse_args()
     os.environ["PARAKEET_MODEL"] = args.model
+    import jiwer
     import torch
 
     import rp_handler
@@ -94,6 +95,7 @@ def main() -> None:
 
     clips = clips_for(args.n, args.seed)
     audio = [u.audio for u in clips]
+    refs = [u.text for u in clips]
     total_s = sum(len(a) for a in audio) / 16000
     settings = Settings.from_env()
     model = load_model(args.model, cache_dir=settings.model_cache_dir)
@@ -106,7 +108,7 @@ def main() -> None:
     def record(name, seconds, texts, latencies=None):
         tokens = sum(len(tok.text_to_ids(t)) for t in texts)
         row = {"seconds": round(seconds, 3), "rtfx": round(total_s / seconds, 1),
-               "tokens_per_s": round(tokens / total_s, 2)}
+               "tokens_per_s": round(tokens / total_s, 2), "wer": round(jiwer.wer(refs, list(texts)), 4)}
         if latencies:
             row.update({"latency_p50": round(float(np.percentile(latencies, 50)), 3),
                         "latency_p95": round(float(np.percentile(latencies, 95)), 3)})

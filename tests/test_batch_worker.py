@@ -333,7 +333,7 @@ def test_websocket_action_serves_streams_until_idle(worker, speech_files):
 
 
 def test_generator_handler_streams_the_ready_message_then_the_summary(speech_files, tmp_path):
-    """RUNPOD_GENERATOR_HANDLER=1 (SPEC's generator form): /stream/{id} gives the ready message
+    """RUNPOD_GENERATOR_HANDLER=1 (the generator form): /stream/{id} gives the ready message
     and the summary; a transcribe job's output is then a one-element list (why it is opt-in)."""
     ws_port = free_port()
     with running_worker({"RUNPOD_GENERATOR_HANDLER": "1", "WS_PORT": str(ws_port)}, tmp_path / "worker-gen.log") as url:

@@ -1,6 +1,11 @@
-"""The benchmark scripts run (a few seconds each, tiny model); their figures live in docs/PERFORMANCE.md."""
+"""The benchmark scripts run (a few seconds each, tiny model); their figures live in docs/PERFORMANCE.md.
+
+Speed cannot be asserted on a shared CPU, so these check that every figure is there, finite and in a
+sane range, and that the transcripts each benchmark times are right (WER bounds).
+"""
 
 import json
+import math
 import subprocess
 import sys
 
@@ -15,24 +20,45 @@ def _run(args):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def sane(x, lo, hi) -> bool:
+    """A finite number within [lo, hi]."""
+    return isinstance(x, (int, float)) and math.isfinite(x) and lo <= x <= hi
+
+
 def test_batch_bench_runs_every_mode_and_reports_ratios():
     res = _run(["bench/batch_bench.py", "--n", "4"])
+    assert res["clips"] == 4 and sane(res["audio_seconds"], 4.0, 60.0) and res["device"]
     assert set(res["modes"]) == {"nemo_one_by_one", "nemo_batched", "engine_single", "engine_concurrent",
                                  "handler_concurrent", "handler_no_expecting"}
-    assert all(m["rtfx"] > 0 and 3 <= m["tokens_per_s"] <= 10 for m in res["modes"].values())
-    assert "engine_concurrent/nemo_one_by_one" in res["speedup"]
+    for name, m in res["modes"].items():
+        # the tiny model is far faster than real time even on a busy CPU; every mode transcribes right
+        assert sane(m["rtfx"], 1.0, 1e5) and sane(m["seconds"], 1e-4, 300), (name, m)
+        assert 3 <= m["tokens_per_s"] <= 10 and m["wer"] <= 0.15, (name, m)
+    for mode in ("engine_concurrent", "handler_concurrent", "handler_no_expecting"):
+        assert res["modes"][mode]["latency_p50"] <= res["modes"][mode]["latency_p95"]
+    assert set(res["speedup"]) == {"engine_single/nemo_one_by_one", "engine_concurrent/nemo_one_by_one",
+                                   "engine_concurrent/nemo_batched", "handler_concurrent/nemo_one_by_one",
+                                   "handler_concurrent/handler_no_expecting"}
+    assert all(sane(r, 0.01, 100) for r in res["speedup"].values()), res["speedup"]
 
 
 def test_stream_bench_runs_one_stream():
     res = _run(["bench/stream_bench.py", "--streams", "1"])
     assert res["max_streams_within_target"] == 1
+    (level,) = res["levels"]
+    assert level["streams"] == 1 and level["first_final_missing"] == 0
+    assert sane(level["eos_to_final_p50"], 0.0, res["target_p95_s"]) and level["steps"] >= 1
+    assert sane(level["words_per_s"], 1.0, 5.0) and sane(level["rtf"], 1e-5, 1.0)
+    assert set(res["stream_config"]) == {"chunk_s", "left_s", "right_s", "eou_ms"}
 
 
 def test_startup_bench_compares_warmup_and_loaders():
     res = _run(["bench/startup_bench.py", "--requests", "2"])
     for case in ("warmup", "no_warmup", "nemo_restore", "archive"):
-        assert 0 < res[case]["load_s"] <= res[case]["ready_s"] and res[case]["first_request_s"] > 0
-    assert res["load_speedup"]["extracted_vs_nemo"] > 0
+        r = res[case]
+        assert 0 < r["import_s"] <= r["load_s"] <= r["ready_s"] <= r["process_s"], (case, r)
+        assert sane(r["first_request_s"], 1e-4, 60) and sane(r["steady_request_s"], 1e-4, 60), (case, r)
+    assert all(sane(v, 0.05, 50) for v in res["load_speedup"].values()), res["load_speedup"]
 
 
 def test_long_audio_bench_merges_windows_without_losing_words_and_posts_progress():
@@ -43,7 +69,8 @@ def test_long_audio_bench_merges_windows_without_losing_words_and_posts_progress
     chunked = runs["chunked"]
     assert chunked["words_both_windows_heard"] > 0
     assert chunked["lost_by_merge"] == 0 and chunked["doubled_by_merge"] == 0
-    assert all(r["wer"] < 0.2 and 3 <= r["tokens_per_s"] <= 10 and r["working_mb"] > 0 for r in runs.values())
+    assert all(r["wer"] < 0.2 and 3 <= r["tokens_per_s"] <= 10 and sane(r["rtfx"], 1.0, 1e5) for r in runs.values())
+    assert all(sane(r["working_mb"], 0.01, 4096) for r in runs.values())
     prog = res["progress"]["runs"]
     assert prog["none"]["posts_received"] == 0
     # every update the handler sent reached the (loopback) RunPod stand-in, the last one at 100%
@@ -53,8 +80,8 @@ def test_long_audio_bench_merges_windows_without_losing_words_and_posts_progress
 def test_gpu_levers_run_on_cpu_and_skip_cuda_only_levers():
     res = _run(["bench/gpu_levers.py", "--n", "2", "--batch-sizes", "1", "2", "--repeats", "1"])
     lev = res["levers"]
-    assert lev["sdpa"]["speedup_on_vs_off"] > 0
-    assert [r["batch"] for r in lev["batch"]] == [1, 2] and all(r["rtfx"] > 0 for r in lev["batch"])
+    assert sane(lev["sdpa"]["speedup_on_vs_off"], 0.1, 10) and sane(lev["lean_masks"]["speedup_on_vs_off"], 0.1, 10)
+    assert [r["batch"] for r in lev["batch"]] == [1, 2] and all(sane(r["rtfx"], 1.0, 1e5) for r in lev["batch"])
     for name in ("precision", "cuda_graphs", "compile"):
         assert lev[name] == {"skipped": "needs CUDA"}
 
@@ -68,8 +95,9 @@ def test_gpu_suite_runs_parts_merges_json_and_plots(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     suite = json.loads((tmp_path / "gpu_suite.json").read_text())
     assert set(suite["parts"]) == {"levers", "startup"} and suite["machine"]["torch"]
-    assert suite["parts"]["levers"]["full"]["levers"]["batch"][0]["rtfx"] > 0
-    assert suite["parts"]["startup"]["full"]["warmup"]["ready_s"] > 0
+    assert sane(suite["parts"]["levers"]["full"]["levers"]["batch"][0]["rtfx"], 1.0, 1e5)
+    startup = suite["parts"]["startup"]["full"]["warmup"]
+    assert 0 < startup["load_s"] <= startup["ready_s"] < 300
     plots = subprocess.run([sys.executable, "bench/plots.py", str(tmp_path / "gpu_suite.json"), "--out",
                             str(tmp_path / "img"), "--tag", "t"], cwd=ROOT, capture_output=True, text=True)
     assert plots.returncode == 0, plots.stderr[-2000:]

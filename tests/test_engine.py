@@ -45,7 +45,7 @@ def test_batch_call_leaves_eval_mode_and_same_output_after_nemo_transcribe(engin
     audio = sentences[1].audio
     before = engine.transcribe_batch([audio])[0]
     assert not _modes(tiny_model)
-    # NeMo's own transcribe() leaves encoder/decoder/joint in training mode (NEMO_NOTES) ...
+    # NeMo's own transcribe() leaves encoder/decoder/joint in training mode ...
     tiny_model.transcribe([audio], timestamps=False, verbose=False)
     assert _modes(tiny_model), "NeMo behaviour changed: transcribe() no longer leaves training mode"
     # ... and the engine must not be affected by it (BatchNorm/dropout in train mode would change output)
