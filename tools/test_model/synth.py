@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 import soxr
 
+from constants import SAMPLE_RATE  # the repository root is on the path (pytest, bench/_paths, the builders)
+
 ASSETS = Path(__file__).resolve().parents[2] / "tests" / "assets"
-SAMPLE_RATE = 16000
 _ESPEAK_RATE = 22050
 
 # Accents (espeak-ng language voices) and voice variants (speaker timbres).
