@@ -28,9 +28,11 @@ import time
 
 import numpy as np
 
-import synth  # noqa: E402
 from _paths import ROOT  # run as a script: puts the repository on sys.path
-from client import ASRWebSocketClient, pcm16_bytes  # noqa: E402
+
+# isort: split
+import synth
+from client import ASRWebSocketClient, pcm16_bytes
 
 FRAME_S = 0.1
 PAUSE_S = 1.5
