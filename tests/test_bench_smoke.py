@@ -1,7 +1,8 @@
 """The benchmark scripts run (a few seconds each, tiny model); their figures live in docs/PERFORMANCE.md.
 
-Speed cannot be asserted on a shared CPU, so these check that every figure is there, finite and in a
-sane range, and that the transcripts each benchmark times are right (WER bounds).
+Speed cannot be asserted on a shared CPU (a busy one runs the tiny model below real time), so these
+check that every figure is there, positive and finite, and that the transcripts each benchmark times
+are right (WER and token-rate bounds).
 """
 
 import json
@@ -15,13 +16,13 @@ pytestmark = requires_model
 
 
 def _run(args):
-    out = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    out = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def sane(x, lo, hi) -> bool:
-    """A finite number within [lo, hi]."""
+def sane(x, lo=1e-6, hi=1e6) -> bool:
+    """A finite number within [lo, hi] (by default: positive, and no overflow or division by ~0)."""
     return isinstance(x, (int, float)) and math.isfinite(x) and lo <= x <= hi
 
 
@@ -31,15 +32,14 @@ def test_batch_bench_runs_every_mode_and_reports_ratios():
     assert set(res["modes"]) == {"nemo_one_by_one", "nemo_batched", "engine_single", "engine_concurrent",
                                  "handler_concurrent", "handler_no_expecting"}
     for name, m in res["modes"].items():
-        # the tiny model is far faster than real time even on a busy CPU; every mode transcribes right
-        assert sane(m["rtfx"], 1.0, 1e5) and sane(m["seconds"], 1e-4, 300), (name, m)
+        assert sane(m["rtfx"]) and sane(m["seconds"]), (name, m)  # and every mode transcribes right:
         assert 3 <= m["tokens_per_s"] <= 10 and m["wer"] <= 0.15, (name, m)
     for mode in ("engine_concurrent", "handler_concurrent", "handler_no_expecting"):
         assert res["modes"][mode]["latency_p50"] <= res["modes"][mode]["latency_p95"]
     assert set(res["speedup"]) == {"engine_single/nemo_one_by_one", "engine_concurrent/nemo_one_by_one",
                                    "engine_concurrent/nemo_batched", "handler_concurrent/nemo_one_by_one",
                                    "handler_concurrent/handler_no_expecting"}
-    assert all(sane(r, 0.01, 100) for r in res["speedup"].values()), res["speedup"]
+    assert all(sane(r) for r in res["speedup"].values()), res["speedup"]
 
 
 def test_stream_bench_runs_one_stream():
@@ -48,7 +48,7 @@ def test_stream_bench_runs_one_stream():
     (level,) = res["levels"]
     assert level["streams"] == 1 and level["first_final_missing"] == 0
     assert sane(level["eos_to_final_p50"], 0.0, res["target_p95_s"]) and level["steps"] >= 1
-    assert sane(level["words_per_s"], 1.0, 5.0) and sane(level["rtf"], 1e-5, 1.0)
+    assert sane(level["words_per_s"], 1.0, 5.0) and sane(level["rtf"])
     assert set(res["stream_config"]) == {"chunk_s", "left_s", "right_s", "eou_ms"}
 
 
@@ -57,8 +57,8 @@ def test_startup_bench_compares_warmup_and_loaders():
     for case in ("warmup", "no_warmup", "nemo_restore", "archive"):
         r = res[case]
         assert 0 < r["import_s"] <= r["load_s"] <= r["ready_s"] <= r["process_s"], (case, r)
-        assert sane(r["first_request_s"], 1e-4, 60) and sane(r["steady_request_s"], 1e-4, 60), (case, r)
-    assert all(sane(v, 0.05, 50) for v in res["load_speedup"].values()), res["load_speedup"]
+        assert sane(r["first_request_s"]) and sane(r["steady_request_s"]) and sane(r["first_over_steady"]), (case, r)
+    assert all(sane(v) for v in res["load_speedup"].values()), res["load_speedup"]
 
 
 def test_long_audio_bench_merges_windows_without_losing_words_and_posts_progress():
@@ -69,7 +69,7 @@ def test_long_audio_bench_merges_windows_without_losing_words_and_posts_progress
     chunked = runs["chunked"]
     assert chunked["words_both_windows_heard"] > 0
     assert chunked["lost_by_merge"] == 0 and chunked["doubled_by_merge"] == 0
-    assert all(r["wer"] < 0.2 and 3 <= r["tokens_per_s"] <= 10 and sane(r["rtfx"], 1.0, 1e5) for r in runs.values())
+    assert all(r["wer"] < 0.2 and 3 <= r["tokens_per_s"] <= 10 and sane(r["rtfx"]) for r in runs.values())
     assert all(sane(r["working_mb"], 0.01, 4096) for r in runs.values())
     prog = res["progress"]["runs"]
     assert prog["none"]["posts_received"] == 0
@@ -80,8 +80,12 @@ def test_long_audio_bench_merges_windows_without_losing_words_and_posts_progress
 def test_gpu_levers_run_on_cpu_and_skip_cuda_only_levers():
     res = _run(["bench/gpu_levers.py", "--n", "2", "--batch-sizes", "1", "2", "--repeats", "1"])
     lev = res["levers"]
-    assert sane(lev["sdpa"]["speedup_on_vs_off"], 0.1, 10) and sane(lev["lean_masks"]["speedup_on_vs_off"], 0.1, 10)
-    assert [r["batch"] for r in lev["batch"]] == [1, 2] and all(sane(r["rtfx"], 1.0, 1e5) for r in lev["batch"])
+    assert sane(lev["sdpa"]["speedup_on_vs_off"]) and sane(lev["lean_masks"]["speedup_on_vs_off"])
+    assert [r["batch"] for r in lev["batch"]] == [1, 2] and all(sane(r["rtfx"]) for r in lev["batch"])
+    # every lever and batch size still transcribes: speech-like token rates (real speech: 3-8 per s)
+    rates = [r["tokens_per_s"] for r in lev["batch"]] + [lev[k][s]["tokens_per_s"] for k in ("sdpa", "lean_masks")
+                                                         for s in ("off", "on")]
+    assert all(3 <= r <= 10 for r in rates), rates
     for name in ("precision", "cuda_graphs", "compile"):
         assert lev[name] == {"skipped": "needs CUDA"}
 
@@ -91,13 +95,13 @@ def test_gpu_suite_runs_parts_merges_json_and_plots(tmp_path):
 
     env = {**os.environ, "SUITE_QUICK": "1", "FULL_MODEL": str(ROOT / "tests" / "assets" / "tiny_parakeet.nemo")}
     out = subprocess.run(["bash", "bench/gpu_suite.sh", str(tmp_path), "levers", "startup"], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=300)
+                         capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     suite = json.loads((tmp_path / "gpu_suite.json").read_text())
     assert set(suite["parts"]) == {"levers", "startup"} and suite["machine"]["torch"]
-    assert sane(suite["parts"]["levers"]["full"]["levers"]["batch"][0]["rtfx"], 1.0, 1e5)
+    assert sane(suite["parts"]["levers"]["full"]["levers"]["batch"][0]["rtfx"])
     startup = suite["parts"]["startup"]["full"]["warmup"]
-    assert 0 < startup["load_s"] <= startup["ready_s"] < 300
+    assert 0 < startup["load_s"] <= startup["ready_s"]
     plots = subprocess.run([sys.executable, "bench/plots.py", str(tmp_path / "gpu_suite.json"), "--out",
                             str(tmp_path / "img"), "--tag", "t"], cwd=ROOT, capture_output=True, text=True)
     assert plots.returncode == 0, plots.stderr[-2000:]
