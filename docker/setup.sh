@@ -8,6 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 step="${1:?usage: docker/setup.sh system|python|bake|check}"
 PY="${PYTHON:-python3}"
+# Load the configured model as the worker does: PARAKEET_MODEL from PARAKEET_MODEL_CACHE when unpacked there.
+LOAD="import asr_engine, settings; s = settings.Settings.from_env(); m = asr_engine.load_model(s.model, 'cpu', s.model_cache_dir)"
 
 case "$step" in
   system)
@@ -28,12 +30,12 @@ case "$step" in
       HF_HOME="$download" "$PY" model_loader.py
       rm -rf "$download"
     fi
-    "$PY" -c "import asr_engine; m = asr_engine.load_model(device='cpu'); print('baked', type(m).__name__)"
+    "$PY" -c "$LOAD; print('baked', type(m).__name__)"
     ;;
   check)
     command -v ffmpeg >/dev/null || { echo "ffmpeg missing" >&2; exit 1; }
     "$PY" -c "import runpod, nemo.collections.asr, soundfile, soxr, aiohttp, websockets; print('imports ok')"
-    "$PY" -c "import asr_engine; asr_engine.load_model(device='cpu'); print('model ok')"
+    "$PY" -c "$LOAD; print('model ok')"
     ;;
   *)
     echo "unknown step: $step" >&2; exit 2 ;;
