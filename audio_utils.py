@@ -1,7 +1,14 @@
-"""Audio in: base64 and URL sources, the URL policy, content sniffing, decoding to 16 kHz mono float32.
+"""Audio in: base64, content sniffing, decoding to 16 kHz mono float32 within a memory budget.
 
-Data flows one way: ``decode_base64`` or ``download`` give bytes (or a temp file), ``decode_audio``
-turns them into a float32 array at 16 kHz. Every failure is an ``ASRError`` with a code from errors.py.
+Data flows one way: ``decode_base64`` (or ``fetch.download``) gives bytes (or a temp file),
+``decode_audio_async`` turns them into a float32 array at 16 kHz. Every failure is an
+``ASRError`` with a code from errors.py. Hostile input is expected here (docs/SECURITY.md):
+- only recognised audio containers are decoded, ffmpeg gets the sniffed demuxer explicitly and may
+  open only the one local file, so playlists, manifests and concat lists never reach it;
+- the decoded size is bounded before decoding, multichannel audio is downmixed and resampled in
+  blocks, and ffmpeg's output is read into a buffer that stops at the duration limit;
+- a ``DecodeBudget`` shared by the worker caps the memory all concurrent decodes may hold;
+- a cancelled decode kills its ffmpeg and removes its temp file.
 """
 
 from __future__ import annotations
@@ -9,16 +16,17 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import io
-import ipaddress
+import math
 import os
 import re
-import socket
-import subprocess
 import tempfile
+import threading
+from collections import deque
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urljoin, urlsplit
 
 import numpy as np
 
@@ -26,8 +34,6 @@ from constants import SAMPLE_RATE
 from errors import (
     AUDIO_TOO_LARGE,
     AUDIO_TOO_LONG,
-    DOWNLOAD_FAILED,
-    FORBIDDEN_URL,
     INVALID_AUDIO,
     INVALID_INPUT,
     UNSUPPORTED_FORMAT,
@@ -67,7 +73,7 @@ def decode_base64(text: str, max_bytes: int) -> bytes:
 # content sniffing
 def sniff_format(head: bytes) -> str | None:
     """The container named by the first bytes of a file, or None if not recognised as audio."""
-    if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
+    if head[:4] in (b"RIFF", b"RF64", b"BW64") and head[8:12] == b"WAVE":
         return "wav"
     if head[:4] == b"fLaC":
         return "flac"
@@ -90,6 +96,11 @@ def sniff_format(head: bytes) -> str | None:
     return None
 
 
+# The ffmpeg demuxer for each sniffed container, passed with -f: ffmpeg never probes, so no
+# playlist (HLS), manifest (DASH), concat, SDP or image-sequence demuxer can ever be chosen.
+DEMUXERS = {"wav": "wav", "flac": "flac", "ogg": "ogg", "opus": "ogg", "webm": "matroska", "m4a": "mov",
+            "mp3": "mp3", "aac": "aac", "aiff": "aiff", "amr": "amr", "wma": "asf"}
+
 _NOT_AUDIO = {  # common non-audio files, refused with a clear name rather than "invalid audio"
     b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image", b"%PDF": "a PDF document",
     b"PK\x03\x04": "a ZIP archive", b"GIF8": "a GIF image", b"\x7fELF": "an executable",
@@ -107,42 +118,177 @@ def _not_audio(head: bytes) -> str | None:
 
 
 # ---------------------------------------------------------------------------------------------
+# the worker-wide decode memory budget
+class DecodeBudget:
+    """Bytes of decoded audio all concurrent decodes may hold together. A decode reserves its
+    worst case before it starts and waits (first come, first served) while the budget is used up;
+    one larger than the whole budget gets the whole budget and must fit in it."""
+
+    def __init__(self, total_bytes: int):
+        self.total = max(1, int(total_bytes))
+        self.used = 0
+        self._lock = threading.Lock()  # decodes may be awaited from more than one event loop
+        self._waiters: deque[tuple[int, asyncio.Future]] = deque()
+
+    @asynccontextmanager
+    async def reserve(self, nbytes: int):
+        """Yields the bytes granted (``min(nbytes, total)``) and gives them back on exit."""
+        need = max(0, min(int(nbytes), self.total))
+        fut = None
+        with self._lock:
+            if not self._waiters and self.used + need <= self.total:
+                self.used += need
+            else:
+                fut = asyncio.get_running_loop().create_future()
+                self._waiters.append((need, fut))
+        if fut is not None:
+            try:
+                await fut
+            except asyncio.CancelledError:
+                with self._lock:
+                    if (need, fut) in self._waiters:  # not granted yet: just leave the queue
+                        self._waiters.remove((need, fut))
+                        self._wake()
+                    # else: granted but not delivered; _deliver gives it back
+                raise
+        try:
+            yield need
+        finally:
+            self._release(need)
+
+    def _release(self, n: int) -> None:
+        with self._lock:
+            self.used -= n
+            self._wake()
+
+    def _wake(self) -> None:  # with the lock held
+        while self._waiters and self.used + self._waiters[0][0] <= self.total:
+            need, fut = self._waiters.popleft()
+            self.used += need
+            fut.get_loop().call_soon_threadsafe(self._deliver, need, fut)
+
+    def _deliver(self, need: int, fut: asyncio.Future) -> None:
+        if fut.done():  # its decode was cancelled meanwhile
+            self._release(need)
+        else:
+            fut.set_result(None)
+
+
+@asynccontextmanager
+async def _reserve(budget: DecodeBudget | None, max_samples: int, overhead: int):
+    """Reserve a decode's worst case: its output buffer (``max_samples`` float32, as a growing
+    bytearray) plus ``overhead``. Yields the samples it may produce: ``max_samples``, or fewer
+    when the whole budget is smaller than that."""
+    need = int(max_samples * 4 * _GROWTH) + overhead
+    if budget is None:
+        yield max_samples
+        return
+    async with budget.reserve(need) as granted:
+        yield max_samples if granted >= need else max(0, int((granted - overhead) / _GROWTH) // 4)
+
+
+# ---------------------------------------------------------------------------------------------
 # decoding
 @dataclass
 class DecodedAudio:
     samples: np.ndarray  # float32, mono, 16 kHz
-    format: str  # what sniffing (or the hint) found
+    format: str  # what sniffing found
 
     @property
     def duration(self) -> float:
         return len(self.samples) / SAMPLE_RATE
 
 
-def decode_audio(source: bytes | Path, max_seconds: float, format_hint: str | None = None) -> DecodedAudio:
+UNKNOWN_FRAMES = 1 << 62  # libsndfile's frame count for a stream of unknown length (piped FLAC)
+BLOCK_BYTES = 4 << 20  # source audio read per block (all channels): bounds the soundfile path's RAM
+MAX_STDERR = 64 << 10  # ffmpeg messages kept (a damaged file can print many)
+_GROWTH = 1.125  # a growing bytearray over-allocates up to this much
+
+
+class _TooLong(Exception):
+    pass
+
+
+class PcmBuffer:
+    """Decoded 16 kHz float32 samples, growing in place up to ``max_samples``: the array handed
+    on is a view of this buffer (no second copy)."""
+
+    def __init__(self, max_samples: int):
+        self.max_bytes = max(0, int(max_samples)) * 4
+        self.data = bytearray()
+
+    def append_bytes(self, chunk: bytes | memoryview) -> None:
+        if len(self.data) + len(chunk) > self.max_bytes:
+            raise _TooLong
+        self.data += chunk
+
+    def append(self, samples: np.ndarray) -> None:
+        self.append_bytes(memoryview(np.ascontiguousarray(samples, dtype="<f4")).cast("B"))
+
+    def samples(self) -> np.ndarray:
+        usable = len(self.data) - len(self.data) % 4
+        return np.frombuffer(self.data, dtype="<f4", count=usable // 4)
+
+
+def _samples(seconds: float) -> int:
+    return int(math.ceil(seconds * SAMPLE_RATE))
+
+
+def decode_audio(source: bytes | Path, max_seconds: float, format_hint: str | None = None,
+                 budget: DecodeBudget | None = None) -> DecodedAudio:
+    """Blocking form of ``decode_audio_async`` for scripts, tools and tests (callable from inside
+    a running event loop too: it runs its own loop on a helper thread)."""
+    coro_args = (source, max_seconds, format_hint, budget)
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(decode_audio_async(*coro_args))
+    result: list = []
+
+    def run() -> None:
+        try:
+            result.append(asyncio.run(decode_audio_async(*coro_args)))
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            result.append(exc)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join()
+    if isinstance(result[0], BaseException):
+        raise result[0]
+    return result[0]
+
+
+async def decode_audio_async(source: bytes | Path, max_seconds: float, format_hint: str | None = None,
+                             budget: DecodeBudget | None = None) -> DecodedAudio:
     """Decode audio bytes or a file to 16 kHz mono float32.
 
-    WAV and FLAC go through soundfile (fast, exact); everything else, and anything soundfile
-    refuses, through ffmpeg. Raises ASRError: invalid_audio, unsupported_format, audio_too_long.
+    WAV and FLAC go through soundfile (exact, in blocks); other recognised containers, and WAV/FLAC
+    that soundfile refuses, through ffmpeg with that container's demuxer. Raises ASRError:
+    invalid_audio, unsupported_format, audio_too_long.
     """
     if format_hint is not None:
-        hint = format_hint.strip().lower().lstrip(".")
+        hint = format_hint.strip().lower().lstrip(".") if isinstance(format_hint, str) else ""
         if hint not in KNOWN_FORMATS:
             raise ASRError(UNSUPPORTED_FORMAT, f"format {format_hint!r} is not supported; use one of "
                            + ", ".join(sorted(KNOWN_FORMATS)))
-    head = source[:512] if isinstance(source, bytes) else _read_head(source)
+    head = bytes(source[:512]) if isinstance(source, (bytes, bytearray)) else _read_head(source)
     if not head:
         raise ASRError(INVALID_AUDIO, "the audio is empty (0 bytes)")
     fmt = sniff_format(head)
     if fmt is None:
         what = _not_audio(head)
-        if what:
-            raise ASRError(UNSUPPORTED_FORMAT, f"the input is {what}, not audio")
+        # Never "let ffmpeg try": its probing would pick playlist and manifest demuxers that open
+        # other files and URLs (an HLS playlist naming a local file is ~90 bytes).
+        raise ASRError(UNSUPPORTED_FORMAT, f"the input is {what}, not audio" if what else
+                       "the input is not a recognised audio container (WAV, FLAC, MP3, OGG/Opus, WebM, "
+                       "M4A/MP4, AAC, AIFF, AMR, WMA)")
     if fmt in ("wav", "flac"):
-        samples = _decode_soundfile(source, max_seconds)
+        samples = await _decode_soundfile(source, max_seconds, budget)
         if samples is not None:
             return DecodedAudio(samples, fmt)
-    samples = _decode_ffmpeg(source, max_seconds)
-    return DecodedAudio(samples, fmt or (format_hint or "unknown"))
+    samples = await _decode_ffmpeg(source, DEMUXERS[fmt], max_seconds, budget)
+    return DecodedAudio(samples, fmt)
 
 
 def _read_head(path: Path) -> bytes:
@@ -150,216 +296,145 @@ def _read_head(path: Path) -> bytes:
         return f.read(512)
 
 
-def _too_long(seconds: float, max_seconds: float) -> ASRError:
+def _too_long(max_seconds: float, seconds: float | None = None) -> ASRError:
+    if seconds is None:
+        return ASRError(AUDIO_TOO_LONG, f"audio is longer than the {max_seconds:.0f} s limit")
     return ASRError(AUDIO_TOO_LONG, f"audio is {seconds:.0f} s long; the limit is {max_seconds:.0f} s")
 
 
-def _decode_soundfile(source: bytes | Path, max_seconds: float) -> np.ndarray | None:
+def _open_soundfile(source: bytes | Path):
     import soundfile as sf
+
+    return sf.SoundFile(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else str(source))
+
+
+async def _decode_soundfile(source: bytes | Path, max_seconds: float, budget: DecodeBudget | None) -> np.ndarray | None:
+    """None when soundfile cannot read the file (odd WAV codecs): ffmpeg gets it then."""
+    try:
+        with _open_soundfile(source) as f:  # reads the header only
+            rate, channels, frames = f.samplerate, f.channels, f.frames
+    except Exception:  # noqa: BLE001 - soundfile refuses some valid files; ffmpeg judges them
+        return None
+    if rate <= 0 or channels <= 0:
+        return None
+    if not 0 < frames < UNKNOWN_FRAMES:
+        # Written to a pipe (FLAC's STREAMINFO says 0 samples): libsndfile reports an "infinite"
+        # length and fails on the last partial block; ffmpeg reads such streams to their end.
+        return None
+    if frames / rate > max_seconds:
+        raise _too_long(max_seconds, frames / rate)  # refused before a single sample is decoded
+    block = max(256, BLOCK_BYTES // (4 * channels))
+    overhead = 3 * block * channels * 4 + (4 << 20)  # a block, its mono mix, the resampler's state
+    # the resampler's output may differ from the exact ratio by a few samples
+    async with _reserve(budget, _samples(frames / rate) + 1024, overhead) as max_samples:
+        cancelled = threading.Event()
+        try:
+            # in a thread (it is CPU work); the thread stops at the next block once cancelled
+            return await asyncio.to_thread(_soundfile_blocks, source, block, max_samples, max_seconds, cancelled)
+        finally:
+            cancelled.set()
+
+
+def _soundfile_blocks(source: bytes | Path, block: int, max_samples: int, max_seconds: float,
+                      cancelled: threading.Event) -> np.ndarray | None:
     import soxr
 
+    out = PcmBuffer(max_samples)
     try:
-        with sf.SoundFile(io.BytesIO(source) if isinstance(source, bytes) else str(source)) as f:
-            if f.frames / f.samplerate > max_seconds:
-                raise _too_long(f.frames / f.samplerate, max_seconds)
-            audio = f.read(dtype="float32", always_2d=True)
-            rate = f.samplerate
-    except ASRError:
-        raise
-    except Exception:  # noqa: BLE001 - soundfile refuses some valid files (odd WAV codecs); ffmpeg gets them
+        with _open_soundfile(source) as f:
+            rate, channels = f.samplerate, f.channels
+            resampler = None if rate == SAMPLE_RATE else soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="float32")
+            max_frames = int(max_seconds * rate)
+            read = 0
+            while not cancelled.is_set():
+                audio = f.read(block, dtype="float32", always_2d=True)
+                if not len(audio):
+                    break
+                read += len(audio)
+                if read > max_frames:
+                    raise _TooLong
+                mono = audio.mean(axis=1, dtype=np.float32) if channels > 1 else audio[:, 0]
+                if resampler is not None:
+                    mono = resampler.resample_chunk(np.ascontiguousarray(mono), last=False)
+                out.append(mono)
+            if resampler is not None:
+                out.append(resampler.resample_chunk(np.zeros(0, np.float32), last=True))
+    except _TooLong:
+        raise _too_long(min(max_seconds, max_samples / SAMPLE_RATE)) from None
+    except Exception:  # noqa: BLE001 - a damaged file: ffmpeg decides (and names the damage)
         return None
-    mono = audio.mean(axis=1) if audio.shape[1] > 1 else audio[:, 0]
-    if rate != SAMPLE_RATE:
-        mono = soxr.resample(mono, rate, SAMPLE_RATE)
-    return np.ascontiguousarray(mono, dtype=np.float32)
+    return out.samples()
 
 
-def _decode_ffmpeg(source: bytes | Path, max_seconds: float) -> np.ndarray:
-    tmp = None
-    if isinstance(source, bytes):
-        # A file, not a pipe: MP4/M4A keep their index at the end and need seeking.
-        tmp = tempfile.NamedTemporaryFile(prefix="asr-in-", delete=False)
-        tmp.write(source)
-        tmp.close()
-        path = tmp.name
-    else:
-        path = str(source)
-    cmd = ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-i", path, "-map", "0:a:0",
-           "-vn", "-sn", "-dn", "-ac", "1", "-ar", str(SAMPLE_RATE), "-t", f"{max_seconds + 1:.3f}",
-           "-f", "f32le", "pipe:1"]
+def _ffmpeg_command(path: Path, demuxer: str, max_seconds: float) -> list[str]:
+    return ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error",
+            # the input may open exactly one local file (no http, no other protocols), read with
+            # the demuxer sniffing chose (no probing)
+            "-protocol_whitelist", "file", "-f", demuxer, "-i", f"file:{path}",
+            "-map", "0:a:0", "-vn", "-sn", "-dn", "-ac", "1", "-ar", str(SAMPLE_RATE),
+            "-t", f"{max_seconds + 1:.3f}", "-f", "f32le", "pipe:1"]
+
+
+async def _decode_ffmpeg(source: bytes | Path, demuxer: str, max_seconds: float,
+                         budget: DecodeBudget | None) -> np.ndarray:
+    tmp: Path | None = None
+    proc = None
     try:
-        proc = subprocess.run(cmd, capture_output=True, timeout=max(60.0, max_seconds / 10))
-    except subprocess.TimeoutExpired:
-        raise ASRError(INVALID_AUDIO, "decoding the audio took too long") from None
+        if isinstance(source, (bytes, bytearray)):
+            # a file, not a pipe: MP4/M4A keep their index at the end and need seeking
+            fd, name = tempfile.mkstemp(prefix="asr-in-")
+            tmp = Path(name)
+            with os.fdopen(fd, "wb") as f:
+                f.write(source)
+        path = tmp or Path(source)
+        overhead = 1 << 20
+        async with _reserve(budget, _samples(max_seconds), overhead) as max_samples:
+            out = PcmBuffer(max_samples)
+            proc = await asyncio.create_subprocess_exec(
+                *_ffmpeg_command(path, demuxer, max_seconds), stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            try:
+                err = await asyncio.wait_for(_collect(proc, out), timeout=max(60.0, max_seconds / 10))
+            except _TooLong:
+                raise _too_long(min(max_seconds, out.max_bytes / 4 / SAMPLE_RATE)) from None
+            except TimeoutError:
+                raise ASRError(INVALID_AUDIO, "decoding the audio took too long") from None
+            if proc.returncode != 0:
+                if "matches no streams" in err or "does not contain any stream" in err:
+                    raise ASRError(UNSUPPORTED_FORMAT, "the file contains no audio stream")
+                raise ASRError(INVALID_AUDIO, "the audio could not be decoded (corrupt, truncated or not audio)")
+            if err.strip():
+                # ffmpeg decodes what it can of a damaged file and reports the rest at error level;
+                # a silently partial transcript would be worse than a clear refusal.
+                raise ASRError(INVALID_AUDIO, "the audio is corrupt or truncated; ffmpeg could not decode all of it")
+            return out.samples()
     finally:
+        # cancelled, timed out or done: no ffmpeg outlives its job, no temp file either
+        if proc is not None and proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):  # it exited just now
+                proc.kill()
+            await asyncio.shield(proc.wait())
         if tmp is not None:
-            os.unlink(tmp.name)
-    err = proc.stderr.decode("utf-8", "replace")
-    if proc.returncode != 0:
-        if "matches no streams" in err or "does not contain any stream" in err:
-            raise ASRError(UNSUPPORTED_FORMAT, "the file contains no audio stream")
-        raise ASRError(INVALID_AUDIO, "the audio could not be decoded (corrupt, truncated or not audio)")
-    samples = np.frombuffer(proc.stdout, dtype="<f4").astype(np.float32)
-    if samples.size / SAMPLE_RATE > max_seconds:
-        raise _too_long(samples.size / SAMPLE_RATE, max_seconds)
-    if err.strip():
-        # ffmpeg decodes what it can of a damaged file and reports the rest at error level;
-        # a silently partial transcript would be worse than a clear refusal.
-        raise ASRError(INVALID_AUDIO, "the audio is corrupt or truncated; ffmpeg could not decode all of it")
-    return samples
+            tmp.unlink(missing_ok=True)
 
 
-# ---------------------------------------------------------------------------------------------
-# URL policy: one pure function, no traffic
-_BLOCKED_NAMES = {"localhost", "metadata", "metadata.google.internal", "instance-data"}
-_NAT64 = ipaddress.ip_network("64:ff9b::/96")
-
-
-def _embedded_v4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
-    if ip.ipv4_mapped:
-        return ip.ipv4_mapped
-    if ip.sixtofour:
-        return ip.sixtofour
-    if ip.teredo:
-        return ip.teredo[1]
-    if ip in _NAT64:
-        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
-    return None
-
-
-def address_is_public(address: str) -> bool:
-    """True only for globally routable unicast addresses (so never loopback, private, link-local
-    (cloud metadata 169.254.169.254), carrier-grade NAT, multicast, unspecified or reserved), also
-    when an IPv4 address hides inside an IPv6 one."""
-    ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address):
-        inner = _embedded_v4(ip)
-        if inner is not None and not address_is_public(str(inner)):
-            return False
-    return ip.is_global and not ip.is_multicast
-
-
-def check_url(url: str, addresses: list[str] | None, *, allow_private: bool = False,
-              allowed_hosts: tuple[str, ...] = ()) -> None:
-    """Decide whether ``url`` may be fetched, given the addresses its host resolved to.
-
-    ``addresses`` None means "not resolved yet": only the scheme and host name are checked.
-    Raises ASRError(forbidden_url) or ASRError(invalid_input); returns None when allowed.
-    Hosts listed in ``allowed_hosts`` ("host" or "host:port") skip the address check.
-    """
+async def _collect(proc, out: PcmBuffer) -> str:
+    """ffmpeg's stdout into ``out`` (stops with _TooLong at its limit), stderr capped; its message."""
+    err_task = asyncio.ensure_future(_read_capped(proc.stderr, MAX_STDERR))
     try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:
-        raise ASRError(INVALID_INPUT, "audio_url is not a valid URL") from None
-    if parts.scheme.lower() not in ("http", "https"):
-        raise ASRError(FORBIDDEN_URL, f"only http and https URLs are allowed, not {parts.scheme or 'none'!r}")
-    host = (parts.hostname or "").lower().rstrip(".")
-    if not host:
-        raise ASRError(INVALID_INPUT, "audio_url has no host")
-    if parts.username or parts.password:
-        raise ASRError(FORBIDDEN_URL, "URLs with credentials are not allowed")
-    port = port or (443 if parts.scheme.lower() == "https" else 80)
-    if allow_private or host in allowed_hosts or f"{host}:{port}" in allowed_hosts:
-        return
-    if host in _BLOCKED_NAMES or host.endswith(".localhost") or host.endswith(".internal"):
-        raise ASRError(FORBIDDEN_URL, f"host {host!r} is not allowed")
-    literal = _as_ip(host)
-    for addr in ([literal] if literal else []) + list(addresses or []):
-        if not address_is_public(addr):
-            raise ASRError(FORBIDDEN_URL, f"{host!r} points to a non-public address ({addr})")
+        while chunk := await proc.stdout.read(1 << 20):
+            out.append_bytes(chunk)
+        await proc.wait()
+        return (await err_task).decode("utf-8", "replace")
+    finally:
+        if not err_task.done():
+            err_task.cancel()
 
 
-def _as_ip(host: str) -> str | None:
-    try:
-        return str(ipaddress.ip_address(host.strip("[]")))
-    except ValueError:
-        return None
+async def _read_capped(stream, limit: int) -> bytes:
+    kept = bytearray()
+    while chunk := await stream.read(1 << 16):
+        if len(kept) < limit:
+            kept += chunk[: limit - len(kept)]
+    return bytes(kept)
 
-
-# ---------------------------------------------------------------------------------------------
-# downloads
-@dataclass(frozen=True)
-class DownloadPolicy:
-    max_bytes: int
-    timeout_s: float
-    max_redirects: int
-    allow_private: bool = False
-    allowed_hosts: tuple[str, ...] = ()
-
-
-async def download(url: str, policy: DownloadPolicy) -> Path:
-    """Fetch ``url`` to a temp file (the caller deletes it), following at most ``max_redirects``
-    redirects and checking the URL policy on every hop, after DNS resolution, before connecting.
-    The connection goes to exactly the addresses that were checked (no DNS rebinding window)."""
-    import aiohttp
-
-    resolver = _PolicyResolver(policy)
-    timeout = aiohttp.ClientTimeout(total=policy.timeout_s, sock_connect=min(10.0, policy.timeout_s))
-    connector = aiohttp.TCPConnector(resolver=resolver, use_dns_cache=False, limit=4)
-    fd, name = tempfile.mkstemp(prefix="asr-dl-")
-    os.close(fd)
-    path = Path(name)
-    try:
-        async with aiohttp.ClientSession(timeout=timeout, connector=connector, trust_env=False) as session:
-            for _ in range(policy.max_redirects + 1):
-                check_url(url, None, allow_private=policy.allow_private, allowed_hosts=policy.allowed_hosts)
-                resolver.current_url = url
-                async with session.get(url, allow_redirects=False) as resp:
-                    if resp.status in (301, 302, 303, 307, 308):
-                        location = resp.headers.get("Location")
-                        if not location:
-                            raise ASRError(DOWNLOAD_FAILED, f"redirect ({resp.status}) without a Location")
-                        url = urljoin(url, location)
-                        continue
-                    if resp.status != 200:
-                        raise ASRError(DOWNLOAD_FAILED, f"the server answered HTTP {resp.status}")
-                    declared = resp.content_length
-                    if declared is not None and declared > policy.max_bytes:
-                        raise ASRError(AUDIO_TOO_LARGE,
-                                       f"the file is {declared} bytes; the limit is {policy.max_bytes}")
-                    size = 0
-                    with open(path, "wb") as f:
-                        async for block in resp.content.iter_chunked(1 << 16):
-                            size += len(block)
-                            if size > policy.max_bytes:
-                                raise ASRError(AUDIO_TOO_LARGE,
-                                               f"the download passed the {policy.max_bytes} byte limit")
-                            f.write(block)
-                    return path
-            raise ASRError(DOWNLOAD_FAILED, f"more than {policy.max_redirects} redirects")
-    except ASRError:
-        path.unlink(missing_ok=True)
-        raise
-    except TimeoutError:
-        path.unlink(missing_ok=True)
-        raise ASRError(DOWNLOAD_FAILED, f"the download timed out after {policy.timeout_s:.0f} s") from None
-    except Exception as exc:  # noqa: BLE001 - any network failure is the user's download failing
-        path.unlink(missing_ok=True)
-        cause = exc.__cause__ if isinstance(exc.__cause__, ASRError) else None
-        if cause is not None:
-            raise cause from None
-        raise ASRError(DOWNLOAD_FAILED, f"could not fetch the URL ({type(exc).__name__})") from None
-
-
-class _PolicyResolver:
-    """aiohttp resolver that applies ``check_url`` to the resolved addresses of every hop."""
-
-    def __init__(self, policy: DownloadPolicy):
-        self.policy = policy
-        self.current_url = ""
-
-    async def resolve(self, host: str, port: int = 0, family: int = socket.AF_INET):
-        loop = asyncio.get_running_loop()
-        try:
-            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, family=family)
-        except socket.gaierror:
-            raise ASRError(DOWNLOAD_FAILED, f"could not resolve host {host!r}") from None
-        addrs = [info[4][0] for info in infos]
-        check_url(self.current_url, addrs, allow_private=self.policy.allow_private,
-                  allowed_hosts=self.policy.allowed_hosts)
-        return [{"hostname": host, "host": info[4][0], "port": port, "family": info[0], "proto": 0,
-                 "flags": socket.AI_NUMERICHOST} for info in infos]
-
-    async def close(self) -> None:
-        return None

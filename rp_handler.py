@@ -19,11 +19,11 @@ import asyncio
 import functools
 import logging
 import time
-from pathlib import Path
 
 import runpod
 
 import audio_utils
+import fetch
 from asr_engine import Engine
 from errors import INTERNAL_ERROR, ASRError
 from formatting import job_output
@@ -33,6 +33,7 @@ from settings import Settings, configure_logging
 
 log = logging.getLogger("rp_handler")
 SETTINGS = Settings.from_env()
+DECODE_BUDGET = audio_utils.DecodeBudget(SETTINGS.decode_budget_bytes)  # shared by every job
 _engine: Engine | None = None
 
 
@@ -45,17 +46,19 @@ def get_engine() -> Engine:
 
 
 async def fetch_audio(req: Request, engine: Engine) -> audio_utils.DecodedAudio:
+    """The job's audio, decoded within the worker's decode budget. A cancelled job leaves no
+    temp file and no ffmpeg behind (download and decode clean up on cancellation)."""
     s = SETTINGS
     if req.audio_base64 is not None:
         with engine.request_arriving():  # jobs that arrive together are batched together
             data = audio_utils.decode_base64(req.audio_base64, s.max_audio_bytes)
-            return await asyncio.to_thread(audio_utils.decode_audio, data, s.max_audio_seconds, req.format)
-    policy = audio_utils.DownloadPolicy(s.max_audio_bytes, s.download_timeout_s, s.max_redirects,
-                                        s.allow_private_urls, s.allowed_url_hosts)
-    path = await audio_utils.download(req.audio_url, policy)
+            return await audio_utils.decode_audio_async(data, s.max_audio_seconds, req.format, DECODE_BUDGET)
+    policy = fetch.DownloadPolicy(s.max_audio_bytes, s.download_timeout_s, s.max_redirects,
+                                  s.allow_private_urls, s.allowed_url_hosts)
+    path = await fetch.download(req.audio_url, policy)
     try:
         with engine.request_arriving():
-            return await asyncio.to_thread(audio_utils.decode_audio, Path(path), s.max_audio_seconds, req.format)
+            return await audio_utils.decode_audio_async(path, s.max_audio_seconds, req.format, DECODE_BUDGET)
     finally:
         path.unlink(missing_ok=True)
 

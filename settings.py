@@ -39,6 +39,10 @@ class Settings:
     allow_private_urls: bool = False
     # "host" or "host:port", exempt from the address check
     allowed_url_hosts: tuple[str, ...] = field(default_factory=tuple)
+    # decoded audio all concurrent decodes may hold together (bytes); 0 = decode_memory_fraction of
+    # the memory limit (see decode_budget_bytes)
+    decode_memory_bytes: int = 0
+    decode_memory_fraction: float = 0.25
     # real-time streaming (WebSocket)
     ws_host: str = "0.0.0.0"
     ws_port: int = 8765  # WS_PORT, else PORT (RunPod load-balancing endpoints set PORT)
@@ -74,6 +78,27 @@ class Settings:
                 values[f.name] = _parse(f, raw)
         return cls(**values)
 
+    @property
+    def decode_budget_bytes(self) -> int:
+        """The decode memory budget: DECODE_MEMORY_BYTES, else a share of the memory this process
+        may use (the container's cgroup limit when there is one, else physical RAM)."""
+        if self.decode_memory_bytes > 0:
+            return self.decode_memory_bytes
+        return max(256 << 20, int(_memory_limit() * self.decode_memory_fraction))
+
+
+def _memory_limit() -> int:
+    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            with open(path) as f:
+                raw = f.read().strip()
+        except OSError:
+            continue
+        if raw.isdigit():
+            return min(physical, int(raw))
+    return physical
+
 
 # field -> the environment variables that set it, first one set wins
 ENV: dict[str, tuple[str, ...]] = {
@@ -85,6 +110,7 @@ ENV: dict[str, tuple[str, ...]] = {
     "max_audio_bytes": ("MAX_AUDIO_BYTES",), "max_audio_seconds": ("MAX_AUDIO_SECONDS",),
     "download_timeout_s": ("DOWNLOAD_TIMEOUT_S",), "max_redirects": ("MAX_REDIRECTS",),
     "allow_private_urls": ("ALLOW_PRIVATE_URLS",), "allowed_url_hosts": ("ALLOWED_URL_HOSTS",),
+    "decode_memory_bytes": ("DECODE_MEMORY_BYTES",), "decode_memory_fraction": ("DECODE_MEMORY_FRACTION",),
     "ws_host": ("WS_HOST",), "ws_port": ("WS_PORT", "PORT"), "port_health": ("PORT_HEALTH",),
     "ws_auth_token": ("WS_AUTH_TOKEN",), "ws_max_sessions": ("WS_MAX_SESSIONS",),
     "ws_idle_timeout_s": ("WS_IDLE_TIMEOUT_S",), "ws_max_message_bytes": ("WS_MAX_MESSAGE_BYTES",),

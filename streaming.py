@@ -17,6 +17,7 @@ import contextlib
 import itertools
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -65,7 +66,8 @@ class StreamUpdate:
 class Stream:
     id: int
     updates: asyncio.Queue
-    pending: list = field(default_factory=list)  # received, not yet decoded 16 kHz sample arrays
+    # received, not yet decoded 16 kHz sample arrays; a deque: one-sample frames must not make a step O(frames)
+    pending: deque = field(default_factory=deque)
     pending_n: int = 0  # samples in ``pending``
     samples_in: int = 0  # 16 kHz samples received
     samples_done: int = 0  # samples decoded
@@ -186,7 +188,7 @@ class StreamDecoder:
         """Drop a stream at once (client gone): its pipeline state is freed before the next step."""
         if self.streams.pop(stream.id, None) is not None:
             stream.closed = True
-            stream.pending, stream.pending_n = [], 0
+            stream.pending, stream.pending_n = deque(), 0
             if stream.started:
                 self._aborted.append(stream)
                 self._wake.set()  # free its pipeline state now, not at the next busy moment
@@ -250,7 +252,7 @@ class StreamDecoder:
             head = s.pending[0]
             part = head[: n - got]
             if len(part) == len(head):
-                s.pending.pop(0)
+                s.pending.popleft()
             else:
                 s.pending[0] = head[len(part):]
             take.append(part)

@@ -17,8 +17,11 @@ import asyncio
 import contextlib
 import hmac
 import http
+import ipaddress
 import json
 import logging
+import re
+import secrets
 import time
 import uuid
 from dataclasses import asdict
@@ -50,6 +53,23 @@ from streaming import StreamConfig, StreamDecoder, StreamUpdate
 
 log = logging.getLogger("websocket")
 
+
+class _RedactTokens(logging.Filter):
+    """websockets logs each request line and header at DEBUG: the token must never be in them."""
+
+    SECRET = re.compile(r"(token=)[^&\s]+|(authorization:?\s*)(bearer\s+)?\S+", re.IGNORECASE)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = self.SECRET.sub(lambda m: (m.group(1) or m.group(2) + (m.group(3) or "")) + "<redacted>", message)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        return True
+
+
+connection_log = logging.getLogger("websocket.connections")  # websockets' own messages, redacted
+connection_log.addFilter(_RedactTokens())
+
 MIN_RATE, MAX_RATE = 8000, 48000
 CLOSE_TRY_AGAIN_LATER = 1013  # over capacity / still loading
 MAX_BACKLOG_S = 10.0  # undecoded audio per stream before we stop reading from its socket
@@ -66,6 +86,11 @@ class ASRServer:
         self.sessions: dict[str, Session] = {}
         self._last_activity = time.monotonic()
         self.served = 0  # sessions completed, for the RunPod job summary
+        # Tokens besides WS_AUTH_TOKEN, one per running RunPod websocket job, revoked when it ends;
+        # require_token: refuse everyone without one even when WS_AUTH_TOKEN is unset.
+        self.job_tokens: set[str] = set()
+        self.require_token = False
+        self.listeners: list = []  # what ``serve`` started, closed by ``close``
         if engine is not None:
             self.attach(engine)
 
@@ -99,11 +124,27 @@ class ASRServer:
         if request.headers.get("Upgrade", "").lower() != "websocket":
             return connection.respond(http.HTTPStatus.NOT_FOUND,
                                       "WebSocket endpoint: connect with a WebSocket client\n")
-        token = self.settings.ws_auth_token
-        if token and not any(hmac.compare_digest(given.encode(), token.encode()) for given in _request_tokens(request)):
+        if self.auth_required and not self._token_ok(_request_tokens(request)):
             return connection.respond(http.HTTPStatus.UNAUTHORIZED,
                                       "unauthorized: pass the token as ?token=... or 'Authorization: Bearer ...'\n")
         return None
+
+    @property
+    def auth_required(self) -> bool:
+        return bool(self.settings.ws_auth_token) or self.require_token or bool(self.job_tokens)
+
+    def _token_ok(self, given: list[str]) -> bool:
+        valid = ([self.settings.ws_auth_token] if self.settings.ws_auth_token else []) + sorted(self.job_tokens)
+        return any(hmac.compare_digest(g.encode(), v.encode()) for g in given for v in valid)
+
+    def grant_token(self) -> str:
+        """A fresh random token, valid until ``revoke_token`` (a RunPod websocket job's own)."""
+        token = secrets.token_urlsafe(24)
+        self.job_tokens.add(token)
+        return token
+
+    def revoke_token(self, token: str) -> None:
+        self.job_tokens.discard(token)
 
     # ---- one connection
     async def handle(self, ws: ServerConnection) -> None:
@@ -126,9 +167,21 @@ class ASRServer:
 
     async def serve(self, host: str, port: int):
         """Start listening (returns the websockets Server; ``port=0`` picks a free port)."""
-        return await serve(self.handle, host, port, process_request=self.process_request,
+        warning = self.exposure_warning(host)
+        if warning:
+            log.warning(warning)
+        srv = await serve(self.handle, host, port, process_request=self.process_request,
                            max_size=self.settings.ws_max_message_bytes, ping_interval=20, ping_timeout=20,
-                           close_timeout=5)
+                           close_timeout=5, logger=connection_log)
+        self.listeners.append(srv)
+        return srv
+
+    def exposure_warning(self, host: str) -> str | None:
+        """Said at start when anyone who can reach this address may stream without a token."""
+        if self.auth_required or _is_loopback(host):
+            return None
+        return (f"listening on {host or 'all interfaces'} without WS_AUTH_TOKEN: anyone who can reach this port "
+                "can stream audio to this worker; set WS_AUTH_TOKEN (or WS_HOST=127.0.0.1)")
 
     async def close_sessions(self, code: int, reason: str) -> None:
         for session in list(self.sessions.values()):
@@ -137,6 +190,8 @@ class ASRServer:
                 await session.ws.close(code, reason)
 
     async def close(self) -> None:
+        for listener in self.listeners:
+            listener.close()
         if self.decoder is not None:
             await self.decoder.stop()
 
@@ -162,6 +217,27 @@ class PcmInput:
         if self.resampler is None:
             return np.zeros(0, np.float32)
         return self.resampler.resample_chunk(np.zeros(0, np.float32), last=True)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # "", "0.0.0.0"-style names and host names: assume reachable from outside
+
+
+def parse_message(raw: str) -> dict:
+    """A client's text frame as a JSON object, or ASRError(INVALID_JSON): never any other
+    exception (deep nesting raises RecursionError inside json, huge numbers ValueError...)."""
+    try:
+        msg = json.loads(raw)
+    except (ValueError, RecursionError, TypeError):
+        raise ASRError(INVALID_JSON, "text frames must be JSON objects") from None
+    if not isinstance(msg, dict):
+        raise ASRError(INVALID_JSON, "text frames must be JSON objects")
+    return msg
 
 
 def _request_tokens(request: Request) -> list[str]:
@@ -221,12 +297,7 @@ class Session:
                 await self.error(e.code, e.message)
 
     async def on_text(self, raw: str) -> None:
-        try:
-            msg = json.loads(raw)
-        except ValueError:
-            raise ASRError(INVALID_JSON, "text frames must be JSON objects") from None
-        if not isinstance(msg, dict):
-            raise ASRError(INVALID_JSON, "text frames must be JSON objects")
+        msg = parse_message(raw)
         action = msg.get("action")
         if action == "start":
             await self.start(msg)

@@ -9,9 +9,7 @@ a batch-only worker never loads the WebSocket stack.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
-import secrets
 import time
 from collections.abc import Callable
 
@@ -29,12 +27,12 @@ _lock = asyncio.Lock()  # two websocket jobs arriving together start one server
 
 async def ensure_server(settings: Settings, get_engine: Callable[[], Engine]) -> ASRServer:
     """Start the WebSocket server in this worker process once, on the shared engine. Reached
-    over the pod's public IP, so it always requires a token: WS_AUTH_TOKEN, or a random one."""
+    over the pod's public IP, so it always requires a token: WS_AUTH_TOKEN, or each job's own."""
     global _server
     async with _lock:
         if _server is None:
-            token = settings.ws_auth_token or secrets.token_urlsafe(24)
-            server = ASRServer(dataclasses.replace(settings, ws_auth_token=token), get_engine())
+            server = ASRServer(settings, get_engine())
+            server.require_token = True
             try:
                 await server.serve(settings.ws_host, settings.ws_port)
             except Exception:
@@ -69,23 +67,28 @@ async def serve_websocket(job: dict, req: Request, settings: Settings, get_engin
     """Yield the ready message, serve WebSocket clients until no session has been active for
     ``idle_timeout`` seconds or ``max_lifetime`` is reached, then yield a summary."""
     server = await ensure_server(settings, get_engine)
-    ready = {"status": "ready", "ws_url": public_ws_url(settings), "token": server.settings.ws_auth_token}
-    log.info("websocket job %s: serving at %s", job.get("id"), ready["ws_url"])
-    yield ready
-    t0 = now = time.monotonic()
-    served_before = server.served
-    server.mark_active()  # the idle timeout counts from this job's start
-    reason = "idle"
-    while True:
-        await asyncio.sleep(min(0.5, req.idle_timeout / 4))
-        now = time.monotonic()
-        if not server.sessions and server.idle_seconds() >= req.idle_timeout:
-            break
-        if now - t0 >= req.max_lifetime:
-            reason = "max_lifetime"
-            # the worker may be stopped once no job holds it: tell clients instead of cutting them
-            await server.close_sessions(1001, "the streaming job reached its max_lifetime")
-            break
+    # a random token of this job's own (revoked when the job ends), unless the operator set one
+    token = settings.ws_auth_token or server.grant_token()
+    try:
+        ready = {"status": "ready", "ws_url": public_ws_url(settings), "token": token}
+        log.info("websocket job %s: serving at %s", job.get("id"), ready["ws_url"])  # never the token
+        yield ready
+        t0 = now = time.monotonic()
+        served_before = server.served
+        server.mark_active()  # the idle timeout counts from this job's start
+        reason = "idle"
+        while True:
+            await asyncio.sleep(min(0.5, req.idle_timeout / 4))
+            now = time.monotonic()
+            if not server.sessions and server.idle_seconds() >= req.idle_timeout:
+                break
+            if now - t0 >= req.max_lifetime:
+                reason = "max_lifetime"
+                # the worker may be stopped once no job holds it: tell clients instead of cutting them
+                await server.close_sessions(1001, "the streaming job reached its max_lifetime")
+                break
+    finally:
+        server.revoke_token(token)  # also when the job is cancelled
     yield {"status": "finished", "reason": reason, "ws_url": ready["ws_url"],
            "sessions": server.served - served_before, "active_sessions": len(server.sessions),
            "seconds": round(now - t0, 1)}

@@ -31,6 +31,7 @@ WS_TOKEN = "job-token"
 
 
 WS_PORT = free_port()
+WORKER_PIDS = {}  # worker URL -> process id (to read its memory)
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +82,7 @@ def running_worker(extra_env: dict, log_path):
         proc.kill()
         pytest.fail("worker did not start")
     try:
+        WORKER_PIDS[f"http://127.0.0.1:{port}"] = proc.pid
         yield f"http://127.0.0.1:{port}"
     finally:
         proc.terminate()
@@ -184,6 +186,20 @@ def test_chunked_job_reports_chunks(worker, tmp_path, speech_files):
 
 
 # ------------------------------------------------------------------ hostile input
+def _b64text(text):
+    return base64.b64encode(text.encode()).decode()
+
+
+def _flac_claiming_hours(tmp_path, hours):
+    """A 1-second 8-channel 192 kHz FLAC whose STREAMINFO claims ``hours`` of audio."""
+    path = tmp_path / "claims.flac"
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-f", "lavfi", "-i", "anullsrc=r=192000:cl=7.1", "-t", "1",
+                    "-c:a", "flac", str(path)], check=True)
+    data = path.read_bytes()
+    packed = (int.from_bytes(data[18:26], "big") & ~((1 << 36) - 1)) | int(hours * 3600 * 192000)
+    return data[:18] + packed.to_bytes(8, "big") + data[26:]
+
+
 def _hostile_cases(speech_files, tmp_path, file_server):
     long_silence = write_wav(tmp_path / "long.wav", np.zeros(16000 * (MAX_SECONDS + 5), np.float32))
     subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-i", str(long_silence), "-c:a", "flac",
@@ -192,7 +208,19 @@ def _hostile_cases(speech_files, tmp_path, file_server):
     garbage = b"\x01" + random.Random(6).randbytes(30000).replace(b"\xff", b"\x01")
     wav = b64(speech_files["wav"])
     return {
-        "garbage": ({"audio_base64": base64.b64encode(garbage).decode()}, "invalid_audio"),
+        # no known container: refused, never handed to ffmpeg to guess (issue 13)
+        "garbage": ({"audio_base64": base64.b64encode(garbage).decode()}, "unsupported_format"),
+        # ffmpeg's HLS/DASH/concat demuxers would read the local file these name (issue 13)
+        "hls_playlist": ({"audio_base64": _b64text(
+            f"#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:10,\n{speech_files['mp3']}\n#EXT-X-ENDLIST\n")},
+            "unsupported_format"),
+        "dash_manifest": ({"audio_base64": _b64text(
+            f"<MPD><Period><AdaptationSet><Representation><BaseURL>{speech_files['mp3']}</BaseURL>"
+            "</Representation></AdaptationSet></Period></MPD>")}, "unsupported_format"),
+        "concat_list": ({"audio_base64": _b64text(f"ffconcat version 1.0\nfile '{speech_files['mp3']}'\n")},
+                        "unsupported_format"),
+        "flac_claiming_5_hours": ({"audio_base64": base64.b64encode(_flac_claiming_hours(tmp_path, 5)).decode()},
+                                  "audio_too_long"),
         "truncated_mp3": ({"audio_base64": base64.b64encode(mp3[: len(mp3) // 3]).decode()}, "invalid_audio"),
         "bad_base64": ({"audio_base64": "%%% not base64 %%%"}, "invalid_input"),
         "both_sources": ({"audio_base64": wav, "audio_url": "https://example.com/a.wav"}, "invalid_input"),
@@ -231,6 +259,71 @@ def test_hostile_inputs_fail_cleanly_and_the_worker_keeps_serving(worker, speech
     assert got == {name: code for name, (_, code) in cases.items()}
     ok = runsync(worker, {"audio_base64": b64(speech_files["wav"])})
     assert ok["status"] == "COMPLETED" and jiwer.wer(SAMPLE_TEXT, ok["output"]["text"]) <= 0.15
+
+
+def test_disguised_loopback_urls_are_refused_before_any_connection(worker):
+    """Hosts that normalise to a loopback address (ideographic full stops, fullwidth digits, one
+    decimal number, IPv4-mapped IPv6) are refused with the rule named, and the loopback server
+    they point at sees no request."""
+    hits = []
+
+    class Counting(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            hits.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Counting)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    port = srv.server_address[1]
+    try:
+        for url in (f"http://127。0。0。1:{port}/a.mp3", f"http://１２７.０.０.１:{port}/a.mp3",
+                    f"http://2130706433:{port}/a.mp3", f"http://[::ffff:127.0.0.1]:{port}/a.mp3",
+                    f"http://127.1:{port}/a.mp3"):
+            res = runsync(worker, {"audio_url": url})
+            assert res["status"] == "FAILED" and res["error"].startswith("forbidden_url:"), (url, res)
+            assert "127.0.0.1" not in res["error"], res["error"]
+        assert hits == []
+    finally:
+        srv.shutdown()
+
+
+def test_piped_flac_is_transcribed(worker, speech_files):
+    """FLAC written to a pipe says 0 samples in STREAMINFO; it used to be refused as 576460752303424 s."""
+    piped = subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-i", str(speech_files["wav"]), "-c:a", "flac",
+                            "-f", "flac", "pipe:1"], capture_output=True, check=True).stdout
+    res = runsync(worker, {"audio_base64": base64.b64encode(piped).decode()})
+    assert res["status"] == "COMPLETED", res
+    assert jiwer.wer(SAMPLE_TEXT, res["output"]["text"]) <= 0.15
+
+
+def _memory_kib(pid, field):
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+
+def test_a_multichannel_flac_bomb_does_not_raise_the_workers_peak_memory(worker, tmp_path):
+    """100 s of 8-channel 192 kHz silence: 60 KB of FLAC, 614 MB as float32 (the old decoder
+    held all of it plus its mono mix). Its peak must stay near that of 100 s of plain mono audio."""
+    bomb = tmp_path / "bomb.flac"
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-f", "lavfi", "-i", "anullsrc=r=192000:cl=7.1", "-t", "100",
+                    "-c:a", "flac", str(bomb)], check=True)
+    plain = write_wav(tmp_path / "plain.wav", np.zeros(16000 * 100, np.float32))
+    pid = WORKER_PIDS[worker]
+    rises = {}
+    for name, path in (("plain", plain), ("bomb", bomb)):  # plain first: the engine's own memory for 100 s
+        with open(f"/proc/{pid}/clear_refs", "w") as f:
+            f.write("5")  # reset the peak (VmHWM) to the current RSS
+        before = _memory_kib(pid, "VmHWM")
+        res = runsync(worker, {"audio_base64": b64(path)})
+        assert res["status"] == "COMPLETED" and res["output"]["text"] == "", res
+        rises[name] = (_memory_kib(pid, "VmHWM") - before) / 1024
+    print(f"worker peak RSS rise (MB): {rises}")
+    # the engine's own peak for 100 s varies by ~100 MB run to run; the old decoder added 600+ MB
+    assert rises["bomb"] < rises["plain"] + 150, rises
 
 
 def test_non_object_input_is_refused(worker):
