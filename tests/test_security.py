@@ -540,6 +540,28 @@ def test_cancelled_decode_kills_ffmpeg_and_removes_its_temp_file(private_tmp, lo
     asyncio.run(main())
 
 
+def test_a_cancelled_job_kills_its_ffmpeg_and_removes_its_temp_file(private_tmp, long_mp3, engine, monkeypatch):
+    """The same through the batch handler itself (the local RunPod server has no cancel): the job's
+    task is cancelled while ffmpeg decodes its audio."""
+    import base64
+
+    import rp_handler
+
+    monkeypatch.setattr(rp_handler, "_engine", engine)
+    job = {"id": "cancel-me", "input": {"audio_base64": base64.b64encode(long_mp3.read_bytes()).decode()}}
+
+    async def main():
+        task = asyncio.create_task(rp_handler.handler(job))
+        await _until(lambda: _ffmpeg_children() and list(private_tmp.iterdir()))
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert _ffmpeg_children() == []
+        assert list(private_tmp.iterdir()) == []
+
+    asyncio.run(main())
+
+
 def test_cancelled_soundfile_decode_stops_and_gives_back_its_budget(bombs):
     async def main():
         budget = DecodeBudget(1 << 30)
