@@ -5,7 +5,8 @@ which gathers requests that arrive together into one forward pass) and the strea
 steps (streaming.py). ``Engine.lock`` guarantees that no two callers use the model at the same time.
 
 Flow of one batch: pad signals -> preprocessor (fp32 mel) -> encoder (compute dtype) ->
-TDT greedy decoding (label-looping, CUDA graphs on GPU) -> frame offsets to seconds -> Transcript.
+TDT greedy decoding (label-looping, CUDA graphs on GPU; each utterance's hotwords fused in, see
+hotwords.py) -> frame offsets to seconds -> Transcript.
 Long audio runs in windows (long_audio.py); NeMo fixes the engine applies are in nemo_patches.py.
 """
 
@@ -23,6 +24,7 @@ import torch
 
 from batcher import DynamicBatcher
 from constants import SAMPLE_RATE
+from hotwords import Boosting, Hotwords, PerUtteranceBiasing, TreeCache, register, unregister
 from long_audio import LOCAL_WINDOW_OVERLAP_S, merge_windows, window_spans
 from nemo_patches import lean_subsampling_masks, zero_added_biases
 from settings import Settings
@@ -80,6 +82,7 @@ class Engine:
         self._param_names = {name for name, _ in self.model.named_parameters()}
         self._checkpoint_decoding = self.model.cfg.decoding.copy()  # as trained; streaming set-up overwrites cfg
         lean_subsampling_masks(self.model)
+        self.hotword_trees = TreeCache(self.model.tokenizer)
         self.reconfigure()
         if s.compile and self.device.type == "cuda":
             self.model.encoder.forward = torch.compile(self.model.encoder.forward, dynamic=True)
@@ -104,12 +107,15 @@ class Engine:
             dec.strategy = "greedy_batch"
             dec.compute_timestamps = True  # always: a request without timestamps just drops them
             dec.greedy.use_cuda_graph_decoder = bool(self.settings.cuda_graphs and self.device.type == "cuda")
+            dec.greedy.enable_per_stream_biasing = True  # one hotword tree per utterance (hotwords.py)
             dec.confidence_cfg = {
                 "preserve_frame_confidence": True, "preserve_token_confidence": True,
                 "preserve_word_confidence": True, "exclude_blank": True, "aggregation": "min",
                 "method_cfg": {"name": "max_prob"},
             }
         m.change_decoding_strategy(dec, verbose=False)
+        greedy = m.decoding.decoding
+        greedy.decoding_computer = PerUtteranceBiasing(greedy.decoding_computer)
         m.eval()
 
     def _use_sdpa(self, on: bool) -> None:
@@ -158,10 +164,13 @@ class Engine:
         self.model.encoder.to(self.dtype)
         self.attention = attention
 
-    def transcribe_batch(self, signals: list[np.ndarray], attention: str = "full") -> list[Transcript]:
-        """Transcribe 16 kHz float32 signals in one forward pass (synchronous, takes the lock)."""
+    def transcribe_batch(self, signals: list[np.ndarray], attention: str = "full",
+                         boostings: list[Boosting | None] | None = None) -> list[Transcript]:
+        """Transcribe 16 kHz float32 signals in one forward pass (synchronous, takes the lock).
+        ``boostings``: each signal's hotwords (``hotword_trees.boosting``), or None."""
         if not signals:
             return []
+        boostings = boostings or [None] * len(signals)
         lens = [len(s) for s in signals]
         out: list[Transcript | None] = [None] * len(signals)
         live = [i for i, n in enumerate(lens) if n >= SAMPLE_RATE // 10]  # < 0.1 s: nothing to hear
@@ -173,15 +182,13 @@ class Engine:
                 batch[j, : lens[i]] = torch.from_numpy(np.asarray(signals[i], dtype=np.float32))
             length = torch.tensor([lens[i] for i in live])
             with self.exclusive(attention) as m:
-                hyps = self._model_pass(m, batch, length)
+                hyps = self._model_pass(m, batch, length, [boostings[i] for i in live])
             for j, i in enumerate(live):
                 out[i] = self._to_transcript(hyps[j], lens[i] / SAMPLE_RATE, attention)
         return out  # type: ignore[return-value]
 
-    def _model_pass(self, m, batch: torch.Tensor, length: torch.Tensor):
+    def _model_pass(self, m, batch: torch.Tensor, length: torch.Tensor, boostings: list[Boosting | None]):
         """Preprocessor, encoder and TDT decoding over one padded batch: hypotheses with word times."""
-        from nemo.collections.asr.parts.utils.timestamp_utils import process_timestamp_outputs
-
         autocast = (torch.autocast("cuda", dtype=self.dtype) if self.dtype != torch.float32
                     else contextlib.nullcontext())
         with torch.inference_mode():
@@ -189,8 +196,23 @@ class Engine:
             feats, feat_len = m.preprocessor(input_signal=batch, length=length)
             with autocast:
                 enc, enc_len = m.encoder(audio_signal=feats.to(self.dtype), length=feat_len)
-                hyps = m.decoding.rnnt_decoder_predictions_tensor(
-                    encoder_output=enc, encoded_lengths=enc_len, return_hypotheses=True)
+                return self._decode(m, enc, enc_len, boostings)
+
+    def _decode(self, m, enc: torch.Tensor, enc_len: torch.Tensor, boostings: list[Boosting | None]):
+        """TDT greedy decoding, each utterance with its own hotword tree (or none): the trees are
+        in the decoder's biasing multi-model for this call only. Call with the lock held."""
+        from nemo.collections.asr.parts.utils.timestamp_utils import process_timestamp_outputs
+
+        computer = m.decoding.decoding.decoding_computer
+        ids = register(computer.biasing_multi_model, boostings) if any(boostings) else None
+        computer.ids = None if ids is None else torch.tensor(ids, dtype=torch.long)
+        try:
+            hyps = m.decoding.rnnt_decoder_predictions_tensor(
+                encoder_output=enc, encoded_lengths=enc_len, return_hypotheses=True)
+        finally:
+            computer.ids = None
+            if ids is not None:
+                unregister(computer.biasing_multi_model, ids)
         return process_timestamp_outputs(hyps, m.encoder.subsampling_factor, m.cfg.preprocessor.window_stride)
 
     def _to_transcript(self, hyp, duration: float, attention: str) -> Transcript:
@@ -210,23 +232,26 @@ class Engine:
     # ---- the async entry point
     async def transcribe(self, signal: np.ndarray, *, use_local_attention: bool = False,
                          chunk_long_audio: bool = False, chunk_duration: float = 30.0,
+                         hotwords: Hotwords | None = None,
                          on_progress: Callable[[float], None] | None = None) -> Transcript:
         """Transcribe one signal. Short audio goes through the dynamic batcher; long audio gets
         local attention (above the threshold, or when asked) or is chunked (``chunk_long_audio``:
         windows of ``chunk_duration`` s); both run in windows
         merged at pauses, so memory is that of one window whatever the duration.
+        ``hotwords``: boosted in decoding (their tree is built off the lock, once per distinct list).
         ``on_progress(fraction)`` is called after each window of a long job."""
         duration = len(signal) / SAMPLE_RATE
+        boosting = await asyncio.to_thread(self.hotword_trees.boosting, hotwords) if hotwords else None
         if chunk_long_audio and duration > chunk_duration:
             attention = "local" if use_local_attention else "full"
-            return await self._transcribe_windows(signal, chunk_duration, None, attention, on_progress)
+            return await self._transcribe_windows(signal, chunk_duration, None, attention, on_progress, boosting)
         if use_local_attention or duration > self.settings.local_attention_threshold_s:
             return await self._transcribe_windows(signal, self.settings.local_attention_window_s,
-                                                  LOCAL_WINDOW_OVERLAP_S, "local", on_progress)
-        return await self._batcher.submit(signal)
+                                                  LOCAL_WINDOW_OVERLAP_S, "local", on_progress, boosting)
+        return await self._batcher.submit((signal, boosting))
 
     async def _transcribe_windows(self, signal: np.ndarray, window_s: float, overlap_s: float | None,
-                                  attention: str, on_progress) -> Transcript:
+                                  attention: str, on_progress, boosting: Boosting | None = None) -> Transcript:
         duration = len(signal) / SAMPLE_RATE
         spans = window_spans(duration, window_s, overlap_s)
         pieces = [signal[int(a * SAMPLE_RATE): int(b * SAMPLE_RATE)] for a, b in spans]
@@ -238,7 +263,7 @@ class Engine:
                 # queued before the next wave, so a 3 h file does not hold up a 3 s one.
                 wave = self._batcher.max_size
                 for k in range(0, len(pieces), wave):
-                    pending = [asyncio.ensure_future(self._batcher.submit(p)) for p in pieces[k: k + wave]]
+                    pending = [asyncio.ensure_future(self._batcher.submit((p, boosting))) for p in pieces[k: k + wave]]
                     for fut in pending:
                         results.append(await fut)
                         if on_progress:
@@ -247,7 +272,8 @@ class Engine:
                 # Local attention runs off the batcher, a few windows per forward (bounded audio).
                 per_pass = max(1, min(self.settings.max_batch_size, int(BATCH_AUDIO_BUDGET_S // window_s)))
                 for k in range(0, len(pieces), per_pass):
-                    results += await asyncio.to_thread(self.transcribe_batch, pieces[k: k + per_pass], "local")
+                    part = pieces[k: k + per_pass]
+                    results += await asyncio.to_thread(self.transcribe_batch, part, "local", [boosting] * len(part))
                     if on_progress:
                         on_progress(spans[len(results) - 1][1] / duration)
         finally:
@@ -264,10 +290,12 @@ class Engine:
         """Wrap a request's audio decoding: see ``DynamicBatcher.request_arriving``."""
         return self._batcher.request_arriving()
 
-    def _run_batch(self, signals: list[np.ndarray], deliver=None) -> list[Transcript]:
-        """One batcher call: sorted by length and split so that no forward pass holds more than
-        BATCH_AUDIO_BUDGET_S of padded audio, nor pads its clips to more than ``max_padding_ratio``
-        times their real length (one long file is not padded against 15 short ones)."""
+    def _run_batch(self, items: list[tuple[np.ndarray, Boosting | None]], deliver=None) -> list[Transcript]:
+        """One batcher call of (signal, boosting) items: sorted by length and split so that no
+        forward pass holds more than BATCH_AUDIO_BUDGET_S of padded audio, nor pads its clips to
+        more than ``max_padding_ratio`` times their real length (one long file is not padded
+        against 15 short ones). Hotwords never split a batch: each utterance brings its own."""
+        signals = [s for s, _ in items]
         order = sorted(range(len(signals)), key=lambda i: len(signals[i]))
         out: list[Transcript | None] = [None] * len(signals)
         group: list[int] = []
@@ -281,7 +309,8 @@ class Engine:
                     group.append(i)
                     real += n
                     continue
-            for k, t in zip(group, self.transcribe_batch([signals[k] for k in group], "full")):
+            for k, t in zip(group, self.transcribe_batch([signals[k] for k in group], "full",
+                                                         [items[k][1] for k in group])):
                 out[k] = t
                 if deliver:  # short clips answer as soon as their group is done
                     deliver(k, t)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, replace
 from runpod.serverless.utils.rp_validator import validate
 
 from errors import INVALID_INPUT, ASRError
+from hotwords import HotwordError, Hotwords, parse_hotwords
 
 OUTPUT_FORMATS = ("json", "text", "srt", "vtt")
 ACTIONS = ("transcribe", "websocket")
@@ -21,11 +22,15 @@ INPUT_SCHEMA = {
     "chunk_duration": {"type": float, "required": False, "default": 30.0},
     "output_format": {"type": str, "required": False, "default": "json"},
     "action": {"type": str, "required": False, "default": "transcribe"},
+    # boosted words or short phrases (hotwords.py has the limits); the boost goes into ``hotwords``
+    "hotwords": {"type": list, "required": False, "default": None},
+    "hotword_boost": {"type": float, "required": False, "default": None},
     # action "websocket" only:
     "idle_timeout": {"type": float, "required": False, "default": 60.0},
     "max_lifetime": {"type": float, "required": False, "default": 3600.0},
 }
 WEBSOCKET_ONLY = ("idle_timeout", "max_lifetime")
+TRANSCRIBE_ONLY = ("hotwords", "hotword_boost")  # a websocket job's streams send theirs in "start"
 
 
 def _number(v) -> bool:
@@ -55,6 +60,7 @@ class Request:
     chunk_duration: float
     output_format: str
     action: str
+    hotwords: Hotwords | None  # with hotword_boost folded in; None: nothing to boost
     idle_timeout: float
     max_lifetime: float
 
@@ -69,7 +75,12 @@ def parse_request(job_input) -> Request:
                if key in job_input and not ok(job_input[key])]
     if errors:
         raise ASRError(INVALID_INPUT, "; ".join(errors))
-    req = Request(**result["validated_input"])
+    values = dict(result["validated_input"])
+    try:
+        values["hotwords"] = parse_hotwords(values["hotwords"], values.pop("hotword_boost"))
+    except HotwordError as exc:
+        raise ASRError(INVALID_INPUT, str(exc)) from None
+    req = Request(**values)
     req = replace(req, output_format=req.output_format.lower(), action=req.action.lower())
     if req.action == "transcribe":
         if (req.audio_base64 is None) == (req.audio_url is None):
@@ -81,4 +92,6 @@ def parse_request(job_input) -> Request:
             raise ASRError(INVALID_INPUT, f"{', '.join(misplaced)} only apply to action 'websocket'")
     elif req.audio_base64 is not None or req.audio_url is not None:
         raise ASRError(INVALID_INPUT, "action 'websocket' takes no audio: stream it to the ws_url it returns")
+    elif any(k in job_input for k in TRANSCRIBE_ONLY):
+        raise ASRError(INVALID_INPUT, "a websocket job's streams send hotwords in their start message")
     return req

@@ -79,7 +79,8 @@ async def handler(job: dict) -> dict:
             progress(0.0)
         transcript = await engine.transcribe(audio.samples, use_local_attention=req.use_local_attention,
                                              chunk_long_audio=req.chunk_long_audio,
-                                             chunk_duration=req.chunk_duration, on_progress=progress)
+                                             chunk_duration=req.chunk_duration, hotwords=req.hotwords,
+                                             on_progress=progress)
         return job_output(transcript, timestamps=req.timestamps, output_format=req.output_format,
                           model=engine.model_name, processing_time=time.perf_counter() - t0)
     except ASRError as exc:

@@ -8,6 +8,8 @@ the model at the same time.
 
 Data flows one way: ``push`` 16 kHz samples -> the scheduler cuts fixed-size frames -> one
 ``transcribe_step`` for all ready streams -> a ``StreamUpdate`` per stream on its queue.
+A stream opened with hotwords has its boosting tree in the pipeline's biasing multi-model from its
+first step to its last (or its abort); NeMo fuses it into that stream's decoding only.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import torch
 
 from asr_engine import Engine
 from constants import SAMPLE_RATE
+from hotwords import Boosting, register, unregister
 from settings import Settings
 from transcript import Word
 
@@ -74,6 +77,8 @@ class Stream:
     started: bool = False  # its first frame went to the pipeline
     closing: bool = False
     closed: bool = False
+    boosting: Boosting | None = None  # the stream's hotwords
+    biasing: object = None  # NeMo's per-stream request (BiasingRequestItemConfig), id set while registered
 
 
 class StreamDecoder:
@@ -92,6 +97,7 @@ class StreamDecoder:
         self.steps = 0  # counters for benchmarks and /metrics-style summaries
         self.frames = 0
         self.step_seconds = 0.0
+        self.boosted = 0  # streams whose hotword tree is in the pipeline's multi-model now
         self.failed = False  # the scheduler died: the server reports not ready
 
     # ---- set-up
@@ -117,7 +123,8 @@ class StreamDecoder:
                     "decoding": {"strategy": "greedy_batch",
                                  "greedy": {"max_symbols": 10, "loop_labels": True,
                                             "use_cuda_graph_decoder": engine.device.type == "cuda"
-                                            and engine.settings.cuda_graphs}}},
+                                            and engine.settings.cuda_graphs,
+                                            "enable_per_stream_biasing": True}}},
             "streaming": {"sample_rate": SAMPLE_RATE, "batch_size": engine.settings.max_batch_size,
                           "stateful": True, "chunk_size": c.step_s, "left_padding_size": c.left_s,
                           "right_padding_size": c.right_s, "request_type": "frame", "padding_mode": "right",
@@ -159,8 +166,14 @@ class StreamDecoder:
             self._task = None
 
     # ---- streams (called from the event loop)
-    def open(self) -> Stream:
-        s = Stream(next(self._ids), asyncio.Queue())
+    def open(self, boosting: Boosting | None = None) -> Stream:
+        """A new stream; ``boosting``: its hotwords (``engine.hotword_trees.boosting``), or None."""
+        s = Stream(next(self._ids), asyncio.Queue(), boosting=boosting)
+        if boosting is not None:
+            from nemo.collections.asr.parts.context_biasing.biasing_multi_model import BiasingRequestItemConfig
+
+            # we add and remove the tree ourselves: NeMo's automatic removal misses aborted streams
+            s.biasing = BiasingRequestItemConfig(boosting_model_alpha=boosting.boost, auto_manage_multi_model=False)
         self.streams[s.id] = s
         return s
 
@@ -213,7 +226,7 @@ class StreamDecoder:
                     continue
                 frames = [self._next_frame(s) for s in batch]
                 t0 = time.perf_counter()
-                outputs = await asyncio.to_thread(self._step, frames)
+                outputs = await asyncio.to_thread(self._step, batch, frames)
                 self.step_seconds += time.perf_counter() - t0
                 self.steps += 1
                 self.frames += len(frames)
@@ -241,6 +254,7 @@ class StreamDecoder:
                 self.pipeline.delete_state(s.id)
             with contextlib.suppress(KeyError, AttributeError):
                 self.pipeline.bufferer.rm_bufferer(s.id)
+            self._unregister(s)
 
     def _next_frame(self, s: Stream):
         from nemo.collections.asr.inference.streaming.framing.request import Frame
@@ -268,11 +282,32 @@ class StreamDecoder:
         s.samples_done += length
         return Frame(samples=torch.from_numpy(np.ascontiguousarray(samples)), stream_id=s.id, is_first=first,
                      is_last=last, length=length if last else -1,
-                     options=ASRRequestOptions(stop_history_eou=self.config.eou_ms) if first else None)
+                     options=ASRRequestOptions(stop_history_eou=self.config.eou_ms, biasing_cfg=s.biasing)
+                     if first else None)
 
-    def _step(self, frames):
+    def _step(self, batch: list[Stream], frames):
         with self.engine.exclusive():
-            return self.pipeline.transcribe_step(frames)
+            for s, frame in zip(batch, frames):
+                if frame.is_first and s.biasing is not None:
+                    s.biasing.multi_model_id = register(self._multi_model, [s.boosting])[0]
+                    self.boosted += 1
+            try:
+                return self.pipeline.transcribe_step(frames)
+            finally:
+                for s, frame in zip(batch, frames):
+                    if frame.is_last:
+                        self._unregister(s)
+
+    @property
+    def _multi_model(self):
+        return self.pipeline.decoding_computer.biasing_multi_model
+
+    def _unregister(self, s: Stream) -> None:
+        """Take the stream's hotword tree out of the multi-model (scheduler only, between steps)."""
+        if s.biasing is not None and s.biasing.multi_model_id is not None:
+            unregister(self._multi_model, [s.biasing.multi_model_id])
+            s.biasing.multi_model_id = None
+            self.boosted -= 1
 
     def _deliver(self, s: Stream, frame, out) -> None:
         final = None

@@ -48,6 +48,7 @@ from errors import (
     UNKNOWN_ACTION,
     ASRError,
 )
+from hotwords import HotwordError, parse_hotwords
 from settings import Settings, configure_logging
 from streaming import StreamConfig, StreamDecoder, StreamUpdate
 
@@ -319,19 +320,26 @@ class Session:
         timestamps = msg.get("timestamps", True)
         if not isinstance(timestamps, bool):
             raise ASRError(INVALID_INPUT, "timestamps must be true or false")
-        unknown = set(msg) - {"action", "sample_rate", "chunk_duration", "timestamps"}
+        try:
+            boosted = parse_hotwords(msg.get("hotwords"), msg.get("hotword_boost"))
+        except HotwordError as exc:
+            raise ASRError(INVALID_INPUT, str(exc)) from None
+        unknown = set(msg) - {"action", "sample_rate", "chunk_duration", "timestamps", "hotwords", "hotword_boost"}
         if unknown:
             raise ASRError(INVALID_INPUT, f"unknown field(s) in start: {', '.join(sorted(unknown))}")
+        # the tree is built off the event loop (cached per distinct list)
+        boosting = await asyncio.to_thread(self.server.engine.hotword_trees.boosting, boosted) if boosted else None
         self.sample_rate, self.timestamps = int(rate), timestamps
         self.partial_interval_s = float(partial_interval)
         self.audio_in = PcmInput(self.sample_rate)
         self.finals = []
         decoder = self.server.decoder
-        self.stream = decoder.open()
+        self.stream = decoder.open(boosting)
         self.reader = asyncio.get_running_loop().create_task(self.relay_updates(self.stream))
         await self.send({"type": "started", "session_id": self.id, "sample_rate": self.sample_rate,
                          "chunk_duration": self.partial_interval_s, "timestamps": self.timestamps,
-                         "step_duration": round(decoder.frame_samples / SAMPLE_RATE, 3)})
+                         "step_duration": round(decoder.frame_samples / SAMPLE_RATE, 3),
+                         "hotwords": len(boosted.phrases) if boosted else 0})
 
     async def on_audio(self, data: bytes) -> None:
         if self.stream is None:

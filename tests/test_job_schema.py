@@ -17,8 +17,9 @@ def test_defaults_fill_every_field():
     req = parse_request({"audio_url": "https://example.com/a.mp3"})
     assert req == Request(audio_base64=None, audio_url="https://example.com/a.mp3", format=None, timestamps=True,
                           use_local_attention=False, chunk_long_audio=False, chunk_duration=30.0,
-                          output_format="json", action="transcribe", idle_timeout=60.0, max_lifetime=3600.0)
-    assert set(Request.__dataclass_fields__) == set(INPUT_SCHEMA)
+                          output_format="json", action="transcribe", hotwords=None, idle_timeout=60.0,
+                          max_lifetime=3600.0)
+    assert set(Request.__dataclass_fields__) == set(INPUT_SCHEMA) - {"hotword_boost"}  # folded into hotwords
 
 
 def test_names_are_case_insensitive_and_numbers_may_be_ints():

@@ -1,0 +1,202 @@
+"""Hotwords (per-request phrase boosting) with the tiny model: limits, spellings, the gain on
+sentences it gets wrong, no harm to sentences it gets right, per-utterance lists in one forward
+pass, streaming with and without hotwords in one step, and refusals in the batch job and the
+WebSocket ``start``. The sentences are synthesized fresh from fixed seeds; which of them the model
+gets wrong is found by transcribing them, never written down."""
+
+import asyncio
+import random
+
+import jiwer
+import pytest
+
+import hotwords as hw
+import synth
+from asr_engine import Engine
+from errors import ASRError
+from job_schema import parse_request
+from settings import Settings
+from streaming import StreamDecoder
+from tests.helpers import requires_model
+
+# Measured with the default boost on 160 other sentences (docs/PERFORMANCE.md "Hotwords"):
+# every missed word recovered in 57% of the wrong sentences, 6% of right sentences changed by
+# 10 unrelated hotwords. The bounds leave room for a different sample.
+MIN_FIXED = 0.5  # share of wrong sentences whose missed words all come back
+MAX_HARMED = 0.15  # share of right sentences that 10 unrelated hotwords change
+VOICES = synth.HELD_OUT["en"]  # voices the model never heard: it errs often enough to measure
+
+
+# ---------------------------------------------------------------------------------------------
+# limits and spellings (no model)
+@pytest.mark.parametrize("hotwords, boost, message", [
+    ("kubernetes", None, "must be a list"),
+    (["ok"] * (hw.MAX_HOTWORDS + 1), None, f"at most {hw.MAX_HOTWORDS}"),
+    ([""], None, "is empty"),
+    (["   "], None, "is empty"),
+    ([42], None, "must be a string"),
+    (["x" * (hw.MAX_PHRASE_CHARS + 1)], None, "longer than"),
+    (["one two three four five six"], None, "more than"),
+    (["<script>"], None, "contains"),
+    (["line\nbreak"], None, None),  # whitespace is normalized: this one is fine
+    (["emoji 🎉"], None, "contains"),
+    (["ok"], -1, "hotword_boost"),
+    (["ok"], 99, "hotword_boost"),
+    (["ok"], "high", "hotword_boost"),
+    (["ok"], True, "hotword_boost"),
+    (["ok"], float("nan"), "hotword_boost"),
+])
+def test_hotword_limits(hotwords, boost, message):
+    if message is None:
+        assert hw.parse_hotwords(hotwords, boost).phrases == ("line break",)
+        return
+    with pytest.raises(hw.HotwordError, match=message):
+        hw.parse_hotwords(hotwords, boost)
+
+
+def test_parse_normalizes_and_deduplicates():
+    given = ["  Kubernetes ", "kubernetes", "O\u2019Brien", "Node.js", "AT&T", "C++", "Müller", "мальчик"]
+    assert hw.parse_hotwords(given, 2) == hw.Hotwords(
+        ("Kubernetes", "O'Brien", "Node.js", "AT&T", "C++", "Müller", "мальчик"), 2.0)
+    for nothing in [(None, None), ([], None), (["a"], 0)]:  # no list, an empty one, or boost 0: nothing to do
+        assert hw.parse_hotwords(*nothing) is None
+    assert hw.parse_hotwords(["a"], None).boost == hw.DEFAULT_BOOST
+
+
+def test_spellings_follow_the_tokenizer_case():
+    assert hw.spellings("Kubernetes", cased=False) == ["kubernetes"]
+    assert set(hw.spellings("kubernetes", cased=True)) == {"kubernetes", "Kubernetes"}
+    assert set(hw.spellings("new york", cased=True)) == {"new york", "New york", "New York"}
+    assert "IBM" in hw.spellings("IBM", cased=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# the gain, with the tiny model
+
+@pytest.fixture(scope="module")
+def engine(tiny_model):
+    return Engine(Settings(model="tiny", max_batch_size=16, warmup=False), model=tiny_model)
+
+
+@pytest.fixture(scope="module")
+def sample(engine):
+    """40 fresh sentences in held-out voices, their offline transcripts, and for the wrong ones the
+    reference words the transcript misses."""
+    utts = synth.make_utterances("en", VOICES, 40, seed=1717)
+    got = [t.text for t in engine.transcribe_batch([u.audio for u in utts])]
+    refs = [u.text.strip() for u in utts]
+    wrong = [i for i in range(len(utts)) if got[i] != refs[i]]
+    missed = {i: sorted(set(refs[i].split()) - set(got[i].split())) for i in wrong}
+    wrong = [i for i in wrong if missed[i]]  # (a sentence with only an extra word has nothing to boost)
+    assert len(wrong) >= 8, "the sample must hold enough errors to measure"
+    return utts, refs, got, wrong, missed
+
+
+def boosting(engine, words):
+    return engine.hotword_trees.boosting(hw.parse_hotwords(words, None))
+
+
+def recovered(text, words):
+    return not set(words) - set(text.split())
+
+
+@requires_model
+def test_missed_words_as_hotwords_fix_most_wrong_sentences_in_one_mixed_batch(engine, sample):
+    utts, refs, got, wrong, missed = sample
+    right = [i for i in range(len(utts)) if got[i] == refs[i]][:8]
+    # one forward pass: wrong sentences with their own hotwords, right ones with none
+    idx = wrong + right
+    out = engine.transcribe_batch([utts[i].audio for i in idx],
+                                  boostings=[boosting(engine, missed[i]) if i in missed else None for i in idx])
+    fixed = [i for i, t in zip(idx, out) if i in missed and recovered(t.text, missed[i])]
+    assert len(fixed) >= MIN_FIXED * len(wrong), [(refs[i], got[i], t.text) for i, t in zip(idx, out) if i in missed]
+    assert jiwer.wer([refs[i] for i in wrong], [t.text for t in out[: len(wrong)]]) < \
+        0.6 * jiwer.wer([refs[i] for i in wrong], [got[i] for i in wrong])
+    # the utterances without hotwords decode exactly as before, timestamps included
+    for i, t in zip(right, out[len(wrong):]):
+        assert t.text == got[i]
+    for t in out:  # boosted or not: word times in order, inside the audio
+        assert [w.word for w in t.words] == t.text.split()
+        assert all(0 <= w.start <= w.end <= t.duration for w in t.words)
+
+
+@requires_model
+def test_unrelated_hotwords_do_not_hurt_right_sentences(engine, sample):
+    utts, refs, got, wrong, missed = sample
+    right = [i for i in range(len(utts)) if got[i] == refs[i]]
+    rng = random.Random(5)
+    vocab = synth.load_words("en")
+    lists = {i: rng.sample([w for w in vocab if w not in refs[i].split()], 10) for i in right}
+    out = engine.transcribe_batch([utts[i].audio for i in right], boostings=[boosting(engine, lists[i]) for i in right])
+    harmed = [(refs[i], t.text, lists[i]) for i, t in zip(right, out) if t.text != refs[i]]
+    assert len(harmed) <= MAX_HARMED * len(right), harmed
+
+
+@requires_model
+def test_engine_transcribe_takes_hotwords_through_the_batcher(engine, sample):
+    utts, refs, got, wrong, missed = sample
+    i = next(i for i in wrong if boosting(engine, missed[i]) is not None)
+
+    async def both():
+        return await asyncio.gather(engine.transcribe(utts[i].audio, hotwords=hw.parse_hotwords(missed[i], None)),
+                                    engine.transcribe(utts[i].audio))
+    with_hw, without = asyncio.run(both())
+    assert without.text == got[i]
+    assert jiwer.wer(refs[i], with_hw.text) <= jiwer.wer(refs[i], got[i])
+
+
+@requires_model
+def test_streaming_with_hotwords_gives_the_same_gain(engine, sample):
+    """Wrong sentences streamed with their missed words and right ones without, in the same
+    decoding steps: the boosted streams recover their words about as often as offline, the
+    others decode exactly as they do without any hotwords around."""
+    utts, refs, got, wrong, missed = sample
+    right = [i for i in range(len(utts)) if got[i] == refs[i]][:4]
+
+    async def run(lists):
+        dec = StreamDecoder(engine)
+        dec.start()
+        streams = [dec.open(b) for b in lists]
+        for s, i in zip(streams, wrong + right):
+            dec.push(s, utts[i].audio)
+            dec.finish(s)
+        texts = []
+        for s in streams:
+            finals = []
+            while (u := await s.updates.get()) is not None:
+                if u.final:
+                    finals.append(u.final)
+                if u.last:
+                    break
+            texts.append(" ".join(finals))
+        await dec.stop()
+        return texts, dec
+
+    idx = wrong + right
+    plain, _ = asyncio.run(run([None] * len(idx)))
+    boosted, dec = asyncio.run(run([boosting(engine, missed[i]) if i in missed else None for i in idx]))
+    stream_wrong = [k for k, i in enumerate(idx) if i in missed and not recovered(plain[k], missed[i])]
+    fixed = [k for k in stream_wrong if recovered(boosted[k], missed[idx[k]])]
+    assert len(fixed) >= MIN_FIXED * len(stream_wrong), [(refs[idx[k]], plain[k], boosted[k]) for k in stream_wrong]
+    for k, i in enumerate(idx):
+        if i not in missed:
+            assert boosted[k] == plain[k]
+    assert dec.boosted == 0  # every tree was removed
+
+
+# ---------------------------------------------------------------------------------------------
+# refusals at the entry points
+@pytest.mark.parametrize("extra", [
+    {"hotwords": "one"}, {"hotwords": ["ok"] * 101}, {"hotwords": ["<b>"]}, {"hotword_boost": 50},
+    {"hotwords": ["ok"], "hotword_boost": "x"},
+])
+def test_batch_job_refuses_invalid_hotwords(extra):
+    with pytest.raises(ASRError) as e:
+        parse_request({"audio_url": "https://example.com/a.wav", **extra})
+    assert e.value.code == "invalid_input"
+
+
+def test_batch_job_takes_hotwords():
+    req = parse_request({"audio_url": "https://example.com/a.wav", "hotwords": ["Kubernetes"], "hotword_boost": 2})
+    assert req.hotwords == hw.Hotwords(("Kubernetes",), 2.0)
+    assert parse_request({"audio_url": "https://example.com/a.wav"}).hotwords is None
