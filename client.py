@@ -128,9 +128,11 @@ class ASRWebSocketClient:
     async def __aexit__(self, *exc) -> None:
         await self.ws.close()
 
-    async def start(self, sample_rate: int = SAMPLE_RATE, chunk_duration: float = 2.0, timestamps: bool = True) -> dict:
+    async def start(self, sample_rate: int = SAMPLE_RATE, chunk_duration: float = 2.0, timestamps: bool = True,
+                    **options) -> dict:
+        """``options``: further ``start`` fields, e.g. ``hotwords=["Kubernetes"], hotword_boost=2.0``."""
         await self.ws.send(json.dumps({"action": "start", "sample_rate": sample_rate,
-                                       "chunk_duration": chunk_duration, "timestamps": timestamps}))
+                                       "chunk_duration": chunk_duration, "timestamps": timestamps, **options}))
         reply = json.loads(await self.ws.recv())
         if reply.get("type") != "started":
             raise TranscriptionError(reply.get("message", str(reply)), reply.get("code"))
@@ -164,7 +166,7 @@ def pcm16_bytes(audio) -> bytes:
 
 async def stream_file_to_websocket(websocket_url: str, audio_file: str | Path, chunk_duration: float = 2.0,
                                    realtime: bool = True, token: str | None = None, show: bool = True,
-                                   frame_seconds: float = 0.1) -> str:
+                                   frame_seconds: float = 0.1, hotwords: list[str] | None = None) -> str:
     """Decode any audio file, stream it as 16 kHz PCM16 (paced in real time unless ``realtime``
     is false), print partials and finals, return the final transcript (the server's ``done``)."""
     from audio_utils import decode_audio
@@ -173,7 +175,7 @@ async def stream_file_to_websocket(websocket_url: str, audio_file: str | Path, c
     pcm = pcm16_bytes(audio)
     step = int(SAMPLE_RATE * frame_seconds) * 2
     async with ASRWebSocketClient(websocket_url, token) as client:
-        await client.start(SAMPLE_RATE, chunk_duration)
+        await client.start(SAMPLE_RATE, chunk_duration, **({"hotwords": hotwords} if hotwords else {}))
 
         async def sender():
             t0 = time.monotonic()
@@ -240,17 +242,20 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--api-key", default=os.environ.get("RUNPOD_API_KEY"))
     b.add_argument("--no-timestamps", action="store_true")
     b.add_argument("--chunk-long-audio", action="store_true")
+    b.add_argument("--hotword", dest="hotwords", action="append", help="a word or phrase to boost (repeatable)")
     st = sub.add_parser("stream", help="stream a file to the real-time WebSocket server")
     st.add_argument("websocket_url")
     st.add_argument("audio_file")
     st.add_argument("--token", default=os.environ.get("WS_AUTH_TOKEN"))
     st.add_argument("--chunk-duration", type=float, default=2.0, help="seconds of audio between partials")
     st.add_argument("--fast", action="store_true", help="send as fast as possible instead of in real time")
+    st.add_argument("--hotword", dest="hotwords", action="append", help="a word or phrase to boost (repeatable)")
     args = ap.parse_args(argv)
     if args.command == "stream":
         try:
             text = asyncio.run(stream_file_to_websocket(args.websocket_url, args.audio_file, args.chunk_duration,
-                                                        realtime=not args.fast, token=args.token))
+                                                        realtime=not args.fast, token=args.token,
+                                                        hotwords=args.hotwords))
         except (TranscriptionError, OSError, ASRError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
@@ -258,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "batch":
         extra = {"chunk_long_audio": True} if args.chunk_long_audio else {}
+        if args.hotwords:
+            extra["hotwords"] = args.hotwords
         try:
             out = asyncio.run(batch_transcribe_runpod(args.endpoint_url, args.api_key, args.audio_file,
                                                       not args.no_timestamps, output_format=args.output_format,

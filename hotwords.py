@@ -77,7 +77,8 @@ def parse_hotwords(hotwords, boost) -> Hotwords | None:
             raise HotwordError(f"hotwords[{i}] has more than {MAX_PHRASE_WORDS} words")
         bad = sorted({c for c in phrase if not _allowed(c)})
         if bad:
-            raise HotwordError(f"hotwords[{i}] contains {''.join(bad)!r}: use letters, digits, spaces and {' '.join(PUNCTUATION)}")
+            raise HotwordError(f"hotwords[{i}] contains {''.join(bad)!r}: "
+                               f"use letters, digits, spaces and {' '.join(PUNCTUATION)}")
         if phrase.casefold() not in seen:
             seen.add(phrase.casefold())
             phrases.append(phrase)

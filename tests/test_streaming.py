@@ -394,3 +394,31 @@ def test_load_balancer_mode_serves_ping_and_streams(tmp_path):
         proc.terminate()
         proc.wait(10)
         log.close()
+
+
+def test_start_takes_hotwords_for_its_stream_and_refuses_invalid_ones(server):
+    audio, refs = two_utterances()
+
+    async def run():
+        async with connect(server.url) as ws:
+            assert json.loads(await ws.recv())["type"] == "welcome"
+            for bad in ({"hotwords": "river"}, {"hotwords": ["<b>"]}, {"hotwords": ["ok"] * 101},
+                        {"hotwords": ["x" * 51]}, {"hotwords": ["river"], "hotword_boost": 9}):
+                await ws.send(json.dumps({"action": "start", **bad}))
+                msg = json.loads(await ws.recv())
+                assert (msg["type"], msg["code"]) == ("error", "invalid_input"), (bad, msg)
+            # still usable: a stream with hotwords ("River" is the same hotword as "river")
+            await ws.send(json.dumps({"action": "start", "hotwords": ["river", "River", "yellow birds"],
+                                      "hotword_boost": 2}))
+            started = json.loads(await ws.recv())
+            assert (started["type"], started["hotwords"]) == ("started", 2)
+            for i in range(0, len(audio), 3200):
+                await ws.send(pcm16(audio[i: i + 3200]))
+            await ws.send(json.dumps({"action": "stop"}))
+            while (msg := json.loads(await ws.recv()))["type"] != "done":
+                pass
+            return msg
+
+    done = asyncio.run(run())
+    assert jiwer.wer(" ".join(refs), done["text"]) <= 0.3, done["text"]
+    assert server.call(lambda: server.server.decoder.boosted) == 0  # the stream's tree left with it
