@@ -107,7 +107,9 @@ class Engine:
             dec.strategy = "greedy_batch"
             dec.compute_timestamps = True  # always: a request without timestamps just drops them
             dec.greedy.use_cuda_graph_decoder = bool(self.settings.cuda_graphs and self.device.type == "cuda")
-            dec.greedy.enable_per_stream_biasing = True  # one hotword tree per utterance (hotwords.py)
+            # one hotword tree per utterance (hotwords.py). NeMo's multi-model keeps CUDA graphs only
+            # with Triton (part of PyTorch's CUDA wheels); without it NeMo turns graphs off and says so
+            dec.greedy.enable_per_stream_biasing = True
             dec.confidence_cfg = {
                 "preserve_frame_confidence": True, "preserve_token_confidence": True,
                 "preserve_word_confidence": True, "exclude_blank": True, "aggregation": "min",

@@ -19,10 +19,11 @@ from settings import Settings
 from streaming import StreamDecoder
 from tests.helpers import requires_model
 
-# Measured with the default boost on 160 other sentences (docs/PERFORMANCE.md "Hotwords"):
-# every missed word recovered in 57% of the wrong sentences, 6% of right sentences changed by
-# 10 unrelated hotwords. The bounds leave room for a different sample.
-MIN_FIXED = 0.5  # share of wrong sentences whose missed words all come back
+# With the default boost, on other fresh sentences in these voices (docs/PERFORMANCE.md
+# "Hotwords"), the missed words all came back in about 57% of the wrong sentences, and 10 unrelated
+# hotwords changed 7-10% of the right ones; one sample of ~20 wrong sentences varies by about
+# +-11 points, hence the bounds.
+MIN_FIXED = 0.4  # share of wrong sentences whose missed words all come back
 MAX_HARMED = 0.15  # share of right sentences that 10 unrelated hotwords change
 VOICES = synth.HELD_OUT["en"]  # voices the model never heard: it errs often enough to measure
 
@@ -80,15 +81,16 @@ def engine(tiny_model):
 
 @pytest.fixture(scope="module")
 def sample(engine):
-    """40 fresh sentences in held-out voices, their offline transcripts, and for the wrong ones the
+    """80 fresh sentences in held-out voices, their offline transcripts, and for the wrong ones the
     reference words the transcript misses."""
-    utts = synth.make_utterances("en", VOICES, 40, seed=1717)
-    got = [t.text for t in engine.transcribe_batch([u.audio for u in utts])]
+    utts = synth.make_utterances("en", VOICES, 80, seed=2611)
+    got = [t.text for k in range(0, len(utts), 16)
+           for t in engine.transcribe_batch([u.audio for u in utts[k: k + 16]])]
     refs = [u.text.strip() for u in utts]
     wrong = [i for i in range(len(utts)) if got[i] != refs[i]]
     missed = {i: sorted(set(refs[i].split()) - set(got[i].split())) for i in wrong}
     wrong = [i for i in wrong if missed[i]]  # (a sentence with only an extra word has nothing to boost)
-    assert len(wrong) >= 8, "the sample must hold enough errors to measure"
+    assert len(wrong) >= 12, "the sample must hold enough errors to measure"
     return utts, refs, got, wrong, missed
 
 
@@ -148,39 +150,41 @@ def test_engine_transcribe_takes_hotwords_through_the_batcher(engine, sample):
 def test_streaming_with_hotwords_gives_the_same_gain(engine, sample):
     """Wrong sentences streamed with their missed words and right ones without, in the same
     decoding steps: the boosted streams recover their words about as often as offline, the
-    others decode exactly as they do without any hotwords around."""
+    others decode exactly as they do with no hotwords anywhere."""
     utts, refs, got, wrong, missed = sample
     right = [i for i in range(len(utts)) if got[i] == refs[i]][:4]
+    idx = wrong[:12] + right  # 16 streams: one step decodes them all
 
-    async def run(lists):
-        dec = StreamDecoder(engine)
+    async def run(dec, lists):
         dec.start()
         streams = [dec.open(b) for b in lists]
-        for s, i in zip(streams, wrong + right):
+        for s, i in zip(streams, idx):
             dec.push(s, utts[i].audio)
             dec.finish(s)
         texts = []
         for s in streams:
             finals = []
             while (u := await s.updates.get()) is not None:
-                if u.final:
-                    finals.append(u.final)
+                finals += [u.final] if u.final else []
                 if u.last:
                     break
             texts.append(" ".join(finals))
         await dec.stop()
-        return texts, dec
+        return texts
 
-    idx = wrong + right
-    plain, _ = asyncio.run(run([None] * len(idx)))
-    boosted, dec = asyncio.run(run([boosting(engine, missed[i]) if i in missed else None for i in idx]))
+    async def plain_then_boosted():
+        dec = StreamDecoder(engine)
+        plain = await run(dec, [None] * len(idx))
+        boosted = await run(dec, [boosting(engine, missed[i]) if i in missed else None for i in idx])
+        return plain, boosted, dec.boosted
+
+    plain, boosted, left = asyncio.run(plain_then_boosted())
     stream_wrong = [k for k, i in enumerate(idx) if i in missed and not recovered(plain[k], missed[i])]
     fixed = [k for k in stream_wrong if recovered(boosted[k], missed[idx[k]])]
+    assert len(stream_wrong) >= 6
     assert len(fixed) >= MIN_FIXED * len(stream_wrong), [(refs[idx[k]], plain[k], boosted[k]) for k in stream_wrong]
-    for k, i in enumerate(idx):
-        if i not in missed:
-            assert boosted[k] == plain[k]
-    assert dec.boosted == 0  # every tree was removed
+    assert [b for b, i in zip(boosted, idx) if i not in missed] == [p for p, i in zip(plain, idx) if i not in missed]
+    assert left == 0  # every stream's tree left the multi-model with it
 
 
 # ---------------------------------------------------------------------------------------------
