@@ -243,7 +243,10 @@ class Engine:
         ``hotwords``: boosted in decoding (their tree is built off the lock, once per distinct list).
         ``on_progress(fraction)`` is called after each window of a long job."""
         duration = len(signal) / SAMPLE_RATE
-        boosting = await asyncio.to_thread(self.hotword_trees.boosting, hotwords) if hotwords else None
+        boosting = None
+        if hotwords:
+            with self._batcher.request_arriving():  # a batch about to close waits for this job
+                boosting = await asyncio.to_thread(self.hotword_trees.boosting, hotwords)
         if chunk_long_audio and duration > chunk_duration:
             attention = "local" if use_local_attention else "full"
             return await self._transcribe_windows(signal, chunk_duration, None, attention, on_progress, boosting)
