@@ -8,6 +8,7 @@ import asyncio
 import random
 
 import jiwer
+import numpy as np
 import pytest
 
 import hotwords as hw
@@ -148,6 +149,11 @@ def test_engine_transcribe_takes_hotwords_through_the_batcher(engine, sample):
     assert engine._batcher.batches_run == batches + 1  # different hotwords, one batch
     assert without.text == got[i]
     assert jiwer.wer(refs[i], with_hw.text) <= jiwer.wer(refs[i], got[i])
+    # long audio in windows (chunked, and local attention) carries the hotwords into every window
+    long = np.concatenate([utts[i].audio] * 3)
+    for kw in ({"chunk_long_audio": True, "chunk_duration": 5.0}, {"use_local_attention": True}):
+        t = asyncio.run(engine.transcribe(long, hotwords=hw.parse_hotwords(missed[i], None), **kw))
+        assert t.text and all(0 <= w.start <= w.end <= t.duration for w in t.words)
 
 
 @requires_model
