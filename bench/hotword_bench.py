@@ -227,6 +227,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--sentences", type=int, default=120, help="fresh sentences for fix/harm rates")
     ap.add_argument("--seeds", type=int, nargs=2, default=(4242, 4243), help="sentences, unrelated lists")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads on CPU (1: CPU time is compute, not spin-waiting threads)")
     ap.add_argument("--skip-accuracy", action="store_true")
     ap.add_argument("--quick", action="store_true", help="smoke run: tiny sizes, one repeat")
     args = ap.parse_args()
@@ -238,6 +240,9 @@ def main() -> None:
     import synth
     from asr_engine import Engine, load_model
     from settings import Settings
+
+    if not torch.cuda.is_available():
+        torch.set_num_threads(args.threads)
 
     model = load_model(args.model, None)
     engine = Engine(Settings(model=args.model, max_batch_size=max(16, args.batch), warmup=True), model=model)
