@@ -3,12 +3,13 @@
 #
 #   bash bench/gpu_suite.sh [OUT_DIR] [PART ...]
 #
-# PARTS (default: all, in this order): batch levers stream long startup
+# PARTS (default: all, in this order): batch levers stream long startup hotwords
 #   batch    bench/batch_bench.py: plain NeMo vs engine vs handler, full-size and tiny, 32 jobs
 #   levers   bench/gpu_levers.py: BF16, SDPA, CUDA graphs, torch.compile, batch sizes 1..128
 #   stream   bench/stream_bench.py: 1..300 real-time streams, default and low-latency settings
 #   long     bench/long_audio_bench.py: 1, 2, 3 h through local attention and chunking
 #   startup  bench/startup_bench.py: time to ready, first vs steady request, warmup on/off, loaders
+#   hotwords bench/hotword_bench.py: decoding with 0/10/100/1000 hotwords, batch and streaming
 # Each part writes OUT_DIR/<part>.json (its benchmarks' JSON results); after every part,
 # OUT_DIR/gpu_suite.json holds all part files present plus the machine's description. Parts
 # can run in separate calls (a time-limited machine): the merge keeps earlier parts.
@@ -27,7 +28,7 @@ cd "$ROOT"
 OUT_DIR="${1:-$ROOT/bench/results/gpu}"
 shift || true
 PARTS=("$@")
-[ ${#PARTS[@]} -eq 0 ] && PARTS=(batch levers stream long startup)
+[ ${#PARTS[@]} -eq 0 ] && PARTS=(batch levers stream long startup hotwords)
 mkdir -p "$OUT_DIR"
 PY="${PYTHON:-python3}"
 export PYTHONUNBUFFERED=1
@@ -62,9 +63,10 @@ fi
 TINY="$ROOT/tests/assets/tiny_parakeet.nemo"
 # SUITE_QUICK=1: a few seconds a part (the smoke test runs it on CPU with FULL_MODEL=tiny)
 if [ "${SUITE_QUICK:-0}" = 1 ]; then
-    N=4; SIZES="1 2"; STREAMS="1"; HOURS="0.02"; PROG="0"; REQ=2
+    N=4; SIZES="1 2"; STREAMS="1"; HOURS="0.02"; PROG="0"; REQ=2; HOTWORDS="--quick"
 else
     N=32; SIZES="1 2 4 8 16 32 64 128"; STREAMS="1 50 100 200 300"; HOURS="1 2 3"; PROG="1"; REQ=10
+    HOTWORDS="--batch 32 --streams 32"
 fi
 
 # ---- 4. parts: each benchmark's last stdout line is its JSON result
@@ -106,6 +108,9 @@ for PART in "${PARTS[@]}"; do
             run_json full "$PY" bench/long_audio_bench.py --model "$FULL_MODEL" --hours $HOURS --progress-hours $PROG ;;
         startup)
             run_json full "$PY" bench/startup_bench.py --model "$FULL_MODEL" --requests $REQ ;;
+        hotwords)  # cost on the full-size model (random weights: no accuracy there), accuracy on the tiny one
+            run_json full "$PY" bench/hotword_bench.py --model "$FULL_MODEL" --skip-accuracy $HOTWORDS
+            run_json tiny "$PY" bench/hotword_bench.py --model "$TINY" $HOTWORDS ;;
         *) log "unknown part $PART"; continue ;;
     esac
     mv "$PART_FILE.tmp" "$PART_FILE"
