@@ -107,3 +107,16 @@ def test_gpu_suite_runs_parts_merges_json_and_plots(tmp_path):
                             str(tmp_path / "img"), "--tag", "t"], cwd=ROOT, capture_output=True, text=True)
     assert plots.returncode == 0, plots.stderr[-2000:]
     assert (tmp_path / "img" / "rtfx_vs_batch_t.png").stat().st_size > 5000
+
+
+def test_hotword_bench_reports_costs_and_rates():
+    res = _run(["bench/hotword_bench.py", "--quick"])
+    assert res["device"] and set(res["tree_build"]) == {"10", "100", "1000"}
+    for part, key in (("batch", "decoding_vs_none"), ("batch", "whole_pass_vs_none"), ("streaming", "step_vs_none")):
+        ratios = res[part][key]
+        assert ratios["none"] == 1.0 and {"10_each_own", "100_each_own", "1000_each_own"} <= set(ratios), (part, ratios)
+        assert all(sane(v) for v in ratios.values()), (part, ratios)
+    for mode in ("batch", "streaming"):
+        a = res["accuracy"][mode]
+        assert a["sentences"] == 6 and a["wrong"] + a["right"] <= 6, a
+        assert 0 <= a["fix_rate"] <= 1 and 0 <= a["harm_rate"] <= 1 and a["fixed"] <= a["wrong"], a
