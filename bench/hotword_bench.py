@@ -170,7 +170,8 @@ def stream_cost(engine, clips, repeats: int) -> dict:
             "step_vs_none": {k: round(v / best["none"], 2) for k, v in best.items()}}
 
 
-def accuracy(engine, n: int, seeds: tuple[int, int], unrelated: int = 10) -> dict:
+def accuracy(engine, n: int, seeds: tuple[int, int], unrelated: int = 10,
+             modes: tuple[str, ...] = ("batch", "streaming")) -> dict:
     """Fix rate and harm rate on ``n`` fresh sentences in held-out voices, batch and streaming."""
     import synth
     from hotwords import DEFAULT_BOOST, Boosting
@@ -200,6 +201,8 @@ def accuracy(engine, n: int, seeds: tuple[int, int], unrelated: int = 10) -> dic
 
     result = {}
     for mode, run in (("batch", batch), ("streaming", streamed)):
+        if mode not in modes:
+            continue
         every = list(range(n))
         plain = run(every, [None] * n)
         missed = {i: sorted(set(refs[i].split()) - set(plain[i].split())) for i in every}
@@ -230,6 +233,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads on CPU (1: CPU time is compute, not spin-waiting threads)")
     ap.add_argument("--skip-accuracy", action="store_true")
+    ap.add_argument("--accuracy-modes", nargs="+", default=["batch", "streaming"], choices=["batch", "streaming"])
+    ap.add_argument("--skip-cost", action="store_true")
     ap.add_argument("--quick", action="store_true", help="smoke run: tiny sizes, one repeat")
     args = ap.parse_args()
     if args.quick:
@@ -251,12 +256,13 @@ def main() -> None:
         "device": torch.cuda.get_device_name(0) if engine.device.type == "cuda"
         else f"{platform.machine()} CPU, {torch.get_num_threads()} threads",
         "model": args.model,
-        "tree_build": build_cost(engine),
-        "batch": batch_cost(engine, clips[: args.batch], args.repeats),
-        "streaming": stream_cost(engine, clips[: args.streams], args.repeats),
     }
+    if not args.skip_cost:
+        report["tree_build"] = build_cost(engine)
+        report["batch"] = batch_cost(engine, clips[: args.batch], args.repeats)
+        report["streaming"] = stream_cost(engine, clips[: args.streams], args.repeats)
     if not args.skip_accuracy:
-        report["accuracy"] = accuracy(engine, args.sentences, tuple(args.seeds))
+        report["accuracy"] = accuracy(engine, args.sentences, tuple(args.seeds), modes=tuple(args.accuracy_modes))
     print(json.dumps(report))
 
 
