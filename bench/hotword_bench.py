@@ -34,6 +34,18 @@ from _paths import ROOT  # run as a script: puts the repository on sys.path
 SIZES = (0, 10, 100, 1000)
 
 
+def cost_clips(n: int) -> list:
+    import synth
+
+    return [u.audio for u in synth.make_utterances("en", synth.train_voices("en"), n, 31)]
+
+
+def accuracy_sentences(n: int, seed: int) -> list:
+    import synth
+
+    return synth.make_utterances("en", synth.HELD_OUT["en"], n, seed)
+
+
 def phrase_lists(n: int, count: int, seed: int) -> list[tuple[str, ...]]:
     """``count`` different lists of ``n`` phrases from the test model's English words (two-word
     phrases once the 493 words run out), so no two utterances share a tree."""
@@ -176,7 +188,7 @@ def accuracy(engine, n: int, seeds: tuple[int, int], unrelated: int = 10,
     import synth
     from hotwords import DEFAULT_BOOST, Boosting
 
-    utts = synth.make_utterances("en", synth.HELD_OUT["en"], n, seeds[0])
+    utts = accuracy_sentences(n, seeds[0])
     refs = [u.text.strip() for u in utts]
     clips = [u.audio for u in utts]
     vocab = synth.load_words("en")
@@ -242,7 +254,6 @@ def main() -> None:
 
     import torch
 
-    import synth
     from asr_engine import Engine, load_model
     from settings import Settings
 
@@ -251,7 +262,7 @@ def main() -> None:
 
     model = load_model(args.model, None)
     engine = Engine(Settings(model=args.model, max_batch_size=max(16, args.batch), warmup=True), model=model)
-    clips = [u.audio for u in synth.make_utterances("en", synth.train_voices("en"), max(args.batch, args.streams), 31)]
+    clips = cost_clips(max(args.batch, args.streams))
     report = {
         "device": torch.cuda.get_device_name(0) if engine.device.type == "cuda"
         else f"{platform.machine()} CPU, {torch.get_num_threads()} threads",

@@ -18,6 +18,7 @@ os.environ.setdefault("ESPEAK_CACHE", str(ROOT / ".bench_audio"))
 
 import batch_bench  # noqa: E402
 import build_full  # noqa: E402
+import hotword_bench  # noqa: E402
 import long_audio_bench  # noqa: E402
 import stream_bench  # noqa: E402
 import synth  # noqa: E402
@@ -30,6 +31,8 @@ def main() -> None:
         stream_bench.make_stream_audio(i)
     synth.make_utterances("en", ["en-us"], 10, 77)  # startup_bench
     build_full.calibration_clips()
+    hotword_bench.cost_clips(32)  # the hotwords part (--batch/--streams 32)
+    hotword_bench.accuracy_sentences(120, 4242)
     cache = Path(os.environ["ESPEAK_CACHE"])
     files = list(cache.glob("*.npz"))
     print(f"{cache}: {len(files)} clips, {sum(f.stat().st_size for f in files) / 2**20:.1f} MiB")
