@@ -11,6 +11,7 @@ plain PyTorch loop on the CPU TDT loss (tdt_loss.py), since NeMo's TDT loss is C
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -49,7 +50,7 @@ def _int16(audio: np.ndarray) -> np.ndarray:
 def _synth_chunk(args):
     lang, voices, n, seed = args
     return [(u.text, u.lang, u.voice, _int16(u.audio))
-            for u in synth.make_utterances(lang, voices, n, seed)]
+            for u in synth.make_utterances(lang, voices, n, seed, recipe=synth.V2)]
 
 
 def make_training_data(n_en: int, n_ru: int, seed: int, path: Path) -> None:
@@ -248,30 +249,61 @@ def _probe_wer(model, probe, ctc_head=None) -> str:
 
 # ---------------------------------------------------------------- evaluation
 EVAL_SETS = {
-    # name: (language, voices, seed); sentences are fresh draws, never the training ones
-    "en_train_voices": ("en", None, 901),
-    "en_held_out_voices": ("en", synth.HELD_OUT["en"], 902),
-    "ru_train_voices": ("ru", None, 903),
-    "ru_held_out_voices": ("ru", synth.HELD_OUT["ru"], 904),
+    # name: (language, voices, seeds); every clip is a fresh draw, never a training one. Seeds:
+    # V1-style sentences (the figures measured since the first model), sentences with and without
+    # silence around the speech, 1-2-word utterances with and without it.
+    "en_train_voices": ("en", None, (901, 931, 941)),
+    "en_held_out_voices": ("en", synth.HELD_OUT["en"], (902, 932, 942)),
+    "ru_train_voices": ("ru", None, (903, 933, 943)),
+    "ru_held_out_voices": ("ru", synth.HELD_OUT["ru"], (904, 934, 944)),
 }
+EDGE_PAD = 0.3  # seconds of silence the "padded" clips get at both ends
+
+
+def _transcribe(model, audios: list, timestamps: bool = False) -> list:
+    hyps = model.transcribe(audios, batch_size=16, timestamps=timestamps, verbose=False)
+    model.eval()
+    return hyps
+
+
+def _first_word_ok(ref: str, hyp: str) -> bool:
+    return bool(hyp.split()) and hyp.split()[0] == ref.split()[0]
 
 
 def evaluate(model_path: Path, n: int) -> dict:
+    """Per language and voice group: WER on V1-style clips (as measured since the first model);
+    WER and first-word accuracy on the same sentences unpadded (speech from the first to the
+    last sample) and padded (0.3 s of silence at both ends); exact match on 1-2-word utterances."""
     import jiwer
 
     from asr_engine import load_model
 
     model = load_model(str(model_path), device="cpu")
     results = {}
-    for name, (lang, voices, seed) in EVAL_SETS.items():
-        utts = synth.make_utterances(lang, voices or synth.train_voices(lang), n, seed)
-        hyps = model.transcribe([u.audio for u in utts], batch_size=16, timestamps=True, verbose=False)
-        model.eval()
+    for name, (lang, voices, (seed, seed_edges, seed_short)) in EVAL_SETS.items():
+        voices = voices or synth.train_voices(lang)
+        utts = synth.make_utterances(lang, voices, n, seed)
+        hyps = _transcribe(model, [u.audio for u in utts], timestamps=True)
         refs = [u.text for u in utts]
-        texts = [h.text for h in hyps]
         ts_ok = all(_timestamps_ok(h, len(u.audio) / 16000) for h, u in zip(hyps, utts))
-        results[name] = {"n": n, "wer": round(jiwer.wer(refs, texts), 4), "timestamps_ok": ts_ok}
-        log.info("eval %-20s WER %.2f%%  timestamps ok: %s", name, 100 * results[name]["wer"], ts_ok)
+        res = {"n": n, "wer": round(jiwer.wer(refs, [h.text for h in hyps]), 4), "timestamps_ok": ts_ok}
+        for kind, seed_k, words_range in (("sentences", seed_edges, (3, 12)), ("short", seed_short, (1, 2))):
+            pairs = synth.edge_pairs(lang, voices, n, seed_k, words_range, pad=EDGE_PAD)
+            refs = [u.text for u, _ in pairs]
+            for i, variant in enumerate(("unpadded", "padded")):
+                texts = [h.text.strip() for h in _transcribe(model, [p[i].audio for p in pairs])]
+                if kind == "sentences":
+                    res[f"wer_{variant}"] = round(jiwer.wer(refs, texts), 4)
+                    res[f"first_word_{variant}"] = round(float(np.mean([_first_word_ok(r, t) for r, t in zip(refs, texts)])), 4)
+                else:
+                    res[f"short_exact_{variant}"] = round(float(np.mean([r == t for r, t in zip(refs, texts)])), 4)
+                    res[f"short_wer_{variant}"] = round(jiwer.wer(refs, texts), 4)
+        results[name] = res
+        log.info("eval %-20s WER %.2f%% | sentences WER unpadded %.2f%% padded %.2f%%, first word %.1f%% / %.1f%%"
+                 " | 1-2 words exact %.1f%% / %.1f%% | timestamps ok: %s", name, 100 * res["wer"],
+                 100 * res["wer_unpadded"], 100 * res["wer_padded"], 100 * res["first_word_unpadded"],
+                 100 * res["first_word_padded"], 100 * res["short_exact_unpadded"], 100 * res["short_exact_padded"],
+                 ts_ok)
     return results
 
 
@@ -307,13 +339,18 @@ def main() -> None:
     ap.add_argument("--ctc-weight", type=float, default=0.3)
     ap.add_argument("--eval-n", type=int, default=200)
     ap.add_argument("--out", type=Path, default=MODEL_PATH)
+    ap.add_argument("--metrics", type=Path, help="where the metrics go (default: next to --out; the committed"
+                    " model's are tests/assets/tiny_parakeet_metrics.json)")
     ap.add_argument("--init", type=Path, help="start from this .nemo instead of random weights")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("nemo_logger").setLevel(logging.ERROR)
     torch.set_num_threads(os.cpu_count() or 2)
     random.seed(args.seed)
-    data_path = WORK / f"train_{args.seed}_{args.n_en}_{args.n_ru}.npz"
+    data_path = WORK / f"train_v2_{args.seed}_{args.n_en}_{args.n_ru}.npz"  # V2 recipe (issue 15)
+    if args.metrics is None:
+        args.metrics = METRICS_PATH if args.out.resolve() == MODEL_PATH else args.out.with_suffix(".metrics.json")
+    t_build = time.time()
 
     if args.stage in ("all", "data") and not data_path.exists():
         make_training_data(args.n_en, args.n_ru, args.seed, data_path)
@@ -333,20 +370,26 @@ def main() -> None:
         boot = as_dataset(synth.make_utterances("en", ["en-us"], 600, args.seed + 1, augment=False))
         phases = curriculum(0 if args.init else args.boot_steps, 0 if args.init else args.ctc_steps, args.steps)
         info = train(model, data, boot, phases, args.seed, args.batch_seconds, args.lr, args.ctc_weight)
-        info.update({"parameters": n_params, "train_utterances": int(len(data["lens"])),
+        info.update({"data_recipe": dataclasses.asdict(synth.V2), "parameters": n_params, "train_utterances": int(len(data["lens"])),
                      "train_hours": round(float(data["lens"].sum()) / 16000 / 3600, 2), "seed": args.seed,
                      "threads": torch.get_num_threads(), "args": {k: _rel(v) for k, v in vars(args).items()}})
         model.save_to(str(args.out))
         log.info("saved %s (%.1f MB)", args.out, args.out.stat().st_size / 1e6)
     if args.stage in ("all", "eval"):
         results = evaluate(args.out, args.eval_n)
-        old = json.loads(METRICS_PATH.read_text()) if METRICS_PATH.exists() and not info else {}
+        old = json.loads(args.metrics.read_text()) if args.metrics.exists() and not info else {}
         metrics = {**old, **({"training": info} if info else {}), "eval": results,
                    "model_size_mb": round(args.out.stat().st_size / 1e6, 2)}
-        if args.out == MODEL_PATH:
-            METRICS_PATH.write_text(json.dumps(metrics, indent=2) + "\n")
+        if args.stage == "all":
+            metrics["build_seconds"] = round(time.time() - t_build, 1)
+        args.metrics.write_text(json.dumps(metrics, indent=2) + "\n")
         print(json.dumps(metrics, indent=2))
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except BaseException:  # a long build runs unattended: say so in its log, then fail as usual
+        log.exception("BUILD FAILED")
+        raise
+    log.info("BUILD DONE")

@@ -2,11 +2,17 @@
 
 Everything is driven by a seed, so the same call gives the same audio. Voices are espeak-ng
 accent + voice-variant pairs; the HELD_OUT voices never appear in training data.
+
+Two recipes: ``V1`` (the tests' fixtures and the first model's data: 3-12 words, 0.05-0.6 s of
+silence around the speech) and ``V2`` (the model's training data since issue 15: also 1-2-word
+utterances and speech at the very start and end of the clip, sometimes cut a few ms into the
+first phoneme, as a VAD-cut or trimmed clip and a stream joined mid-speech give it).
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import random
 import subprocess
@@ -44,6 +50,20 @@ def load_words(lang: str) -> list[str]:
     return [w for w in words if w]
 
 
+@dataclass(frozen=True)
+class Recipe:
+    """How an augmented utterance is drawn (``V1`` reproduces the first model's data exactly)."""
+
+    short_share: float  # share of 1-2-word utterances; the rest have 3-12 words
+    speed: tuple[int, int]  # espeak-ng words per minute
+    gain: tuple[float, float]  # peak level, fraction of full scale (V2: log-uniform)
+    edges: str  # "v1": 0.05-0.6 s of silence each side; "v2": a mixture from 0 s (see _edges_v2)
+
+
+V1 = Recipe(0.0, (120, 200), (0.1, 0.95), "v1")
+V2 = Recipe(0.18, (110, 220), (0.03, 0.95), "v2")
+
+
 @dataclass
 class Utterance:
     text: str
@@ -56,6 +76,34 @@ class Utterance:
 
 def random_sentence(rng: random.Random, words: list[str], lo: int = 3, hi: int = 12) -> str:
     return " ".join(rng.choice(words) for _ in range(rng.randint(lo, hi)))
+
+
+def trim_to_speech(speech: np.ndarray, margin: int = 0) -> np.ndarray:
+    """espeak-ng's output without its own leading and trailing silence (plus ``margin`` samples;
+    V1's slice ends one sample short of the margin, kept so that V1 audio stays bit-identical)."""
+    nz = np.flatnonzero(np.abs(speech) > 1e-3)
+    return speech[max(nz[0] - margin, 0) : nz[-1] + max(margin, 1)] if nz.size else speech
+
+
+def _edges_v2(rng: random.Random) -> tuple[float, float, float, float]:
+    """(lead s, tail s, cut into the speech at the start s, at the end s) for the V2 recipe.
+
+    A third of the clips start exactly at the speech, half of those a few ms into the first
+    phoneme (a VAD cut, a stream joined mid-word); a fifth have a short lead; the rest keep the
+    V1 silences. The end is drawn the same way, with shallower cuts."""
+    def one(max_cut: float) -> tuple[float, float]:
+        r = rng.random()
+        if r < 0.17:
+            return 0.0, rng.uniform(0.0, max_cut)
+        if r < 0.34:
+            return 0.0, 0.0
+        if r < 0.55:
+            return rng.uniform(0.0, 0.1), 0.0
+        return rng.uniform(0.05, 0.6), 0.0
+
+    lead, cut_start = one(0.02)
+    tail, cut_end = one(0.01)
+    return lead, tail, cut_start, cut_end
 
 
 def espeak(text: str, voice: str, speed: int = 175, pitch: int = 50, gap: int = 0) -> np.ndarray:
@@ -80,29 +128,63 @@ def espeak(text: str, voice: str, speed: int = 175, pitch: int = 50, gap: int = 
     return soxr.resample(pcm, _ESPEAK_RATE, SAMPLE_RATE).astype(np.float32)
 
 
-def synthesize(text: str, lang: str, voice: str, rng: random.Random, augment: bool = True) -> Utterance:
+def synthesize(text: str, lang: str, voice: str, rng: random.Random, augment: bool = True,
+               recipe: Recipe = V1) -> Utterance:
     """One utterance with random speaking rate, pitch, loudness, silences and light noise."""
     if augment:
-        speed, pitch, gap = rng.randint(120, 200), rng.randint(25, 75), rng.choice([0, 0, 0, 1, 2])
+        speed, pitch, gap = rng.randint(*recipe.speed), rng.randint(25, 75), rng.choice([0, 0, 0, 1, 2])
     else:
         speed, pitch, gap = 175, 50, 0
     speech = espeak(text, voice, speed, pitch, gap)
-    nz = np.flatnonzero(np.abs(speech) > 1e-3)
-    if nz.size:  # espeak pads a little silence itself; keep its speech span as given
-        speech = speech[max(nz[0] - 160, 0) : nz[-1] + 160]
-    lead = rng.uniform(0.05, 0.6) if augment else 0.2
-    tail = rng.uniform(0.05, 0.6) if augment else 0.2
+    if augment and recipe.edges == "v2":
+        lead, tail, cut_start, cut_end = _edges_v2(rng)
+        speech = trim_to_speech(speech)
+        a, b = int(cut_start * SAMPLE_RATE), int(cut_end * SAMPLE_RATE)
+        if speech.size > 4 * (a + b):  # never cut a short word away
+            speech = speech[a : speech.size - b]
+    else:  # espeak pads a little silence itself; keep its speech span as given
+        speech = trim_to_speech(speech, margin=160)
+        lead = rng.uniform(0.05, 0.6) if augment else 0.2
+        tail = rng.uniform(0.05, 0.6) if augment else 0.2
     audio = np.concatenate([
         np.zeros(int(lead * SAMPLE_RATE), np.float32), speech, np.zeros(int(tail * SAMPLE_RATE), np.float32)
     ])
     if augment:
-        gain = rng.uniform(0.1, 0.95) / max(float(np.abs(audio).max()), 1e-4)
+        lo, hi = recipe.gain
+        level = rng.uniform(lo, hi) if recipe.edges == "v1" else math.exp(rng.uniform(math.log(lo), math.log(hi)))
+        gain = level / max(float(np.abs(audio).max()), 1e-4)
         audio *= gain
         snr_db = rng.uniform(15.0, 45.0)
         power = float(np.mean(speech**2)) * gain**2 if speech.size else 1e-8
         np_rng = np.random.default_rng(rng.getrandbits(32))
         audio += np_rng.standard_normal(audio.size).astype(np.float32) * np.sqrt(power / 10 ** (snr_db / 10))
     return Utterance(text, lang, voice, audio.astype(np.float32), lead, lead + speech.size / SAMPLE_RATE)
+
+
+def edge_pairs(lang: str, voices: list[str], n: int, seed: int,
+               words_range: tuple[int, int] = (3, 12), pad: float = 0.3) -> list[tuple[Utterance, Utterance]]:
+    """``n`` (unpadded, padded) pairs of the same speech: unpadded is espeak-ng's output trimmed to
+    its first and last non-silent sample, padded has ``pad`` s of silence added at both ends.
+    Rate, pitch, level and noise are drawn as in training (V1 ranges) and shared by the pair."""
+    rng = random.Random(seed)
+    words = load_words(lang)
+    out = []
+    for _ in range(n):
+        text = random_sentence(rng, words, *words_range)
+        voice = rng.choice(voices)
+        speed, pitch, gap = rng.randint(*V1.speed), rng.randint(25, 75), rng.choice([0, 0, 0, 1, 2])
+        speech = trim_to_speech(espeak(text, voice, speed, pitch, gap))
+        speech *= rng.uniform(*V1.gain) / max(float(np.abs(speech).max()), 1e-4)
+        sigma = np.sqrt(float(np.mean(speech**2)) / 10 ** (rng.uniform(15.0, 45.0) / 10))
+        noise = np.random.default_rng(rng.getrandbits(32)).standard_normal(speech.size + 2 * int(pad * SAMPLE_RATE))
+        noise = (noise * sigma).astype(np.float32)
+        k = int(pad * SAMPLE_RATE)
+        padded = np.concatenate([np.zeros(k, np.float32), speech, np.zeros(k, np.float32)]) + noise
+        unpadded = speech + noise[k : k + speech.size]
+        end = speech.size / SAMPLE_RATE
+        out.append((Utterance(text, lang, voice, unpadded.astype(np.float32), 0.0, end),
+                    Utterance(text, lang, voice, padded.astype(np.float32), pad, pad + end)))
+    return out
 
 
 def pad_batch(audios: list[np.ndarray]):
@@ -116,11 +198,19 @@ def pad_batch(audios: list[np.ndarray]):
     return sig, lens
 
 
-def make_utterances(lang: str, voices: list[str], n: int, seed: int, augment: bool = True) -> list[Utterance]:
+def make_utterances(lang: str, voices: list[str], n: int, seed: int, augment: bool = True,
+                    recipe: Recipe = V1, words_range: tuple[int, int] | None = None) -> list[Utterance]:
+    """``n`` utterances; ``words_range`` fixes the words per utterance (else the recipe's mix)."""
     rng = random.Random(seed)
     words = load_words(lang)
     out = []
     for _ in range(n):
-        text = random_sentence(rng, words)
-        out.append(synthesize(text, lang, rng.choice(voices), rng, augment))
+        if words_range is not None:
+            lo, hi = words_range
+        elif recipe.short_share and rng.random() < recipe.short_share:  # V1 draws nothing here
+            lo, hi = 1, 2
+        else:
+            lo, hi = 3, 12
+        text = random_sentence(rng, words, lo, hi)
+        out.append(synthesize(text, lang, rng.choice(voices), rng, augment, recipe))
     return out
