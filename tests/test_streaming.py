@@ -25,6 +25,9 @@ from websocket_handler import ASRServer, PcmInput
 # vs the offline transcript of the same audio; offline 1.3%.
 STREAM_MAX_WER = 0.08
 STREAM_VS_OFFLINE_MAX_WER = 0.08
+# A session that starts at the first sample of speech (8 streams, measured in the MODEL_CARD):
+MIDSPEECH_MIN_FIRST_WORDS = 7
+MIDSPEECH_MAX_WER = 0.10
 
 
 class ServerThread:
@@ -140,6 +143,30 @@ def test_streaming_accuracy_and_gap_to_offline(server, engine):
     refs = [u.text for u in utts]
     assert jiwer.wer(refs, streamed) <= STREAM_MAX_WER, list(zip(refs, streamed))
     assert jiwer.wer(offline, streamed) <= STREAM_VS_OFFLINE_MAX_WER
+
+
+def test_session_joined_mid_speech_recognises_its_first_words(server):
+    """The stream starts at the first sample of speech (a client that joins mid-speech, a VAD that
+    cut the silence away) and ends right after the last: the first final still holds the first
+    words. Two utterances per stream, a pause between them, no silence before the first."""
+    pairs = synth.edge_pairs("en", synth.train_voices("en"), 10, 7031) + \
+        synth.edge_pairs("ru", synth.train_voices("ru"), 6, 7032)
+    gap = np.zeros(int(1.2 * 16000), np.float32)
+    clips = [(np.concatenate([a.audio, gap, b.audio]), a.text, b.text)
+             for (a, _), (b, _) in zip(pairs[0::2], pairs[1::2])]
+
+    async def all_streams():
+        return [finals((await stream(server.url, audio))[0]) for audio, _, _ in clips]
+
+    results = asyncio.run(all_streams())
+    assert all(len(fin) == 2 for fin in results), [[m["text"] for m in fin] for fin in results]
+    firsts = [fin[0]["text"] for fin in results]
+    refs = [ref for _, ref, _ in clips]
+    first_ok = sum(t.split()[:1] == r.split()[:1] for r, t in zip(refs, firsts))
+    print(f"mid-speech start: first word {first_ok}/{len(refs)}, WER {jiwer.wer(refs, firsts):.3f}")
+    assert first_ok >= MIDSPEECH_MIN_FIRST_WORDS, list(zip(refs, firsts))
+    assert jiwer.wer(refs, firsts) <= MIDSPEECH_MAX_WER, list(zip(refs, firsts))
+    assert all(fin[0]["words"][0]["start"] <= 0.3 for fin in results)  # the first word is at the start
 
 
 @pytest.mark.parametrize("rate", [8000, 22050, 16000, 44100, 48000])

@@ -86,6 +86,48 @@ def test_russian_is_cyrillic(results):
         assert text and re.fullmatch(r"[а-яё ]+", text), text[:200]
 
 
+# Clips with no silence around the speech (espeak-ng output trimmed to its first and last sample)
+# and 1-2-word utterances: (language, seed of the sentences, seed of the short utterances).
+EDGE_CASES = {"en": ("en", 5201, 5202), "ru": ("ru", 5203, 5204)}
+N_SHORT = 40
+EDGE_MAX_WER = {"en": 0.05, "ru": 0.05}  # unpadded sentences, training voices
+EDGE_MIN_FIRST_WORD = 0.9
+SHORT_MIN_EXACT = 0.8
+
+
+@pytest.fixture(scope="module")
+def edge_results(tiny_model):
+    out = {}
+    for name, (lang, seed, seed_short) in EDGE_CASES.items():
+        voices = synth.train_voices(lang)
+        sentences = [u for u, _ in synth.edge_pairs(lang, voices, N, seed)]
+        short = [u for u, _ in synth.edge_pairs(lang, voices, N_SHORT, seed_short, words_range=(1, 2))]
+        hyps = tiny_model.transcribe([u.audio for u in sentences + short], batch_size=8, verbose=False)
+        tiny_model.eval()
+        texts = [h.text.strip() for h in hyps]
+        out[name] = (sentences, texts[:N], short, texts[N:])
+    return out
+
+
+@pytest.mark.parametrize("name", list(EDGE_CASES))
+def test_speech_from_the_first_sample_is_recognised(edge_results, name):
+    sentences, texts, _, _ = edge_results[name]
+    refs = [u.text for u in sentences]
+    wer = jiwer.wer(refs, texts)
+    first = sum(t.split()[:1] == r.split()[:1] for r, t in zip(refs, texts)) / len(refs)
+    print(f"{name} unpadded: WER {wer:.3f}, first word {first:.2f}")
+    assert wer <= EDGE_MAX_WER[name], list(zip(refs, texts))
+    assert first >= EDGE_MIN_FIRST_WORD, [(r, t) for r, t in zip(refs, texts) if r.split()[:1] != t.split()[:1]]
+
+
+@pytest.mark.parametrize("name", list(EDGE_CASES))
+def test_one_and_two_word_utterances_are_recognised(edge_results, name):
+    _, _, short, texts = edge_results[name]
+    exact = sum(u.text == t for u, t in zip(short, texts)) / len(short)
+    print(f"{name} 1-2 words: exact {exact:.2f}")
+    assert exact >= SHORT_MIN_EXACT, [(u.text, t) for u, t in zip(short, texts) if u.text != t]
+
+
 def test_silence_gives_no_words(tiny_model):
     import numpy as np
 
