@@ -152,8 +152,8 @@ def curriculum(boot_steps: int, ctc_steps: int, tdt_steps: int) -> list[Phase]:
             Phase("tdt", tdt_steps, "full", "tdt")]
 
 
-def train(model, data: dict, boot: dict, phases: list[Phase], seed: int, max_seconds: float, peak_lr: float,
-          ctc_weight: float) -> dict:
+def train(model, data: dict, boot: dict | None, phases: list[Phase], seed: int, max_seconds: float, peak_lr: float,
+          ctc_weight: float, warmup: int = 100) -> dict:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     tok = model.tokenizer
@@ -164,7 +164,6 @@ def train(model, data: dict, boot: dict, phases: list[Phase], seed: int, max_sec
     opt = torch.optim.AdamW(params, lr=peak_lr, betas=(0.9, 0.98), weight_decay=1e-3)
     total = sum(p.steps for p in phases)
     decay_from = total - phases[-1].steps
-    warmup = 100
 
     def lr_at(step):  # linear warmup, flat through the CTC phases, cosine over the TDT phase
         if step < warmup:
@@ -175,7 +174,7 @@ def train(model, data: dict, boot: dict, phases: list[Phase], seed: int, max_sec
         return 1e-5 + 0.5 * (peak_lr - 1e-5) * (1 + math.cos(math.pi * progress))
 
     streams = {name: endless_batches(d, max_seconds, rng, [tok.text_to_ids(t) for t in d["texts"]], blank)
-               for name, d in (("bootstrap", boot), ("full", data))}
+               for name, d in (("bootstrap", boot), ("full", data)) if d is not None}
     probe = _probe_set()
     spec_aug = model.spec_augmentation
     model.train()
@@ -336,6 +335,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=2000, help="phase 3: TDT + auxiliary CTC on the full data")
     ap.add_argument("--batch-seconds", type=float, default=60.0)
     ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--warmup", type=int, default=100, help="linear LR warmup steps")
+    ap.add_argument("--threads", type=int, help="torch threads (default: all cores; 1 is faster on a crowded CPU)")
     ap.add_argument("--ctc-weight", type=float, default=0.3)
     ap.add_argument("--eval-n", type=int, default=200)
     ap.add_argument("--out", type=Path, default=MODEL_PATH)
@@ -345,7 +346,7 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("nemo_logger").setLevel(logging.ERROR)
-    torch.set_num_threads(os.cpu_count() or 2)
+    torch.set_num_threads(args.threads or os.cpu_count() or 2)
     random.seed(args.seed)
     data_path = WORK / f"train_v2_{args.seed}_{args.n_en}_{args.n_ru}.npz"  # V2 recipe (issue 15)
     if args.metrics is None:
@@ -367,9 +368,9 @@ def main() -> None:
             model = build_model(tok_dir)
         n_params = sum(p.numel() for p in model.parameters())
         log.info("model: %.2f M parameters", n_params / 1e6)
-        boot = as_dataset(synth.make_utterances("en", ["en-us"], 600, args.seed + 1, augment=False))
+        boot = None if args.init else as_dataset(synth.make_utterances("en", ["en-us"], 600, args.seed + 1, augment=False))
         phases = curriculum(0 if args.init else args.boot_steps, 0 if args.init else args.ctc_steps, args.steps)
-        info = train(model, data, boot, phases, args.seed, args.batch_seconds, args.lr, args.ctc_weight)
+        info = train(model, data, boot, phases, args.seed, args.batch_seconds, args.lr, args.ctc_weight, args.warmup)
         info.update({"data_recipe": dataclasses.asdict(synth.V2), "parameters": n_params, "train_utterances": int(len(data["lens"])),
                      "train_hours": round(float(data["lens"].sum()) / 16000 / 3600, 2), "seed": args.seed,
                      "threads": torch.get_num_threads(), "args": {k: _rel(v) for k, v in vars(args).items()}})
