@@ -15,19 +15,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tools" / "test_model"))
-sys.path.insert(0, str(ROOT / "bench"))
+import jiwer
 
-import jiwer  # noqa: E402
+from _paths import ROOT  # run as a script: puts the repository on sys.path
 
-import synth  # noqa: E402
-from client import ASRWebSocketClient, pcm16_bytes  # noqa: E402
-from stream_bench import start_local_server  # noqa: E402
+# isort: split
+import synth
+from client import ASRWebSocketClient, pcm16_bytes
+from stream_bench import start_local_server
 
 
 async def stream_text(url: str, audio) -> str:

@@ -293,7 +293,8 @@ def evaluate(model_path: Path, n: int) -> dict:
                 texts = [h.text.strip() for h in _transcribe(model, [p[i].audio for p in pairs])]
                 if kind == "sentences":
                     res[f"wer_{variant}"] = round(jiwer.wer(refs, texts), 4)
-                    res[f"first_word_{variant}"] = round(float(np.mean([_first_word_ok(r, t) for r, t in zip(refs, texts)])), 4)
+                    first = [_first_word_ok(r, t) for r, t in zip(refs, texts)]
+                    res[f"first_word_{variant}"] = round(float(np.mean(first)), 4)
                 else:
                     res[f"short_exact_{variant}"] = round(float(np.mean([r == t for r, t in zip(refs, texts)])), 4)
                     res[f"short_wer_{variant}"] = round(jiwer.wer(refs, texts), 4)
@@ -368,10 +369,13 @@ def main() -> None:
             model = build_model(tok_dir)
         n_params = sum(p.numel() for p in model.parameters())
         log.info("model: %.2f M parameters", n_params / 1e6)
-        boot = None if args.init else as_dataset(synth.make_utterances("en", ["en-us"], 600, args.seed + 1, augment=False))
+        boot = None
+        if not args.init:  # phase 1's clean single-voice set (V1, no augmentation: unchanged since the first model)
+            boot = as_dataset(synth.make_utterances("en", ["en-us"], 600, args.seed + 1, augment=False))
         phases = curriculum(0 if args.init else args.boot_steps, 0 if args.init else args.ctc_steps, args.steps)
         info = train(model, data, boot, phases, args.seed, args.batch_seconds, args.lr, args.ctc_weight, args.warmup)
-        info.update({"data_recipe": dataclasses.asdict(synth.V2), "parameters": n_params, "train_utterances": int(len(data["lens"])),
+        info.update({"data_recipe": dataclasses.asdict(synth.V2), "parameters": n_params,
+                     "train_utterances": int(len(data["lens"])),
                      "train_hours": round(float(data["lens"].sum()) / 16000 / 3600, 2), "seed": args.seed,
                      "threads": torch.get_num_threads(), "args": {k: _rel(v) for k, v in vars(args).items()}})
         model.save_to(str(args.out))
