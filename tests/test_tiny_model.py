@@ -88,6 +88,11 @@ def test_russian_is_cyrillic(results):
 
 # Clips with no silence around the speech (espeak-ng output trimmed to its first and last sample)
 # and 1-2-word utterances: (language, seed of the sentences, seed of the short utterances).
+# The bounds are issue 15's targets. The committed model does not meet them yet (it never heard
+# speech at the first sample: first word right on ~50% of such clips, MODEL_CARD.md), so these
+# tests are strict expected failures: they fail as soon as a model meets the targets, which is
+# the moment to drop the marks.
+KNOWN_GAP = pytest.mark.xfail(strict=True, reason="issue 15: the test model loses the first word at the clip start")
 EDGE_CASES = {"en": ("en", 5201, 5202), "ru": ("ru", 5203, 5204)}
 N_SHORT = 40
 EDGE_MAX_WER = {"en": 0.05, "ru": 0.05}  # unpadded sentences, training voices
@@ -109,6 +114,7 @@ def edge_results(tiny_model):
     return out
 
 
+@KNOWN_GAP
 @pytest.mark.parametrize("name", list(EDGE_CASES))
 def test_speech_from_the_first_sample_is_recognised(edge_results, name):
     sentences, texts, _, _ = edge_results[name]
@@ -120,6 +126,7 @@ def test_speech_from_the_first_sample_is_recognised(edge_results, name):
     assert first >= EDGE_MIN_FIRST_WORD, [(r, t) for r, t in zip(refs, texts) if r.split()[:1] != t.split()[:1]]
 
 
+@KNOWN_GAP
 @pytest.mark.parametrize("name", list(EDGE_CASES))
 def test_one_and_two_word_utterances_are_recognised(edge_results, name):
     _, _, short, texts = edge_results[name]
