@@ -47,18 +47,21 @@ def _int16(audio: np.ndarray) -> np.ndarray:
     return (audio * 32767).clip(-32768, 32767).astype(np.int16)  # halves the 25 h of training audio
 
 
+RECIPES = {"v1": synth.V1, "v2": synth.V2}
+
+
 def _synth_chunk(args):
-    lang, voices, n, seed = args
+    lang, voices, n, seed, recipe = args
     return [(u.text, u.lang, u.voice, _int16(u.audio))
-            for u in synth.make_utterances(lang, voices, n, seed, recipe=synth.V2)]
+            for u in synth.make_utterances(lang, voices, n, seed, recipe=RECIPES[recipe])]
 
 
-def make_training_data(n_en: int, n_ru: int, seed: int, path: Path) -> None:
+def make_training_data(n_en: int, n_ru: int, seed: int, path: Path, recipe: str = "v1") -> None:
     chunk = 500
     jobs = []
     for lang, n, off in (("en", n_en, 0), ("ru", n_ru, 1_000_000)):
         for i in range(0, n, chunk):
-            jobs.append((lang, synth.train_voices(lang), min(chunk, n - i), seed * 10_000_000 + off + i))
+            jobs.append((lang, synth.train_voices(lang), min(chunk, n - i), seed * 10_000_000 + off + i, recipe))
     t0 = time.time()
     with Pool(os.cpu_count() or 2) as pool:
         rows = [r for part in pool.map(_synth_chunk, jobs) for r in part]
@@ -329,6 +332,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--stage", choices=["all", "data", "train", "eval"], default="all")
     ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--recipe", choices=sorted(RECIPES), default="v1",
+                    help="training data: v1 (the committed model's) or v2 (issue 15: speech from the first sample,"
+                    " 1-2-word utterances; not yet trained from scratch, see MODEL_CARD.md)")
     ap.add_argument("--n-en", type=int, default=16000)
     ap.add_argument("--n-ru", type=int, default=10000)
     ap.add_argument("--boot-steps", type=int, default=400, help="phase 1: CTC on clean speech of one voice")
@@ -349,13 +355,14 @@ def main() -> None:
     logging.getLogger("nemo_logger").setLevel(logging.ERROR)
     torch.set_num_threads(args.threads or os.cpu_count() or 2)
     random.seed(args.seed)
-    data_path = WORK / f"train_v2_{args.seed}_{args.n_en}_{args.n_ru}.npz"  # V2 recipe (issue 15)
+    tag = "" if args.recipe == "v1" else f"{args.recipe}_"  # v1 keeps the first model's cache name
+    data_path = WORK / f"train_{tag}{args.seed}_{args.n_en}_{args.n_ru}.npz"
     if args.metrics is None:
         args.metrics = METRICS_PATH if args.out.resolve() == MODEL_PATH else args.out.with_suffix(".metrics.json")
     t_build = time.time()
 
     if args.stage in ("all", "data") and not data_path.exists():
-        make_training_data(args.n_en, args.n_ru, args.seed, data_path)
+        make_training_data(args.n_en, args.n_ru, args.seed, data_path, args.recipe)
     info = {}
     if args.stage in ("all", "train"):
         data = dict(np.load(data_path))
@@ -374,7 +381,7 @@ def main() -> None:
             boot = as_dataset(synth.make_utterances("en", ["en-us"], 600, args.seed + 1, augment=False))
         phases = curriculum(0 if args.init else args.boot_steps, 0 if args.init else args.ctc_steps, args.steps)
         info = train(model, data, boot, phases, args.seed, args.batch_seconds, args.lr, args.ctc_weight, args.warmup)
-        info.update({"data_recipe": dataclasses.asdict(synth.V2), "parameters": n_params,
+        info.update({"data_recipe": dataclasses.asdict(RECIPES[args.recipe]), "parameters": n_params,
                      "train_utterances": int(len(data["lens"])),
                      "train_hours": round(float(data["lens"].sum()) / 16000 / 3600, 2), "seed": args.seed,
                      "threads": torch.get_num_threads(), "args": {k: _rel(v) for k, v in vars(args).items()}})
