@@ -89,7 +89,7 @@ def test_russian_is_cyrillic(results):
 # Clips with no silence around the speech (espeak-ng output trimmed to its first and last sample)
 # and 1-2-word utterances: (language, seed of the sentences, seed of the short utterances).
 # The bounds are issue 15's targets. The committed model does not meet them yet (it never heard
-# speech at the first sample: first word right on ~50% of such clips, MODEL_CARD.md), so these
+# speech at the first sample: first word right on 26–40% of such clips, MODEL_CARD.md), so these
 # tests are strict expected failures: they fail as soon as a model meets the targets, which is
 # the moment to drop the marks.
 KNOWN_GAP = pytest.mark.xfail(strict=True, reason="issue 15: the test model loses the first word at the clip start")
