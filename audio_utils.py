@@ -209,6 +209,16 @@ class _TooLong(Exception):
     pass
 
 
+class _NotFinite(Exception):
+    pass
+
+
+def _not_finite() -> ASRError:
+    # NaN or infinite samples (a float WAV may carry them) are no audio the model can transcribe
+    # (found by tools/fuzz.py; tests/fuzz_corpus/decode/)
+    return ASRError(INVALID_AUDIO, "the audio contains NaN or infinite samples")
+
+
 class PcmBuffer:
     """Decoded 16 kHz float32 samples, growing in place up to ``max_samples``: the array handed
     on is a view of this buffer (no second copy)."""
@@ -354,6 +364,8 @@ def _soundfile_blocks(source: bytes | Path, block: int, max_samples: int, max_se
                 if read > max_frames:
                     raise _TooLong
                 mono = audio.mean(axis=1, dtype=np.float32) if channels > 1 else audio[:, 0]
+                if not np.isfinite(mono).all():  # float WAV can carry NaN/inf (or overflow the mix)
+                    raise _NotFinite
                 if resampler is not None:
                     mono = resampler.resample_chunk(np.ascontiguousarray(mono), last=False)
                 out.append(mono)
@@ -361,6 +373,8 @@ def _soundfile_blocks(source: bytes | Path, block: int, max_samples: int, max_se
                 out.append(resampler.resample_chunk(np.zeros(0, np.float32), last=True))
     except _TooLong:
         raise _too_long(min(max_seconds, max_samples / SAMPLE_RATE)) from None
+    except _NotFinite:
+        raise _not_finite() from None
     except Exception:  # noqa: BLE001 - a damaged file: ffmpeg decides (and names the damage)
         return None
     return out.samples()
@@ -407,7 +421,10 @@ async def _decode_ffmpeg(source: bytes | Path, demuxer: str, max_seconds: float,
                 # ffmpeg decodes what it can of a damaged file and reports the rest at error level;
                 # a silently partial transcript would be worse than a clear refusal.
                 raise ASRError(INVALID_AUDIO, "the audio is corrupt or truncated; ffmpeg could not decode all of it")
-            return out.samples()
+            samples = out.samples()
+            if not np.isfinite(samples).all():
+                raise _not_finite()
+            return samples
     finally:
         # cancelled, timed out or done: no ffmpeg outlives its job, no temp file either
         if proc is not None and proc.returncode is None:
