@@ -2,7 +2,9 @@
 
 Everything that runs the model goes through ``Engine``: batch jobs (through the dynamic batcher,
 which gathers requests that arrive together into one forward pass) and the streaming decoder's
-steps (streaming.py). ``Engine.lock`` guarantees that no two callers use the model at the same time.
+steps (streaming.py). ``Engine.lock`` guarantees that no two callers use the model at the same time,
+and lets a waiting streaming step go first; while streams are live, batch work runs in passes cut
+to about one streaming step (``Engine.budget``, see scheduling.py).
 
 Flow of one batch: pad signals -> preprocessor (fp32 mel) -> encoder (compute dtype) ->
 TDT greedy decoding (label-looping, CUDA graphs on GPU; each utterance's hotwords fused in, see
@@ -15,18 +17,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import threading
 import time
 from collections.abc import Callable
 
 import numpy as np
 import torch
 
+import metrics
 from batcher import DynamicBatcher
 from constants import SAMPLE_RATE
 from hotwords import Boosting, Hotwords, PerUtteranceBiasing, TreeCache, register, unregister
 from long_audio import LOCAL_WINDOW_OVERLAP_S, merge_windows, window_spans
 from nemo_patches import lean_subsampling_masks, zero_added_biases
+from scheduling import BATCH, BATCH_POOL, DECODE_POOL, PassBudget, PriorityGate, run_in
 from settings import Settings
 from transcript import Transcript, Word, make_segments
 
@@ -77,7 +80,9 @@ class Engine:
         self.model = model if model is not None else load_model(s.model, s.device or None, s.model_cache_dir)
         self.device = next(self.model.parameters()).device
         self.dtype = compute_dtype(self.device, s.precision)
-        self.lock = threading.Lock()  # one model user at a time: batch jobs and streaming steps
+        self.lock = PriorityGate()  # one model user at a time; a waiting streaming step goes first
+        # while streams are live, a batch pass holds about one streaming step's compute
+        self.budget = PassBudget(BATCH_AUDIO_BUDGET_S, s.live_batch_pass_s, s.live_min_window_s)
         self.attention = "full"
         self._param_names = {name for name, _ in self.model.named_parameters()}
         self._checkpoint_decoding = self.model.cfg.decoding.copy()  # as trained; streaming set-up overwrites cfg
@@ -141,9 +146,10 @@ class Engine:
 
     # ---- model access (callers hold no lock; these take it)
     @contextlib.contextmanager
-    def exclusive(self, attention: str = "full"):
-        """Hold the model, in eval mode, with the requested attention, and restore full attention."""
-        with self.lock:
+    def exclusive(self, attention: str = "full", priority: int = BATCH):
+        """Hold the model, in eval mode, with the requested attention, and restore full attention.
+        ``priority``: ``scheduling.STREAM`` for streaming steps (they go first)."""
+        with self.lock.hold(priority):
             self.model.eval()
             if attention != self.attention:
                 self._set_attention(attention)
@@ -193,12 +199,17 @@ class Engine:
         """Preprocessor, encoder and TDT decoding over one padded batch: hypotheses with word times."""
         autocast = (torch.autocast("cuda", dtype=self.dtype) if self.dtype != torch.float32
                     else contextlib.nullcontext())
+        t0 = time.perf_counter()
         with torch.inference_mode():
             batch, length = batch.to(self.device), length.to(self.device)
             feats, feat_len = m.preprocessor(input_signal=batch, length=length)
             with autocast:
                 enc, enc_len = m.encoder(audio_signal=feats.to(self.dtype), length=feat_len)
-                return self._decode(m, enc, enc_len, boostings)
+                hyps = self._decode(m, enc, enc_len, boostings)
+        took, padded_s = time.perf_counter() - t0, batch.numel() / SAMPLE_RATE
+        self.budget.record(padded_s, took)  # what one second of padded audio costs on this device
+        metrics.forward_pass("batch", float(length.sum()) / SAMPLE_RATE, took)
+        return hyps
 
     def _decode(self, m, enc: torch.Tensor, enc_len: torch.Tensor, boostings: list[Boosting | None]):
         """TDT greedy decoding, each utterance with its own hotword tree (or none): the trees are
@@ -253,6 +264,10 @@ class Engine:
         if use_local_attention or duration > self.settings.local_attention_threshold_s:
             return await self._transcribe_windows(signal, self.settings.local_attention_window_s,
                                                   LOCAL_WINDOW_OVERLAP_S, "local", on_progress, boosting)
+        if self.budget.live and duration > self.budget.audio_s():
+            # a stream is live: short windows through the batcher, so neither the stream nor the
+            # short jobs queued behind this one wait for one long pass
+            return await self._transcribe_windows(signal, self.budget.audio_s(), None, "full", on_progress, boosting)
         return await self._batcher.submit((signal, boosting))
 
     async def _transcribe_windows(self, signal: np.ndarray, window_s: float, overlap_s: float | None,
@@ -266,7 +281,8 @@ class Engine:
             if attention == "full":
                 # Through the batcher one batch-full at a time: jobs that arrive meanwhile are
                 # queued before the next wave, so a 3 h file does not hold up a 3 s one.
-                wave = self._batcher.max_size
+                # while streams are live, a wave is one pass: jobs queued meanwhile go in between
+                wave = max(1, int(self.budget.audio_s() // window_s)) if self.budget.live else self._batcher.max_size
                 for k in range(0, len(pieces), wave):
                     pending = [asyncio.ensure_future(self._batcher.submit((p, boosting))) for p in pieces[k: k + wave]]
                     for fut in pending:
@@ -278,13 +294,14 @@ class Engine:
                 per_pass = max(1, min(self.settings.max_batch_size, int(BATCH_AUDIO_BUDGET_S // window_s)))
                 for k in range(0, len(pieces), per_pass):
                     part = pieces[k: k + per_pass]
-                    results += await asyncio.to_thread(self.transcribe_batch, part, "local", [boosting] * len(part))
+                    results += await run_in(BATCH_POOL, self._transcribe_windows_pass, part, "local", boosting)
                     if on_progress:
                         on_progress(spans[len(results) - 1][1] / duration)
         finally:
             for fut in pending:  # a cancelled job leaves nothing queued behind it
                 fut.cancel()
-        merged = results[0] if len(results) == 1 else merge_windows(spans, results)
+        # the merge is O(seams x words): seconds for hours of audio, so never on the event loop
+        merged = results[0] if len(results) == 1 else await run_in(DECODE_POOL, merge_windows, spans, results)
         if len(results) > 1:
             merged.parts = results
         merged.duration = round(duration, 3)
@@ -295,29 +312,65 @@ class Engine:
         """Wrap a request's audio decoding: see ``DynamicBatcher.request_arriving``."""
         return self._batcher.request_arriving()
 
-    def _run_batch(self, items: list[tuple[np.ndarray, Boosting | None]], deliver=None) -> list[Transcript]:
+    def _run_batch(self, items: list[tuple[np.ndarray, Boosting | None]], deliver=None) -> list[Transcript | Exception]:
         """One batcher call of (signal, boosting) items: sorted by length and split so that no
-        forward pass holds more than BATCH_AUDIO_BUDGET_S of padded audio, nor pads its clips to
-        more than ``max_padding_ratio`` times their real length (one long file is not padded
-        against 15 short ones). Hotwords never split a batch: each utterance brings its own."""
+        forward pass holds more than the pass budget of padded audio (BATCH_AUDIO_BUDGET_S; about
+        one streaming step's compute while streams are live), nor pads its clips to more than
+        ``max_padding_ratio`` times their real length (one long file is not padded against 15 short
+        ones). Hotwords never split a batch: each utterance brings its own. A failed pass is retried
+        clip by clip, so only the clip that fails gets the error."""
         signals = [s for s, _ in items]
         order = sorted(range(len(signals)), key=lambda i: len(signals[i]))
-        out: list[Transcript | None] = [None] * len(signals)
+        out: list[Transcript | Exception | None] = [None] * len(signals)
         group: list[int] = []
         real = 0  # samples of real audio in the group
         for i in order + [None]:
             if i is not None:
                 n = len(signals[i])
                 padded = n * (len(group) + 1)  # sorted: the newcomer is the longest
-                if not group or (padded <= BATCH_AUDIO_BUDGET_S * SAMPLE_RATE
+                if not group or (padded <= self.budget.audio_s() * SAMPLE_RATE
                                  and padded <= self.settings.max_padding_ratio * (real + n)):
                     group.append(i)
                     real += n
                     continue
-            for k, t in zip(group, self.transcribe_batch([signals[k] for k in group], "full",
-                                                         [items[k][1] for k in group])):
+            for k, t in zip(group, self._run_group([signals[k] for k in group], [items[k][1] for k in group])):
                 out[k] = t
                 if deliver:  # short clips answer as soon as their group is done
                     deliver(k, t)
             group, real = ([i], len(signals[i])) if i is not None else ([], 0)
         return out  # type: ignore[return-value]
+
+    def _run_group(self, signals: list[np.ndarray], boostings: list) -> list[Transcript | Exception]:
+        """One group of the batcher: one pass, or windows of the live budget for a clip longer than
+        it while streams are live; on failure, each clip alone (the failing one keeps its error)."""
+        try:
+            if len(signals) == 1 and self.budget.live and len(signals[0]) > self.budget.audio_s() * SAMPLE_RATE:
+                return [self._transcribe_in_windows(signals[0], "full", boostings[0])]
+            return self.transcribe_batch(signals, "full", boostings)
+        except Exception as exc:  # noqa: BLE001 - isolate: the other clips of the group may be fine
+            if len(signals) == 1:
+                log.warning("a %.1f s clip failed in the model: %s", len(signals[0]) / SAMPLE_RATE, type(exc).__name__)
+                return [exc]
+            log.warning("a pass over %d clips failed (%s): retrying them one by one", len(signals), type(exc).__name__)
+            return [self._run_group([x], [b])[0] for x, b in zip(signals, boostings)]
+
+    def _transcribe_windows_pass(self, pieces: list[np.ndarray], attention: str, boosting=None) -> list[Transcript]:
+        """Windows of a long job in one pass; while streams are live, each in windows of the live
+        budget instead (full attention: those windows are short), so no stream waits for a long pass."""
+        if not self.budget.live:
+            return self.transcribe_batch(pieces, attention, [boosting] * len(pieces))
+        return [self._transcribe_in_windows(p, attention, boosting) for p in pieces]
+
+    def _transcribe_in_windows(self, signal: np.ndarray, attention: str, boosting=None) -> Transcript:
+        """One clip in consecutive passes of at most the live budget each, merged at pauses
+        (synchronous; a clip that fits, or with no live stream, runs in one pass)."""
+        duration = len(signal) / SAMPLE_RATE
+        window = self.budget.audio_s()
+        if not self.budget.live or duration <= window:
+            return self.transcribe_batch([signal], attention, [boosting])[0]
+        spans = window_spans(duration, window)
+        parts = [self.transcribe_batch([signal[int(a * SAMPLE_RATE): int(b * SAMPLE_RATE)]], "full", [boosting])[0]
+                 for a, b in spans]
+        merged = merge_windows(spans, parts)
+        merged.duration = round(duration, 3)
+        return merged

@@ -34,6 +34,7 @@ from constants import SAMPLE_RATE
 from errors import (
     AUDIO_TOO_LARGE,
     AUDIO_TOO_LONG,
+    INTERNAL_ERROR,
     INVALID_AUDIO,
     INVALID_INPUT,
     UNSUPPORTED_FORMAT,
@@ -413,6 +414,8 @@ async def _decode_ffmpeg(source: bytes | Path, demuxer: str, max_seconds: float,
                 raise _too_long(min(max_seconds, out.max_bytes / 4 / SAMPLE_RATE)) from None
             except TimeoutError:
                 raise ASRError(INVALID_AUDIO, "decoding the audio took too long") from None
+            if proc.returncode is not None and proc.returncode < 0:  # killed by a signal: not the audio's fault
+                raise ASRError(INTERNAL_ERROR, f"the audio decoder was stopped (signal {-proc.returncode}); try again")
             if proc.returncode != 0:
                 if "matches no streams" in err or "does not contain any stream" in err:
                     raise ASRError(UNSUPPORTED_FORMAT, "the file contains no audio stream")

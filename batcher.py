@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
+import metrics
+from scheduling import BATCH_POOL, run_in
+
 ARRIVING_WAIT_S = 0.05  # longest extra wait for requests still decoding (DynamicBatcher.request_arriving)
 
 
@@ -12,7 +15,8 @@ class DynamicBatcher:
     """Gathers requests that arrive within ``max_wait`` seconds (up to ``max_size``) into one call
     of ``run_batch(items, deliver)`` in a worker thread, so the event loop keeps serving while the
     model runs. ``run_batch`` may call ``deliver(index, result)`` as soon as one item is done (a
-    batch can take several forward passes); whatever it returns settles the rest."""
+    batch can take several forward passes); whatever it returns settles the rest. A result that is
+    an exception fails that item only."""
 
     def __init__(self, run_batch, max_size: int, max_wait: float):
         self.run_batch = run_batch
@@ -42,6 +46,7 @@ class DynamicBatcher:
             self._worker = loop.create_task(self._work())
         fut = loop.create_future()
         self._queue.put_nowait((item, fut))
+        metrics.JOBS_QUEUED.set(self._queue.qsize())
         return await fut
 
     async def _gather(self, queue: asyncio.Queue) -> list:
@@ -69,6 +74,7 @@ class DynamicBatcher:
         queue = self._queue
         while True:
             batch = await self._gather(queue)
+            metrics.JOBS_QUEUED.set(queue.qsize())
             if not batch:
                 continue
             self.batches_run += 1
@@ -76,14 +82,18 @@ class DynamicBatcher:
             futures = [fut for _, fut in batch]
 
             def settle(fut, res):
-                if not fut.done():
+                if fut.done():
+                    return
+                if isinstance(res, Exception):
+                    fut.set_exception(res)
+                else:
                     fut.set_result(res)
 
             def deliver(k, res, futures=futures):  # called from the worker thread
                 loop.call_soon_threadsafe(settle, futures[k], res)
 
             try:
-                results = await asyncio.to_thread(self.run_batch, [item for item, _ in batch], deliver)
+                results = await run_in(BATCH_POOL, self.run_batch, [item for item, _ in batch], deliver)
             except Exception as exc:  # noqa: BLE001 - hand the failure to every waiter, keep serving
                 for fut in futures:
                     if not fut.done():

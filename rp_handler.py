@@ -9,8 +9,12 @@ runs only that server, for RunPod load-balancing endpoints. The input and output
 docs/PROTOCOL.md; the input schema and its rules in job_schema.py.
 
 Every failure becomes ``{"error": "<code>: <message>"}`` (the job is marked FAILED); the worker
-itself never dies on a bad job. Several jobs run at once (``concurrency_modifier``) so that the
-engine's dynamic batcher can put them in one forward pass.
+itself never dies on a bad job. Several jobs run at once (``concurrency_modifier``, fewer when
+memory runs high) so that the engine's dynamic batcher can put them in one forward pass.
+
+SIGTERM/SIGINT (lifecycle.py): the SDK stops taking jobs and waits for the running ones; a
+websocket job flushes its streams and ends with ``reason: "shutdown"``; the process exits 0 within
+``DRAIN_TIMEOUT_S``. Each job writes one structured log line (metrics.py).
 """
 
 from __future__ import annotations
@@ -24,11 +28,14 @@ import runpod
 
 import audio_utils
 import fetch
+import lifecycle
+import metrics
 from asr_engine import Engine
 from errors import INTERNAL_ERROR, ASRError
 from formatting import job_output
 from job_schema import Request, parse_request
 from progress import ProgressReporter, post_progress
+from scheduling import DECODE_POOL, run_in
 from settings import Settings, configure_logging
 
 log = logging.getLogger("rp_handler")
@@ -51,7 +58,7 @@ async def fetch_audio(req: Request, engine: Engine) -> audio_utils.DecodedAudio:
     s = SETTINGS
     if req.audio_base64 is not None:
         with engine.request_arriving():  # jobs that arrive together are batched together
-            data = audio_utils.decode_base64(req.audio_base64, s.max_audio_bytes)
+            data = await run_in(DECODE_POOL, audio_utils.decode_base64, req.audio_base64, s.max_audio_bytes)
             return await audio_utils.decode_audio_async(data, s.max_audio_seconds, req.format, DECODE_BUDGET)
     policy = fetch.DownloadPolicy(s.max_audio_bytes, s.download_timeout_s, s.max_redirects,
                                   s.allow_private_urls, s.allowed_url_hosts)
@@ -64,15 +71,27 @@ async def fetch_audio(req: Request, engine: Engine) -> audio_utils.DecodedAudio:
 
 
 async def handler(job: dict) -> dict:
+    # the SDK (or uvicorn) installed its signal handlers by now: ours chain in front of them
+    lifecycle.install_signal_handlers(SETTINGS.drain_timeout_s)
+    with metrics.JobRecord(str(job.get("id", ""))) as record:
+        out = await _handle(job, record)
+        if "error" in out:
+            record.fail(out["error"].split(":", 1)[0])
+        return out
+
+
+async def _handle(job: dict, record: metrics.JobRecord) -> dict:
     t0 = time.perf_counter()
     try:
         req = parse_request(job.get("input"))
         if req.action == "websocket":
             from websocket_job import websocket_job  # the WebSocket stack only where it is used
 
+            record.kind = "websocket_job"
             return await websocket_job(job, req, SETTINGS, get_engine)
         engine = get_engine()
         audio = await fetch_audio(req, engine)
+        record.audio_s = audio.duration
         progress = None
         if audio.duration > 60:
             progress = ProgressReporter(job, audio.duration, send=functools.partial(post_progress, SETTINGS))
@@ -111,8 +130,27 @@ async def generator_handler(job: dict):
 
 
 def concurrency_modifier(current: int) -> int:
-    # Enough jobs in flight to fill one dynamic batch.
-    return max(1, SETTINGS.max_batch_size)
+    """Enough jobs in flight to fill one dynamic batch, while memory allows: above
+    MEMORY_HIGH_WATER one job fewer each time the SDK asks (down to 1), below it one more;
+    while draining, none (the SDK also stops taking jobs itself)."""
+    if lifecycle.LIFECYCLE.draining:
+        return 1
+    if memory_fraction() > SETTINGS.memory_high_water:
+        return max(1, current - 1)
+    return min(max(1, SETTINGS.max_batch_size), current + 1)
+
+
+def memory_fraction() -> float:
+    """Used fraction of the memory that limits batch jobs: the GPU's on a GPU, else the
+    machine's (or the container's cgroup limit, which psutil reports as the machine's)."""
+    import torch
+
+    if torch.cuda.is_available() and _engine is not None and _engine.device.type == "cuda":
+        free, total = torch.cuda.mem_get_info(_engine.device)
+        return 1.0 - free / total
+    import psutil
+
+    return psutil.virtual_memory().percent / 100.0
 
 
 def main() -> None:
@@ -122,14 +160,19 @@ def main() -> None:
         # health checks to GET /ping on PORT_HEALTH (204 while loading, 200 when warm)
         from websocket_handler import run_server
 
-        asyncio.run(run_server(SETTINGS, SETTINGS.ws_host, SETTINGS.ws_port))
-        return
-    get_engine()  # load and warm up before taking jobs
+        asyncio.run(run_server(SETTINGS, SETTINGS.ws_host, SETTINGS.ws_port))  # until drained
+        lifecycle.exit_now(0)
+    get_engine()  # load and warm up before taking jobs (a signal meanwhile ends the process at once)
+    # before the SDK's server: uvicorn restores and re-raises to this handler when it stops
+    lifecycle.install_signal_handlers(SETTINGS.drain_timeout_s)
     if SETTINGS.generator_handler:
         runpod.serverless.start({"handler": generator_handler, "return_aggregate_stream": True,
                                  "concurrency_modifier": concurrency_modifier})
     else:
         runpod.serverless.start({"handler": handler, "concurrency_modifier": concurrency_modifier})
+    # The SDK returns once it stopped (a signal): every job has finished. Exit now: tearing down
+    # the interpreter's torch/NeMo objects takes 15-20 s on a busy CPU, past many drain budgets.
+    lifecycle.exit_now(0)
 
 
 if __name__ == "__main__":

@@ -55,6 +55,11 @@ class Settings:
     stream_left_s: float = 1.6  # left context re-encoded each step
     stream_right_s: float = 0.48  # look-ahead: adds this much latency, buys accuracy
     stream_eou_ms: int = 800  # silence that ends an utterance (see streaming.StreamConfig)
+    # fairness, overload and shutdown (scheduling.py, lifecycle.py)
+    live_batch_pass_s: float = 0.5  # while streams are live, one batch forward pass aims at this much compute
+    live_min_window_s: float = 10.0  # ... but never cuts audio into windows shorter than this
+    drain_timeout_s: float = 30.0  # SIGTERM/SIGINT: the longest drain before the process exits anyway
+    memory_high_water: float = 0.85  # fraction of RAM (or GPU memory) above which fewer batch jobs are taken
     # process
     log_level: str = "INFO"
     worker_mode: str = "queue"  # queue (RunPod jobs) | load_balancer (only the WebSocket server)
@@ -115,7 +120,9 @@ ENV: dict[str, tuple[str, ...]] = {
     "ws_auth_token": ("WS_AUTH_TOKEN",), "ws_max_sessions": ("WS_MAX_SESSIONS",),
     "ws_idle_timeout_s": ("WS_IDLE_TIMEOUT_S",), "ws_max_message_bytes": ("WS_MAX_MESSAGE_BYTES",),
     "stream_step_s": ("STREAM_CHUNK_S",), "stream_left_s": ("STREAM_LEFT_S",), "stream_right_s": ("STREAM_RIGHT_S",),
-    "stream_eou_ms": ("STREAM_EOU_MS",), "log_level": ("LOG_LEVEL",), "worker_mode": ("WORKER_MODE",),
+    "stream_eou_ms": ("STREAM_EOU_MS",), "live_batch_pass_s": ("LIVE_BATCH_PASS_S",),
+    "live_min_window_s": ("LIVE_MIN_WINDOW_S",), "drain_timeout_s": ("DRAIN_TIMEOUT_S",),
+    "memory_high_water": ("MEMORY_HIGH_WATER",), "log_level": ("LOG_LEVEL",), "worker_mode": ("WORKER_MODE",),
     "generator_handler": ("RUNPOD_GENERATOR_HANDLER",), "runpod_public_ip": ("RUNPOD_PUBLIC_IP",),
     "runpod_public_ws_port": (),  # named after ws_port: see from_env
     "runpod_progress_url": ("RUNPOD_WEBHOOK_POST_OUTPUT",), "runpod_stream_url": ("RUNPOD_WEBHOOK_POST_STREAM",),

@@ -25,9 +25,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+import metrics
 from asr_engine import Engine
 from constants import SAMPLE_RATE
 from hotwords import Boosting, register, unregister
+from scheduling import STREAM, STREAM_POOL, run_in
 from settings import Settings
 from transcript import Word
 
@@ -63,6 +65,7 @@ class StreamUpdate:
     words: list[Word] = field(default_factory=list)  # the final's words, seconds from the stream start
     end: float = 0.0  # seconds of this stream's audio decoded so far
     last: bool = False  # the stream's closing step: nothing follows
+    lag: float = 0.0  # seconds of this stream's audio received but not yet decoded (behind real time)
 
 
 @dataclass
@@ -153,12 +156,23 @@ class StreamDecoder:
                  pipeline.chunk_size, pipeline.left_padding_size, pipeline.right_padding_size, c.eou_ms)
         return pipeline
 
+    def has_demand(self) -> bool:
+        """A live stream has a full step of audio (or its end) waiting: batch passes defer to it.
+        Read from the engine's threads: it only reads a flag the event loop keeps."""
+        return self._demand
+
+    def _update_demand(self) -> None:
+        self._demand = any(s.pending_n >= self.frame_samples or s.closing for s in self.streams.values())
+
     def start(self) -> None:
+        self._demand = False
+        self.engine.lock.stream_demand = self.has_demand
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="stream-scheduler")
             self._task.add_done_callback(self._on_scheduler_exit)
 
     async def stop(self) -> None:
+        self._demand = False
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -175,7 +189,13 @@ class StreamDecoder:
             # we add and remove the tree ourselves: NeMo's automatic removal misses aborted streams
             s.biasing = BiasingRequestItemConfig(boosting_model_alpha=boosting.boost, auto_manage_multi_model=False)
         self.streams[s.id] = s
+        self._count_live()
         return s
+
+    def _count_live(self) -> None:
+        """Live streams make batch work run in short passes (Engine.budget)."""
+        self.engine.budget.live_streams = len(self.streams)
+        metrics.LIVE_STREAMS.set(len(self.streams))
 
     def push(self, stream: Stream, samples: np.ndarray) -> None:
         """Queue 16 kHz float32 samples for decoding."""
@@ -185,6 +205,7 @@ class StreamDecoder:
         stream.pending_n += len(samples)
         stream.samples_in += len(samples)
         if stream.pending_n >= self.frame_samples:
+            self._demand = True
             self._wake.set()
 
     def backlog(self, stream: Stream) -> float:
@@ -195,11 +216,13 @@ class StreamDecoder:
         """No more audio: decode what is left, emit the last final, then free the stream."""
         if not stream.closing:
             stream.closing = True
+            self._demand = True
             self._wake.set()
 
     def abort(self, stream: Stream) -> None:
         """Drop a stream at once (client gone): its pipeline state is freed before the next step."""
         if self.streams.pop(stream.id, None) is not None:
+            self._count_live()
             stream.closed = True
             stream.pending, stream.pending_n = deque(), 0
             if stream.started:
@@ -212,7 +235,9 @@ class StreamDecoder:
 
     async def _run(self) -> None:
         while True:
-            if not self._ready():
+            # a stream aborted during the last step is freed now, not at the next busy moment
+            if not self._ready() and not self._aborted:
+                self._demand = False
                 self._wake.clear()
                 await self._wake.wait()
                 # streams fed in real time become ready at different moments: give the others
@@ -226,12 +251,18 @@ class StreamDecoder:
                     continue
                 frames = [self._next_frame(s) for s in batch]
                 t0 = time.perf_counter()
-                outputs = await asyncio.to_thread(self._step, batch, frames)
-                self.step_seconds += time.perf_counter() - t0
+                # its own one-thread executor: a streaming step never waits for a free thread
+                outputs = await run_in(STREAM_POOL, self._step, batch, frames)
+                took = time.perf_counter() - t0
+                self.step_seconds += took
                 self.steps += 1
                 self.frames += len(frames)
+                metrics.stream_step(took, sum(f.length if f.length >= 0 else self.frame_samples
+                                              for f in frames) / SAMPLE_RATE)
                 for s, frame, out in zip(batch, frames, outputs):
                     self._deliver(s, frame, out)
+                self._update_demand()
+                metrics.STREAM_LAG.set(max((x.pending_n for x in self.streams.values()), default=0) / SAMPLE_RATE)
             except asyncio.CancelledError:
                 raise
             except Exception:  # a failed step must not kill the scheduler: fail those streams only
@@ -242,10 +273,12 @@ class StreamDecoder:
     def _on_scheduler_exit(self, task: asyncio.Task) -> None:
         """Should the scheduler ever die, no reader may wait for it forever."""
         self.failed = True
+        self._demand = False
         for s in list(self.streams.values()):
             s.closed = True
             s.updates.put_nowait(None)
         self.streams.clear()
+        self._count_live()
 
     def _free_aborted(self) -> None:
         while self._aborted:
@@ -286,7 +319,7 @@ class StreamDecoder:
                      if first else None)
 
     def _step(self, batch: list[Stream], frames):
-        with self.engine.exclusive():
+        with self.engine.exclusive(priority=STREAM):
             for s, frame in zip(batch, frames):
                 if frame.is_first and s.biasing is not None:
                     s.biasing.multi_model_id = register(self._multi_model, [s.boosting])[0]
@@ -317,10 +350,11 @@ class StreamDecoder:
             words = [Word(w.text.strip(), round(float(w.start), 3), round(float(w.end), 3),
                           round(float(w.conf), 4) if w.conf else None) for w in out.final_segments or []]
         update = StreamUpdate(partial=out.partial_transcript.strip(), final=final, words=words,
-                              end=s.samples_done / SAMPLE_RATE, last=frame.is_last)
+                              end=s.samples_done / SAMPLE_RATE, last=frame.is_last, lag=s.pending_n / SAMPLE_RATE)
         if frame.is_last:
             s.closed = True
             self.streams.pop(s.id, None)
+            self._count_live()
         if not (s.closed and not frame.is_last):  # an aborted stream gets nothing more
             s.updates.put_nowait(update)
 

@@ -7,7 +7,11 @@ One connection is one session: welcome -> start -> binary PCM16 audio -> partial
 session's audio goes to the shared ``StreamDecoder``, which decodes all sessions together in one
 batched step.
 ``GET /ping`` on the same port (and on ``PORT_HEALTH``) answers 200 once the model is warm, 204
-while it loads, for RunPod load-balancing endpoints.
+while it loads and 503 while draining, for RunPod load-balancing endpoints; ``GET /metrics`` gives
+the Prometheus metrics (metrics.py).
+
+Shutdown (lifecycle.py): on SIGTERM/SIGINT ``drain()`` refuses new connections (HTTP 503), gives
+every open stream its last final and ``done``, closes it with 1001, and only then stops listening.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+import lifecycle
+import metrics
 from asr_engine import Engine
 from constants import SAMPLE_RATE
 from errors import (
@@ -49,6 +55,7 @@ from errors import (
     ASRError,
 )
 from hotwords import HotwordError, parse_hotwords
+from scheduling import DECODE_POOL, run_in
 from settings import Settings, configure_logging
 from streaming import StreamConfig, StreamDecoder, StreamUpdate
 
@@ -73,6 +80,7 @@ connection_log.addFilter(_RedactTokens())
 
 MIN_RATE, MAX_RATE = 8000, 48000
 CLOSE_TRY_AGAIN_LATER = 1013  # over capacity / still loading
+CLOSE_GOING_AWAY = 1001  # the server is shutting down (after the stream's last final and done)
 MAX_BACKLOG_S = 10.0  # undecoded audio per stream before we stop reading from its socket
 
 
@@ -92,6 +100,8 @@ class ASRServer:
         self.job_tokens: set[str] = set()
         self.require_token = False
         self.listeners: list = []  # what ``serve`` started, closed by ``close``
+        self.draining = False  # drain() began: refuse new connections
+        self.drained = asyncio.Event()  # drain() finished: every session was flushed and closed
         if engine is not None:
             self.attach(engine)
 
@@ -100,6 +110,13 @@ class ASRServer:
         s = self.settings
         self.engine = engine
         self.decoder = StreamDecoder(engine, StreamConfig.from_settings(s))
+        self.decoder.start()
+
+    async def attach_async(self, engine: Engine) -> None:
+        """``attach`` with the streaming pipeline built off the event loop (it waits for the
+        engine's lock, which a batch pass may hold for a while)."""
+        self.engine = engine
+        self.decoder = await run_in(DECODE_POOL, StreamDecoder, engine, StreamConfig.from_settings(self.settings))
         self.decoder.start()
 
     def mark_active(self) -> None:
@@ -118,10 +135,19 @@ class ASRServer:
     def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         path = request.path.split("?", 1)[0]
         if path in ("/ping", "/health"):
+            if self.draining:
+                return connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, '{"status": "draining"}')
             status = http.HTTPStatus.OK if self.ready else http.HTTPStatus.NO_CONTENT
             body = b'{"status": "ready"}' if self.ready else b""
             return connection.respond(status, body.decode()) if body else Response(
                 status.value, status.phrase, Headers([("Content-Length", "0")]), b"")
+        if path == "/metrics":
+            body = metrics.render()
+            return Response(200, "OK", Headers([("Content-Type", metrics.CONTENT_TYPE),
+                                                ("Content-Length", str(len(body)))]), body)
+        if self.draining:  # refused before the upgrade: the client may retry on another worker
+            metrics.REFUSALS.labels("draining").inc()
+            return connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "server is shutting down, try again\n")
         if request.headers.get("Upgrade", "").lower() != "websocket":
             return connection.respond(http.HTTPStatus.NOT_FOUND,
                                       "WebSocket endpoint: connect with a WebSocket client\n")
@@ -149,22 +175,31 @@ class ASRServer:
 
     # ---- one connection
     async def handle(self, ws: ServerConnection) -> None:
+        if self.draining:
+            metrics.REFUSALS.labels("draining").inc()
+            await ws.close(CLOSE_TRY_AGAIN_LATER, "server is shutting down, try again")
+            return
         if not self.ready:
+            metrics.REFUSALS.labels("loading").inc()
             await ws.close(CLOSE_TRY_AGAIN_LATER, "model is loading, try again shortly")
             return
         if len(self.sessions) >= self.settings.ws_max_sessions:
+            metrics.REFUSALS.labels("capacity").inc()
             await ws.close(CLOSE_TRY_AGAIN_LATER, f"server at capacity ({self.settings.ws_max_sessions} sessions)")
             return
         session = Session(self, ws)
         self.sessions[session.id] = session
+        metrics.ACTIVE_SESSIONS.set(len(self.sessions))
         self.mark_active()
         try:
             await session.run()
         finally:
             session.abort()
             self.sessions.pop(session.id, None)
+            metrics.ACTIVE_SESSIONS.set(len(self.sessions))
             self.served += 1
             self.mark_active()
+            session.log_end()
 
     async def serve(self, host: str, port: int):
         """Start listening (returns the websockets Server; ``port=0`` picks a free port)."""
@@ -189,6 +224,26 @@ class ASRServer:
             with contextlib.suppress(Exception):
                 await session.error(CLOSING, reason)
                 await session.ws.close(code, reason)
+
+    async def drain(self, timeout_s: float) -> None:
+        """Graceful shutdown: refuse new connections, give every open stream its last final and
+        ``done``, close each session with 1001, all within ``timeout_s``; sessions still open
+        then are closed as they are. Idempotent; ``drained`` is set at the end."""
+        if self.draining:
+            await self.drained.wait()
+            return
+        self.draining = True
+        sessions = list(self.sessions.values())
+        log.info("draining %d session(s), at most %.1f s", len(sessions), timeout_s)
+        if sessions:
+            flushes = [asyncio.ensure_future(s.shutdown("server shutting down")) for s in sessions]
+            done, pending = await asyncio.wait(flushes, timeout=max(0.1, timeout_s))
+            for f in pending:
+                f.cancel()
+            for session in list(self.sessions.values()):  # too slow to flush: close them as they are
+                with contextlib.suppress(Exception):
+                    await session.ws.close(CLOSE_GOING_AWAY, "server shutting down")
+        self.drained.set()
 
     async def close(self) -> None:
         for listener in self.listeners:
@@ -267,6 +322,19 @@ class Session:
         self.partial_interval_s = 0.0  # the start message's chunk_duration: audio seconds between partials
         self.finals: list[str] = []
         self.reader: asyncio.Task | None = None
+        self.control = asyncio.Lock()  # start/stop/shutdown one at a time
+        self.closing = False  # the server is shutting this session down: audio is ignored
+        self.t0 = time.monotonic()
+        self.audio_s = 0.0  # seconds of audio received over all of this session's streams
+        self.streams = 0
+        self.outcome = "client_closed"
+
+    def log_end(self) -> None:
+        """The session's one structured log line (never its audio or text)."""
+        metrics.REQUESTS.labels("stream", "ok" if self.outcome in ("client_closed", "shutdown") else "error").inc()
+        metrics.event("session", id=self.id, outcome=self.outcome, seconds=round(time.monotonic() - self.t0, 3),
+                      audio_s=round(self.audio_s + (self.stream.samples_in / SAMPLE_RATE if self.stream else 0.0), 3),
+                      streams=self.streams)
 
     async def send(self, msg: dict) -> None:
         await self.ws.send(json.dumps(msg, ensure_ascii=False))
@@ -282,11 +350,17 @@ class Session:
             try:
                 msg = await asyncio.wait_for(self.ws.recv(), timeout=idle)
             except TimeoutError:
+                if self.closing or (self.stream is not None and not self.stream.closed
+                                    and self.stream.pending_n >= self.server.decoder.frame_samples):
+                    continue  # the server owes this client results (a slow or draining server): not idle
+                self.outcome = IDLE_TIMEOUT
                 with contextlib.suppress(ConnectionClosed):
                     await self.error(IDLE_TIMEOUT, f"no message for {idle:g} s, closing the session")
                     await self.ws.close(1000, "idle timeout")
                 return
             except ConnectionClosed:
+                if self.stream is not None and not self.closing:
+                    self.outcome = "client_gone"  # mid-utterance, without stop
                 return
             self.server.mark_active()
             try:
@@ -295,15 +369,20 @@ class Session:
                 else:
                     await self.on_text(msg)
             except ASRError as e:  # a recoverable client mistake: the connection stays open
+                metrics.error(e.code)
                 await self.error(e.code, e.message)
 
     async def on_text(self, raw: str) -> None:
         msg = parse_message(raw)
         action = msg.get("action")
+        if action in ("start", "stop") and self.closing:
+            return  # the server is flushing this session: its done is on the way
         if action == "start":
-            await self.start(msg)
+            async with self.control:
+                await self.start(msg)
         elif action == "stop":
-            await self.stop()
+            async with self.control:
+                await self.stop()
         else:
             raise ASRError(UNKNOWN_ACTION, f"unknown action {action!r}: use 'start' or 'stop'")
 
@@ -335,6 +414,7 @@ class Session:
         self.finals = []
         decoder = self.server.decoder
         self.stream = decoder.open(boosting)
+        self.streams += 1
         self.reader = asyncio.get_running_loop().create_task(self.relay_updates(self.stream))
         await self.send({"type": "started", "session_id": self.id, "sample_rate": self.sample_rate,
                          "chunk_duration": self.partial_interval_s, "timestamps": self.timestamps,
@@ -342,6 +422,8 @@ class Session:
                          "hotwords": len(boosted.phrases) if boosted else 0})
 
     async def on_audio(self, data: bytes) -> None:
+        if self.closing:
+            return  # shutting down: the stream is being flushed, later audio is not decoded
         if self.stream is None:
             raise ASRError(NOT_STARTED, "audio before start: send {\"action\": \"start\"} first")
         decoder, stream = self.server.decoder, self.stream
@@ -363,8 +445,21 @@ class Session:
         if reader is not None:
             await asyncio.gather(reader, return_exceptions=True)  # it sends the remaining finals
         self.stream = self.reader = None
+        self.audio_s += stream.samples_in / SAMPLE_RATE
         await self.send({"type": "done", "text": " ".join(t for t in self.finals if t),
                          "duration": round(stream.samples_in / SAMPLE_RATE, 3)})
+
+    async def shutdown(self, reason: str) -> None:
+        """The server drains: an open stream is finished as if the client had sent stop (its
+        last final, then ``done``), then the connection closes with 1001."""
+        self.closing = True
+        self.outcome = "shutdown"
+        async with self.control:
+            if self.stream is not None:
+                with contextlib.suppress(ConnectionClosed):
+                    await self.stop()
+        with contextlib.suppress(Exception):
+            await self.ws.close(CLOSE_GOING_AWAY, reason)
 
     async def relay_updates(self, stream) -> None:
         """Send this stream's partials and finals, in order, until its last step."""
@@ -390,27 +485,32 @@ class Session:
         while True:
             update: StreamUpdate | None = await stream.updates.get()
             if update is None:  # the decoder failed this stream
+                metrics.error(INTERNAL_ERROR)
+                self.outcome = INTERNAL_ERROR
                 await self.error(INTERNAL_ERROR, "decoding failed for this stream; start again")
                 self._forget(stream)
                 return
             if update.final is not None:
                 if update.final:
                     self.finals.append(update.final)
-                    await self.send(self._message(update.final, True, update.words, utterance_start, update.end))
+                    await self.send(self._message(update.final, True, update.words, utterance_start, update.end,
+                                                  update.lag))
                 utterance_start = update.words[-1].end if update.words else update.end
                 last_partial, last_sent_at = "", update.end
             elif (update.partial and update.partial != last_partial
                   and update.end - last_sent_at >= self.partial_interval_s):
-                await self.send(self._message(update.partial, False, [], utterance_start, update.end))
+                await self.send(self._message(update.partial, False, [], utterance_start, update.end, update.lag))
                 last_partial, last_sent_at = update.partial, update.end
             if update.last:
                 return
 
-    def _message(self, text: str, final: bool, words, start: float, end: float) -> dict:
+    def _message(self, text: str, final: bool, words, start: float, end: float, lag: float = 0.0) -> dict:
+        """``lag``: seconds of this stream's audio received but not yet decoded when the message
+        was made (near 0 normally; growing means the server falls behind real time)."""
         if words:
             start, end = words[0].start, words[-1].end
         msg = {"type": "transcription", "text": text, "is_final": final, "start": round(start, 3),
-               "end": round(max(end, start), 3)}
+               "end": round(max(end, start), 3), "lag": round(lag, 2)}
         if self.timestamps:
             msg["words"] = [{k: v for k, v in asdict(w).items() if v is not None} for w in words]
         return msg
@@ -426,21 +526,32 @@ class Session:
 
 # ---------------------------------------------------------------------------------------------
 async def run_server(settings: Settings, host: str, port: int) -> None:
-    """Listen first (``/ping`` answers 204), load and warm the engine, then serve until cancelled."""
+    """Listen first (``/ping`` answers 204), load and warm the engine, then serve until SIGTERM or
+    SIGINT; then drain (lifecycle.py) and return, so the process exits 0."""
+    lifecycle.install_signal_handlers(settings.drain_timeout_s)
+    stop = asyncio.Event()
+    lifecycle.LIFECYCLE.on_drain(stop.set)
     server = ASRServer(settings)
     listeners = [await server.serve(host, port)]
     if settings.port_health and settings.port_health != port:
         listeners.append(await server.serve(host, settings.port_health))
-    log.info("listening on ws://%s:%d (health: /ping)", host, port)
-    engine = await asyncio.to_thread(Engine, settings)
-    server.attach(engine)
-    log.info("engine warm: %s on %s", settings.model, engine.device)
+    log.info("listening on ws://%s:%d (health: /ping, metrics: /metrics)", host, port)
+    # not the default executor: asyncio.run would wait for a model still loading after a SIGTERM
+    loading = asyncio.ensure_future(run_in(DECODE_POOL, Engine, settings))
     try:
-        await asyncio.Future()
+        await asyncio.wait([loading, asyncio.ensure_future(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
+        if loading.done():
+            engine = loading.result()
+            await server.attach_async(engine)
+            log.info("engine warm: %s on %s", settings.model, engine.device)
+            await stop.wait()
+        # one second of the drain budget is kept for closing the listeners
+        await server.drain(lifecycle.LIFECYCLE.remaining(settings.drain_timeout_s) - 1.0)
     finally:
         for ls in listeners:
             ls.close()
         await server.close()
+    log.info("drained: exiting")
 
 
 def main() -> None:
@@ -452,6 +563,8 @@ def main() -> None:
     configure_logging(s)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run_server(s, args.host, args.port))
+    if lifecycle.LIFECYCLE.draining:
+        lifecycle.exit_now(0)  # drained (not waiting for a model still loading, nor the teardown)
 
 
 if __name__ == "__main__":

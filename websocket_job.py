@@ -2,8 +2,9 @@
 
 The job starts the WebSocket server once per worker process (on the shared engine), tells the
 caller where to connect, and stays alive while clients stream: it ends when no session has been
-active for ``idle_timeout`` seconds or ``max_lifetime`` is reached. Imported only on that path, so
-a batch-only worker never loads the WebSocket stack.
+active for ``idle_timeout`` seconds or ``max_lifetime`` is reached, or early, with ``reason:
+"shutdown"``, once a SIGTERM/SIGINT drained the server (every stream got its last final and ``done``).
+Imported only on that path, so a batch-only worker never loads the WebSocket stack.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import logging
 import time
 from collections.abc import Callable
 
+import lifecycle
 from asr_engine import Engine
 from job_schema import Request
 from progress import post_progress
@@ -31,14 +33,18 @@ async def ensure_server(settings: Settings, get_engine: Callable[[], Engine]) ->
     global _server
     async with _lock:
         if _server is None:
-            server = ASRServer(settings, get_engine())
+            server = ASRServer(settings)
             server.require_token = True
+            await server.attach_async(get_engine())
             try:
                 await server.serve(settings.ws_host, settings.ws_port)
             except Exception:
                 await server.close()
                 raise
             _server = server
+            # SIGTERM: flush every stream, then the job loops below end with reason "shutdown"
+            lifecycle.LIFECYCLE.on_drain(
+                lambda: server.drain(lifecycle.LIFECYCLE.remaining(settings.drain_timeout_s) - 2.0))
     return _server
 
 
@@ -80,6 +86,10 @@ async def serve_websocket(job: dict, req: Request, settings: Settings, get_engin
         while True:
             await asyncio.sleep(min(0.5, req.idle_timeout / 4))
             now = time.monotonic()
+            if lifecycle.LIFECYCLE.draining or server.draining:
+                reason = "shutdown"
+                await server.drain(lifecycle.LIFECYCLE.remaining(settings.drain_timeout_s) - 2.0)
+                break
             if not server.sessions and server.idle_seconds() >= req.idle_timeout:
                 break
             if now - t0 >= req.max_lifetime:

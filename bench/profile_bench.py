@@ -4,7 +4,7 @@
     python bench/profile_bench.py --model FULL.nemo --n 8 --top 25
 
 The jobs run concurrently through ``rp_handler.handler`` as in production, except that the
-engine's worker thread runs inline (``asyncio.to_thread`` made synchronous for this run), so one
+engine's worker threads run inline (``scheduling.INLINE`` for this run), so one
 profiler sees everything. Stages are the cumulative time of the functions that own them:
 base64 decoding, audio decoding (soundfile/ffmpeg + resampling), the mel preprocessor, the
 encoder, TDT decoding (with confidence), timestamps and our Transcript building, output
@@ -55,6 +55,7 @@ def main() -> None:
     import dataclasses
 
     import rp_handler
+    import scheduling
     from asr_engine import Engine
     from batch_bench import clips_for, wav_b64
     from settings import Settings
@@ -75,6 +76,7 @@ def main() -> None:
     asyncio.run(run_all())  # warm
     real_to_thread = asyncio.to_thread
     asyncio.to_thread = inline
+    scheduling.INLINE = True
     prof = cProfile.Profile()
     try:
         t0 = time.perf_counter()
@@ -84,6 +86,7 @@ def main() -> None:
         total = time.perf_counter() - t0
     finally:
         asyncio.to_thread = real_to_thread
+        scheduling.INLINE = False
     stats = pstats.Stats(prof)
     stages = stage_times(stats)
     stages["other"] = max(0.0, total - sum(stages.values()))

@@ -44,3 +44,73 @@ def write_wav(path, samples, rate=SAMPLE_RATE):
 def encode(src, dst, args):
     subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-i", str(src), *args, str(dst)], check=True)
     return dst
+
+
+class WorkerThread:
+    """One worker's event loop in a thread, as in production: the WebSocket server (``url``) and
+    the RunPod job handler (``run_jobs``) on the same loop and the same engine."""
+
+    def __init__(self, engine, settings=None):
+        import asyncio
+        import threading
+
+        import rp_handler
+        from websocket_handler import ASRServer
+
+        self.engine = engine
+        self.settings = settings or engine.settings
+        rp_handler._engine = engine  # the handler's one shared engine
+        self.handler = rp_handler.handler
+        self.loop = asyncio.new_event_loop()
+        ready = threading.Event()
+
+        async def start():
+            self.server = ASRServer(self.settings, engine)
+            self.listener = await self.server.serve("127.0.0.1", 0)
+            self.port = self.listener.sockets[0].getsockname()[1]
+            self.url = f"ws://127.0.0.1:{self.port}"
+
+        def run():
+            asyncio.set_event_loop(self.loop)
+            self.loop.run_until_complete(start())
+            ready.set()
+            self.loop.run_forever()
+
+        threading.Thread(target=run, daemon=True).start()
+        assert ready.wait(120)
+
+    def submit(self, coro):
+        """Run a coroutine on the worker's loop; a concurrent.futures.Future."""
+        import asyncio
+
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def call(self, fn):
+        """``fn()`` on the worker's loop (reads its state without racing it)."""
+        async def wrap():
+            return fn()
+
+        return self.submit(wrap()).result(30)
+
+    def run_jobs(self, inputs: list[dict], timeout: float = 300) -> list[dict]:
+        """Run these job inputs concurrently through the handler; their outputs, in order."""
+        import asyncio
+
+        async def all_jobs():
+            return await asyncio.gather(*(self.handler({"id": f"job-{i}", "input": x}) for i, x in enumerate(inputs)))
+
+        return self.submit(all_jobs()).result(timeout)
+
+    def stop(self):
+        self.submit(self.server.close()).result(30)
+        self.loop.call_soon_threadsafe(self.listener.close)
+
+
+def wav_b64(samples) -> str:
+    """Float samples at 16 kHz as a base64 WAV file (a batch job's ``audio_base64``)."""
+    import base64
+    import io
+
+    buf = io.BytesIO()
+    sf.write(buf, samples, SAMPLE_RATE, format="WAV", subtype="PCM_16")
+    return base64.b64encode(buf.getvalue()).decode()

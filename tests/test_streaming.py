@@ -413,7 +413,7 @@ def test_load_balancer_mode_serves_ping_and_streams(tmp_path):
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{health}/ping", timeout=2) as r:
                     codes.append(r.status)
-            except (urllib.error.URLError, ConnectionError):
+            except (urllib.error.URLError, OSError):  # not listening yet, or slow to answer (busy CPU)
                 pass
             time.sleep(0.2)
         assert codes and codes[-1] == 200 and set(codes) <= {200, 204}, codes
