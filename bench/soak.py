@@ -127,7 +127,7 @@ def make_material(d: Path, file_port: int, seed: int = 14, sentences: int = 3) -
     wav_b64 = base64.b64encode(files["s0.wav"][0].read_bytes()).decode()
     garbage = b"\x01" + random.Random(6).randbytes(30000).replace(b"\xff", b"\x01")
     hostile = {
-        "garbage": ({"audio_base64": base64.b64encode(garbage).decode()}, "invalid_audio"),
+        "garbage": ({"audio_base64": base64.b64encode(garbage).decode()}, "unsupported_format"),  # no container
         "png": ({"audio_base64": base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\0" * 64).decode()}, "unsupported_format"),
         "bad_base64": ({"audio_base64": "%%% not base64 %%%"}, "invalid_input"),
         "unknown_field": ({"audio_base64": wav_b64, "language": "en"}, "invalid_input"),
