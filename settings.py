@@ -48,6 +48,7 @@ class Settings:
     ws_port: int = 8765  # WS_PORT, else PORT (RunPod load-balancing endpoints set PORT)
     port_health: int = 0  # load-balancing mode: GET /ping also on this port (0 = only on ws_port)
     ws_auth_token: str = ""  # "" = no auth
+    api_token: str = ""  # the HTTP API's bearer token; "" = WS_AUTH_TOKEN's (see http_api_token)
     ws_max_sessions: int = 64
     ws_idle_timeout_s: float = 60.0  # no message from the client for this long closes the session
     ws_max_message_bytes: int = 1 << 20
@@ -84,6 +85,11 @@ class Settings:
         return cls(**values)
 
     @property
+    def http_api_token(self) -> str:
+        """What ``POST /v1/audio/transcriptions`` requires: API_TOKEN, else WS_AUTH_TOKEN, else nothing."""
+        return self.api_token or self.ws_auth_token
+
+    @property
     def decode_budget_bytes(self) -> int:
         """The decode memory budget: DECODE_MEMORY_BYTES, else a share of the memory this process
         may use (the container's cgroup limit when there is one, else physical RAM)."""
@@ -117,7 +123,7 @@ ENV: dict[str, tuple[str, ...]] = {
     "allow_private_urls": ("ALLOW_PRIVATE_URLS",), "allowed_url_hosts": ("ALLOWED_URL_HOSTS",),
     "decode_memory_bytes": ("DECODE_MEMORY_BYTES",), "decode_memory_fraction": ("DECODE_MEMORY_FRACTION",),
     "ws_host": ("WS_HOST",), "ws_port": ("WS_PORT", "PORT"), "port_health": ("PORT_HEALTH",),
-    "ws_auth_token": ("WS_AUTH_TOKEN",), "ws_max_sessions": ("WS_MAX_SESSIONS",),
+    "ws_auth_token": ("WS_AUTH_TOKEN",), "api_token": ("API_TOKEN",), "ws_max_sessions": ("WS_MAX_SESSIONS",),
     "ws_idle_timeout_s": ("WS_IDLE_TIMEOUT_S",), "ws_max_message_bytes": ("WS_MAX_MESSAGE_BYTES",),
     "stream_step_s": ("STREAM_CHUNK_S",), "stream_left_s": ("STREAM_LEFT_S",), "stream_right_s": ("STREAM_RIGHT_S",),
     "stream_eou_ms": ("STREAM_EOU_MS",), "live_batch_pass_s": ("LIVE_BATCH_PASS_S",),

@@ -6,9 +6,9 @@ One connection is one session: welcome -> start -> binary PCM16 audio -> partial
 ``transcription`` messages -> stop -> done, and again (docs/PROTOCOL.md has the messages). Every
 session's audio goes to the shared ``StreamDecoder``, which decodes all sessions together in one
 batched step.
-``GET /ping`` on the same port (and on ``PORT_HEALTH``) answers 200 once the model is warm, 204
-while it loads and 503 while draining, for RunPod load-balancing endpoints; ``GET /metrics`` gives
-the Prometheus metrics (metrics.py).
+The HTTP side is http_server.py (aiohttp): the upgrade, ``GET /ping`` (200 warm, 204 loading, 503
+draining), ``GET /metrics`` (metrics.py), and in ``run_server`` - the standalone / load-balancer
+server - the microphone page and the OpenAI-compatible route, all on one port.
 
 Shutdown (lifecycle.py): on SIGTERM/SIGINT ``drain()`` refuses new connections (HTTP 503), gives
 every open stream its last final and ``done``, closes it with 1001, and only then stops listening.
@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import contextlib
 import hmac
-import http
 import ipaddress
 import json
 import logging
@@ -32,10 +31,6 @@ from dataclasses import asdict
 
 import numpy as np
 import soxr
-from websockets.asyncio.server import ServerConnection, serve
-from websockets.datastructures import Headers
-from websockets.exceptions import ConnectionClosed
-from websockets.http11 import Request, Response
 
 import lifecycle
 import metrics
@@ -55,6 +50,8 @@ from errors import (
     ASRError,
 )
 from hotwords import HotwordError, parse_hotwords
+from http_server import Connection, ConnectionClosed, Listener
+from http_server import serve as serve_http
 from scheduling import DECODE_POOL, run_in
 from settings import Settings, configure_logging
 from streaming import StreamConfig, StreamDecoder, StreamUpdate
@@ -63,7 +60,8 @@ log = logging.getLogger("websocket")
 
 
 class _RedactTokens(logging.Filter):
-    """websockets logs each request line and header at DEBUG: the token must never be in them."""
+    """The server logs each request line at DEBUG (http_server's request log): the token must never
+    be in it."""
 
     SECRET = re.compile(r"(token=)[^&\s]+|(authorization:?\s*)(bearer\s+)?\S+", re.IGNORECASE)
 
@@ -75,7 +73,7 @@ class _RedactTokens(logging.Filter):
         return True
 
 
-connection_log = logging.getLogger("websocket.connections")  # websockets' own messages, redacted
+connection_log = logging.getLogger("websocket.connections")  # the request log, redacted
 connection_log.addFilter(_RedactTokens())
 
 MIN_RATE, MAX_RATE = 8000, 48000
@@ -99,7 +97,7 @@ class ASRServer:
         # require_token: refuse everyone without one even when WS_AUTH_TOKEN is unset.
         self.job_tokens: set[str] = set()
         self.require_token = False
-        self.listeners: list = []  # what ``serve`` started, closed by ``close``
+        self.listeners: list[Listener] = []  # what ``serve`` started, closed by ``close``
         self.draining = False  # drain() began: refuse new connections
         self.drained = asyncio.Event()  # drain() finished: every session was flushed and closed
         if engine is not None:
@@ -131,36 +129,11 @@ class ASRServer:
     def ready(self) -> bool:
         return self.decoder is not None and not self.decoder.failed and bool(self.engine and self.engine.ready)
 
-    # ---- HTTP before the upgrade: health check and authentication
-    def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        path = request.path.split("?", 1)[0]
-        if path in ("/ping", "/health"):
-            if self.draining:
-                return connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, '{"status": "draining"}')
-            status = http.HTTPStatus.OK if self.ready else http.HTTPStatus.NO_CONTENT
-            body = b'{"status": "ready"}' if self.ready else b""
-            return connection.respond(status, body.decode()) if body else Response(
-                status.value, status.phrase, Headers([("Content-Length", "0")]), b"")
-        if path == "/metrics":
-            body = metrics.render()
-            return Response(200, "OK", Headers([("Content-Type", metrics.CONTENT_TYPE),
-                                                ("Content-Length", str(len(body)))]), body)
-        if self.draining:  # refused before the upgrade: the client may retry on another worker
-            metrics.REFUSALS.labels("draining").inc()
-            return connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "server is shutting down, try again\n")
-        if request.headers.get("Upgrade", "").lower() != "websocket":
-            return connection.respond(http.HTTPStatus.NOT_FOUND,
-                                      "WebSocket endpoint: connect with a WebSocket client\n")
-        if self.auth_required and not self._token_ok(_request_tokens(request)):
-            return connection.respond(http.HTTPStatus.UNAUTHORIZED,
-                                      "unauthorized: pass the token as ?token=... or 'Authorization: Bearer ...'\n")
-        return None
-
     @property
     def auth_required(self) -> bool:
         return bool(self.settings.ws_auth_token) or self.require_token or bool(self.job_tokens)
 
-    def _token_ok(self, given: list[str]) -> bool:
+    def token_ok(self, given: list[str]) -> bool:
         valid = ([self.settings.ws_auth_token] if self.settings.ws_auth_token else []) + sorted(self.job_tokens)
         return any(hmac.compare_digest(g.encode(), v.encode()) for g in given for v in valid)
 
@@ -174,7 +147,7 @@ class ASRServer:
         self.job_tokens.discard(token)
 
     # ---- one connection
-    async def handle(self, ws: ServerConnection) -> None:
+    async def handle(self, ws: Connection) -> None:
         if self.draining:
             metrics.REFUSALS.labels("draining").inc()
             await ws.close(CLOSE_TRY_AGAIN_LATER, "server is shutting down, try again")
@@ -201,16 +174,15 @@ class ASRServer:
             self.mark_active()
             session.log_end()
 
-    async def serve(self, host: str, port: int):
-        """Start listening (returns the websockets Server; ``port=0`` picks a free port)."""
+    async def serve(self, host: str, port: int, *, http_api: bool = False) -> Listener:
+        """Start listening (``port=0`` picks a free port); ``http_api``: also the page and the
+        OpenAI-compatible route (http_server.py)."""
         warning = self.exposure_warning(host)
         if warning:
             log.warning(warning)
-        srv = await serve(self.handle, host, port, process_request=self.process_request,
-                           max_size=self.settings.ws_max_message_bytes, ping_interval=20, ping_timeout=20,
-                           close_timeout=5, logger=connection_log)
-        self.listeners.append(srv)
-        return srv
+        listener = await serve_http(self, host, port, http_api=http_api, request_log=connection_log)
+        self.listeners.append(listener)
+        return listener
 
     def exposure_warning(self, host: str) -> str | None:
         """Said at start when anyone who can reach this address may stream without a token."""
@@ -247,7 +219,7 @@ class ASRServer:
 
     async def close(self) -> None:
         for listener in self.listeners:
-            listener.close()
+            await listener.close()
         if self.decoder is not None:
             await self.decoder.stop()
 
@@ -296,22 +268,10 @@ def parse_message(raw: str) -> dict:
     return msg
 
 
-def _request_tokens(request: Request) -> list[str]:
-    """Tokens the client offers: ``Authorization: Bearer`` and/or ``?token=`` (either may match;
-    a proxy may put its own credentials in the header)."""
-    from urllib.parse import parse_qs, urlsplit
-
-    tokens = parse_qs(urlsplit(request.path).query).get("token", [])
-    auth = request.headers.get("Authorization", "")
-    if auth.lower().startswith("bearer "):
-        tokens.append(auth[7:].strip())
-    return tokens
-
-
 class Session:
     """One client: protocol state, its resampler and its stream in the decoder."""
 
-    def __init__(self, server: ASRServer, ws: ServerConnection):
+    def __init__(self, server: ASRServer, ws: Connection):
         self.server = server
         self.ws = ws
         self.id = uuid.uuid4().hex
@@ -348,7 +308,7 @@ class Session:
         idle = self.server.settings.ws_idle_timeout_s
         while True:
             try:
-                msg = await asyncio.wait_for(self.ws.recv(), timeout=idle)
+                msg = await self.ws.recv(timeout=idle)
             except TimeoutError:
                 if self.closing or (self.stream is not None and not self.stream.closed
                                     and self.stream.pending_n >= self.server.decoder.frame_samples):
@@ -532,10 +492,10 @@ async def run_server(settings: Settings, host: str, port: int) -> None:
     stop = asyncio.Event()
     lifecycle.LIFECYCLE.on_drain(stop.set)
     server = ASRServer(settings)
-    listeners = [await server.serve(host, port)]
+    await server.serve(host, port, http_api=True)
     if settings.port_health and settings.port_health != port:
-        listeners.append(await server.serve(host, settings.port_health))
-    log.info("listening on ws://%s:%d (health: /ping, metrics: /metrics)", host, port)
+        await server.serve(host, settings.port_health)
+    log.info("listening on %s:%d: page at /, WebSocket, POST /v1/audio/transcriptions, /ping, /metrics", host, port)
     # not the default executor: asyncio.run would wait for a model still loading after a SIGTERM
     loading = asyncio.ensure_future(run_in(DECODE_POOL, Engine, settings))
     try:
@@ -548,9 +508,7 @@ async def run_server(settings: Settings, host: str, port: int) -> None:
         # one second of the drain budget is kept for closing the listeners
         await server.drain(lifecycle.LIFECYCLE.remaining(settings.drain_timeout_s) - 1.0)
     finally:
-        for ls in listeners:
-            ls.close()
-        await server.close()
+        await server.close()  # its listeners too
     log.info("drained: exiting")
 
 

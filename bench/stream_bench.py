@@ -129,8 +129,8 @@ def start_local_server(model: str):
 
     async def start():
         box["server"] = ASRServer(settings, engine)
-        ws = await box["server"].serve("127.0.0.1", 0)
-        box["url"] = f"ws://127.0.0.1:{ws.sockets[0].getsockname()[1]}"
+        listener = await box["server"].serve("127.0.0.1", 0)
+        box["url"] = f"ws://127.0.0.1:{listener.port}"
 
     def run():
         asyncio.set_event_loop(loop)

@@ -5,9 +5,10 @@ cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive PIP_DISABLE_PIP_VERSION_CHECK=1
 SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
 
-# ffmpeg decodes audio; espeak-ng and sox make the tests' speech.
+# ffmpeg decodes audio; espeak-ng and sox make the tests' speech; chromium runs the microphone page
+# in the browser test (Playwright drives this one: its own browser download is not used).
 $SUDO apt-get update -qq
-$SUDO apt-get install -y -qq espeak-ng sox ffmpeg libsndfile1 >/dev/null
+$SUDO apt-get install -y -qq espeak-ng sox ffmpeg libsndfile1 chromium >/dev/null
 
 # torch first: on a CPU machine the CPU wheel (a plain `torch` would pull a multi-GB CUDA build).
 python3 -m pip install -q "${TORCH_SPEC:-torch==2.13.0}"

@@ -27,6 +27,7 @@ FORMATS = {
     "m4a": ["-c:a", "aac", "-b:a", "64k", "-f", "ipod"],
 }
 SAMPLE_TEXT = "good morning teacher please open window today"
+LB_MAX_BYTES = 2_000_000  # MAX_AUDIO_BYTES of the load-balancer worker fixture (conftest.lb_worker)
 
 
 def free_port() -> int:

@@ -20,7 +20,7 @@ def _modules_after(statement: str) -> set[str]:
 def test_batch_worker_does_not_import_the_websocket_stack():
     loaded = _modules_after("import rp_handler")
     assert "rp_handler" in loaded and "asr_engine" in loaded
-    assert not {"websockets", "websocket_handler", "websocket_job", "streaming"} & loaded
+    assert not {"websockets", "websocket_handler", "websocket_job", "streaming", "http_server", "openai_api"} & loaded
 
 
 def test_formatting_and_result_types_do_not_import_torch():

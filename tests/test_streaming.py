@@ -33,12 +33,13 @@ MIDSPEECH_MAX_WER = 0.10
 
 
 class ServerThread:
-    """An ASRServer on 127.0.0.1:<free port>, run by its own event loop in a thread."""
+    """An ASRServer on 127.0.0.1:<free port>, run by its own event loop in a thread (``http_api``:
+    also the page and the OpenAI route, as in the load-balancer server)."""
 
-    def __init__(self, settings, engine):
+    def __init__(self, settings, engine, http_api=False):
         self.loop = asyncio.new_event_loop()
         self.ready = threading.Event()
-        self.settings, self.engine = settings, engine
+        self.settings, self.engine, self.http_api = settings, engine, http_api
         threading.Thread(target=self._run, daemon=True).start()
         assert self.ready.wait(60)
 
@@ -50,8 +51,8 @@ class ServerThread:
 
     async def _start(self):
         self.server = ASRServer(self.settings, self.engine)
-        self.ws = await self.server.serve("127.0.0.1", 0)
-        self.port = self.ws.sockets[0].getsockname()[1]
+        self.listener = await self.server.serve("127.0.0.1", 0, http_api=self.http_api)
+        self.port = self.listener.port
         self.url = f"ws://127.0.0.1:{self.port}"
 
     def call(self, fn):
@@ -63,8 +64,8 @@ class ServerThread:
         return fn()
 
     def stop(self):
+        asyncio.run_coroutine_threadsafe(self.listener.close(), self.loop).result(10)
         asyncio.run_coroutine_threadsafe(self.server.close(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.ws.close)
 
 
 @pytest.fixture(scope="module")
@@ -366,6 +367,39 @@ def test_auth_capacity_and_idle_timeout(engine):
         assert status == 401
         assert close.code == 1013 and "capacity" in close.reason
         assert idle["type"] == "error" and idle["code"] == "idle_timeout"
+    finally:
+        srv.stop()
+
+
+def test_keepalive_pings_do_not_keep_an_idle_session_open(engine, monkeypatch):
+    """Pings keep a connection alive through proxies, but only messages count as activity: a
+    session that answers pings and sends nothing still idles out."""
+    import aiohttp
+
+    import http_server
+
+    monkeypatch.setattr(http_server, "PING_INTERVAL_S", 0.2)
+    srv = ServerThread(dataclasses.replace(engine.settings, ws_idle_timeout_s=1.5), engine)
+    try:
+        async def run():
+            pings, texts = 0, []
+            async with aiohttp.ClientSession() as s, s.ws_connect(srv.url, autoping=False) as ws:
+                t0 = asyncio.get_running_loop().time()
+                while asyncio.get_running_loop().time() - t0 < 8:
+                    msg = await asyncio.wait_for(ws.receive(), 10)
+                    if msg.type == aiohttp.WSMsgType.PING:
+                        pings += 1
+                        await ws.pong(msg.data)  # a live client answers every ping
+                    elif msg.type == aiohttp.WSMsgType.TEXT:
+                        texts.append(json.loads(msg.data))
+                    else:
+                        break
+                return pings, texts, asyncio.get_running_loop().time() - t0
+
+        pings, texts, waited = asyncio.run(run())
+        assert pings >= 3, pings
+        assert [m["type"] for m in texts] == ["welcome", "error"] and texts[1]["code"] == "idle_timeout"
+        assert waited < 5
     finally:
         srv.stop()
 

@@ -1,0 +1,254 @@
+"""``POST /v1/audio/transcriptions``: OpenAI's transcription API on the worker's own engine.
+
+    client = openai.OpenAI(base_url="http://127.0.0.1:8765/v1", api_key="TOKEN or anything")
+    client.audio.transcriptions.create(model="parakeet", file=open("speech.mp3", "rb"))
+
+One request flows one way: multipart form -> ``TranscriptionRequest`` (validated, OpenAI's rules)
+-> the upload spooled to a temp file (size limit enforced while reading) -> ``audio_utils`` decoding
+-> ``Engine.transcribe`` (the dynamic batcher, shared with RunPod jobs and streams) -> the asked
+``response_format``. Every failure is OpenAI's error object ``{"error": {"message", "type",
+"param", "code"}}`` with a fitting HTTP status, so the official clients raise their usual
+exceptions (``BadRequestError``, ``AuthenticationError``, ...).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import tempfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import BodyPartReader, web
+
+import audio_utils
+from errors import (
+    AUDIO_TOO_LARGE,
+    AUDIO_TOO_LONG,
+    INTERNAL_ERROR,
+    INVALID_AUDIO,
+    INVALID_INPUT,
+    UNSUPPORTED_FORMAT,
+    ASRError,
+)
+from formatting import to_srt, to_vtt
+from http_server import SERVER_KEY, authorized
+from transcript import Transcript
+
+log = logging.getLogger("openai_api")
+ROUTE = "/v1/audio/transcriptions"
+RESPONSE_FORMATS = ("json", "text", "srt", "verbose_json", "vtt")
+GRANULARITIES = ("word", "segment")
+# parakeet-tdt-0.6b-v3's languages (ISO 639-1 -> the name OpenAI reports); it detects the language
+# itself, so ``language`` is checked but does not steer decoding
+LANGUAGES = {
+    "bg": "bulgarian", "cs": "czech", "da": "danish", "de": "german", "el": "greek", "en": "english",
+    "es": "spanish", "et": "estonian", "fi": "finnish", "fr": "french", "hr": "croatian", "hu": "hungarian",
+    "it": "italian", "lt": "lithuanian", "lv": "latvian", "mt": "maltese", "nl": "dutch", "pl": "polish",
+    "pt": "portuguese", "ro": "romanian", "ru": "russian", "sk": "slovak", "sl": "slovenian", "sv": "swedish",
+    "uk": "ukrainian",
+}
+FIELDS = {"file", "model", "response_format", "timestamp_granularities[]", "timestamp_granularities", "language",
+          "prompt", "temperature", "stream"}
+FORM_OVERHEAD = 64 * 1024  # bytes of form fields and part headers allowed beside the file
+READ_SIZE = 256 * 1024
+
+# our error codes -> HTTP status; OpenAI's clients map 400 to BadRequestError, 413 to APIStatusError
+STATUS = {INVALID_INPUT: 400, INVALID_AUDIO: 400, UNSUPPORTED_FORMAT: 400, AUDIO_TOO_LONG: 400,
+          AUDIO_TOO_LARGE: 413}
+
+
+class APIError(Exception):
+    """An error answered as OpenAI's error object."""
+
+    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
+                 kind: str = "invalid_request_error"):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
+
+    def response(self) -> web.Response:
+        return web.json_response({"error": {"message": self.message, "type": self.kind, "param": self.param,
+                                            "code": self.code}}, status=self.status)
+
+
+@dataclass(frozen=True)
+class TranscriptionRequest:
+    model: str
+    response_format: str
+    granularities: tuple[str, ...]  # verbose_json only: which of words / segments to include
+    language: str | None  # ISO 639-1, checked against LANGUAGES; reported, not used for decoding
+    # ``prompt`` and ``temperature`` are accepted and ignored: decoding is greedy and takes no prompt
+
+
+def parse_fields(fields: dict[str, list[str]]) -> TranscriptionRequest:
+    """The form's text fields checked as OpenAI checks them."""
+    unknown = sorted(set(fields) - FIELDS)
+    if unknown:
+        raise APIError(400, f"Unrecognized request argument supplied: {', '.join(unknown)}", param=unknown[0])
+
+    def one(name: str, default: str | None = None) -> str | None:
+        values = fields.get(name)
+        if not values:
+            return default
+        if len(values) > 1:
+            raise APIError(400, f"'{name}' was given more than once", param=name)
+        return values[0].strip()
+
+    fmt = (one("response_format") or "json").lower()
+    if fmt not in RESPONSE_FORMATS:
+        raise APIError(400, f"'{fmt}' is not one of {list(RESPONSE_FORMATS)} - 'response_format'",
+                       param="response_format")
+    granularities = [g.strip().lower() for g in
+                     fields.get("timestamp_granularities[]", []) + fields.get("timestamp_granularities", [])]
+    bad = [g for g in granularities if g not in GRANULARITIES]
+    if bad:
+        raise APIError(400, f"'{bad[0]}' is not one of {list(GRANULARITIES)} - 'timestamp_granularities[]'",
+                       param="timestamp_granularities[]")
+    if granularities and fmt != "verbose_json":
+        raise APIError(400, "timestamp_granularities[] is only supported with response_format 'verbose_json'",
+                       param="timestamp_granularities[]")
+    language = (one("language") or "").lower() or None
+    if language is not None and language not in LANGUAGES:
+        raise APIError(400, f"Unsupported language '{language}': the model speaks "
+                       + ", ".join(sorted(LANGUAGES)) + " (ISO 639-1), and detects which by itself",
+                       param="language")
+    temperature = one("temperature")
+    if temperature:
+        try:
+            t = float(temperature)
+        except ValueError:
+            t = math.nan
+        if not 0.0 <= t <= 1.0:
+            raise APIError(400, "temperature must be a number from 0 to 1", param="temperature")
+    if (one("stream") or "false").lower() not in ("false", "0"):
+        raise APIError(400, "streaming responses are not supported here; use the WebSocket for live results",
+                       param="stream")
+    one("prompt")
+    return TranscriptionRequest(model=one("model") or "", response_format=fmt,
+                                granularities=tuple(dict.fromkeys(granularities or ["segment"])), language=language)
+
+
+async def read_form(request: web.Request, max_bytes: int, spool: Path) -> dict[str, list[str]]:
+    """Read the multipart form: the ``file`` part goes to ``spool`` (at most ``max_bytes``), the
+    text fields come back by name."""
+    if request.content_type != "multipart/form-data":
+        raise APIError(415, f"Content-Type must be multipart/form-data, not '{request.content_type}'")
+    if request.content_length is not None and request.content_length > max_bytes + FORM_OVERHEAD:
+        raise _too_large(max_bytes)
+    fields: dict[str, list[str]] = {}
+    reader = await request.multipart()
+    async for part in reader:
+        if not isinstance(part, BodyPartReader) or not part.name:
+            raise APIError(400, "every form part needs a name")
+        if part.name == "file":
+            if "file" in fields:
+                raise APIError(400, "'file' was given more than once", param="file")
+            fields["file"] = [part.filename or ""]
+            size = 0
+            with spool.open("wb") as out:
+                while chunk := await part.read_chunk(READ_SIZE):
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise _too_large(max_bytes)
+                    out.write(chunk)
+        else:
+            value = await part.read(decode=True)
+            if len(value) > FORM_OVERHEAD:
+                raise APIError(400, f"the form field '{part.name}' is too long", param=part.name)
+            fields.setdefault(part.name, []).append(value.decode("utf-8", "replace"))
+    if "file" not in fields:
+        raise APIError(400, "a 'file' part with the audio is required", param="file")
+    return fields
+
+
+def _too_large(max_bytes: int) -> APIError:
+    return APIError(413, f"the file is larger than the {max_bytes} byte limit (MAX_AUDIO_BYTES)", param="file",
+                    code=AUDIO_TOO_LARGE)
+
+
+# ---------------------------------------------------------------------------------------------
+# output
+def _compression_ratio(text: str) -> float:
+    data = text.encode()
+    return round(len(data) / len(zlib.compress(data)), 3) if data else 0.0
+
+
+def verbose_json(t: Transcript, req: TranscriptionRequest, model: str) -> dict:
+    """OpenAI's verbose_json. Fields Whisper has and Parakeet does not are filled honestly:
+    ``seek`` 0, ``tokens`` [] (our token ids mean nothing to a Whisper client), ``temperature`` 0
+    (greedy decoding), ``avg_logprob`` the mean log of the segment's word confidences,
+    ``no_speech_prob`` 0."""
+    out = {"task": "transcribe", "language": LANGUAGES.get(req.language or "", "unknown"),
+           "duration": round(t.duration, 3), "text": t.text, "model": model}
+    if "segment" in req.granularities:
+        out["segments"] = []
+        for i, s in enumerate(t.segments):
+            confidences = [w.confidence for w in t.words
+                           if w.confidence and s.start <= w.start and w.end <= s.end]
+            logprob = sum(math.log(max(c, 1e-6)) for c in confidences) / len(confidences) if confidences else 0.0
+            out["segments"].append({"id": i, "seek": 0, "start": s.start, "end": s.end, "text": s.text,
+                                    "tokens": [], "temperature": 0.0, "avg_logprob": round(logprob, 4),
+                                    "compression_ratio": _compression_ratio(s.text), "no_speech_prob": 0.0})
+    if "word" in req.granularities:
+        out["words"] = [{"word": w.word, "start": w.start, "end": w.end} for w in t.words]
+    out["usage"] = _usage(t)
+    return out
+
+
+def _usage(t: Transcript) -> dict:
+    return {"type": "duration", "seconds": math.ceil(t.duration)}
+
+
+def render(t: Transcript, req: TranscriptionRequest, model: str) -> web.Response:
+    headers = {"openai-model": model}
+    if req.response_format == "json":
+        return web.json_response({"text": t.text, "usage": _usage(t)}, headers=headers)
+    if req.response_format == "verbose_json":
+        return web.json_response(verbose_json(t, req, model), headers=headers)
+    if req.response_format == "srt":
+        body = to_srt(t.segments)
+    elif req.response_format == "vtt":
+        body = to_vtt(t.segments)
+    else:
+        body = t.text + "\n"
+    return web.Response(text=body, content_type="text/plain", headers=headers)
+
+
+# ---------------------------------------------------------------------------------------------
+async def transcriptions(request: web.Request) -> web.Response:
+    server = request.app[SERVER_KEY]
+    settings = server.settings
+    try:
+        if not authorized(request, settings.http_api_token):
+            raise APIError(401, "Incorrect API key provided: pass the server's API_TOKEN as "
+                           "'Authorization: Bearer <token>'", code="invalid_api_key")
+        if server.draining:
+            raise APIError(503, "The server is shutting down; retry on another worker", kind="server_error",
+                           code="shutting_down")
+        if not server.ready:
+            raise APIError(503, "The model is still loading; retry shortly", kind="server_error",
+                           code="model_loading")
+        with tempfile.TemporaryDirectory(prefix="openai-upload-") as tmp:
+            spool = Path(tmp) / "audio"
+            fields = await read_form(request, settings.max_audio_bytes, spool)
+            req = parse_fields(fields)
+            engine = server.engine
+            with engine.request_arriving():  # requests that arrive together share a forward pass
+                audio = await asyncio.to_thread(audio_utils.decode_audio, spool, settings.max_audio_seconds)
+        transcript = await engine.transcribe(audio.samples)
+        return render(transcript, req, engine.model_name)
+    except APIError as exc:
+        return exc.response()
+    except ASRError as exc:
+        return APIError(STATUS.get(exc.code, 500), exc.message, param="file" if exc.code != INTERNAL_ERROR else None,
+                        code=exc.code, kind="invalid_request_error" if exc.code in STATUS else "server_error"
+                        ).response()
+    except MemoryError:
+        return APIError(500, "out of memory while processing this request", kind="server_error",
+                        code=INTERNAL_ERROR).response()
+    except Exception:  # noqa: BLE001 - a bug must fail one request, not the worker
+        log.exception("transcription request failed")
+        return APIError(500, "the request failed unexpectedly; it has been logged", kind="server_error",
+                        code=INTERNAL_ERROR).response()
