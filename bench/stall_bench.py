@@ -127,8 +127,8 @@ class InProcessWorker:
 
         async def start():
             self.server = ASRServer(self.settings, self.engine)
-            ws = await self.server.serve("127.0.0.1", 0)
-            self.url = f"ws://127.0.0.1:{ws.sockets[0].getsockname()[1]}"
+            listener = await self.server.serve("127.0.0.1", 0)
+            self.url = f"ws://127.0.0.1:{listener.port}"
 
         def run():
             asyncio.set_event_loop(self.loop)

@@ -68,7 +68,7 @@ class WorkerThread:
         async def start():
             self.server = ASRServer(self.settings, engine)
             self.listener = await self.server.serve("127.0.0.1", 0)
-            self.port = self.listener.sockets[0].getsockname()[1]
+            self.port = self.listener.port
             self.url = f"ws://127.0.0.1:{self.port}"
 
         def run():
@@ -103,8 +103,7 @@ class WorkerThread:
         return self.submit(all_jobs()).result(timeout)
 
     def stop(self):
-        self.submit(self.server.close()).result(30)
-        self.loop.call_soon_threadsafe(self.listener.close)
+        self.submit(self.server.close()).result(30)  # its listener too
 
 
 def wav_b64(samples) -> str:
