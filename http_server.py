@@ -127,6 +127,8 @@ def build_app(server, *, http_api: bool = False) -> web.Application:
         import openai_api  # the HTTP API only where it is served
 
         app.router.add_post(openai_api.ROUTE, openai_api.transcriptions)
+        app.router.add_get("/v1/models", openai_api.models)
+        app.router.add_get("/v1/models/{model:.+}", openai_api.models)
         app.router.add_get("/", page)
     app.router.add_get("/{path:.*}", websocket)
     return app

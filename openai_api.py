@@ -13,7 +13,6 @@ exceptions (``BadRequestError``, ``AuthenticationError``, ...).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import tempfile
@@ -24,6 +23,7 @@ from pathlib import Path
 from aiohttp import BodyPartReader, web
 
 import audio_utils
+import metrics
 from errors import (
     AUDIO_TOO_LARGE,
     AUDIO_TOO_LONG,
@@ -34,7 +34,9 @@ from errors import (
     ASRError,
 )
 from formatting import to_srt, to_vtt
+from hotwords import HotwordError, Hotwords, parse_hotwords
 from http_server import SERVER_KEY, authorized
+from scheduling import DECODE_POOL, run_in
 from transcript import Transcript
 
 log = logging.getLogger("openai_api")
@@ -51,7 +53,8 @@ LANGUAGES = {
     "uk": "ukrainian",
 }
 FIELDS = {"file", "model", "response_format", "timestamp_granularities[]", "timestamp_granularities", "language",
-          "prompt", "temperature", "stream"}
+          "prompt", "temperature", "stream",
+          "hotwords[]", "hotwords", "hotword_boost"}  # ours (hotwords.py): a field per word or phrase
 FORM_OVERHEAD = 64 * 1024  # bytes of form fields and part headers allowed beside the file
 READ_SIZE = 256 * 1024
 
@@ -80,6 +83,8 @@ class TranscriptionRequest:
     granularities: tuple[str, ...]  # verbose_json only: which of words / segments to include
     language: str | None  # ISO 639-1, checked against LANGUAGES; reported, not used for decoding
     # ``prompt`` and ``temperature`` are accepted and ignored: decoding is greedy and takes no prompt
+    # (free text would make poor hotwords: every "the" and "and" boosted); ``hotwords[]`` is explicit
+    hotwords: Hotwords | None = None
 
 
 def parse_fields(fields: dict[str, list[str]]) -> TranscriptionRequest:
@@ -127,7 +132,23 @@ def parse_fields(fields: dict[str, list[str]]) -> TranscriptionRequest:
                        param="stream")
     one("prompt")
     return TranscriptionRequest(model=one("model") or "", response_format=fmt,
-                                granularities=tuple(dict.fromkeys(granularities or ["segment"])), language=language)
+                                granularities=tuple(dict.fromkeys(granularities or ["segment"])), language=language,
+                                hotwords=_hotwords(fields.get("hotwords[]", []) + fields.get("hotwords", []),
+                                                   one("hotword_boost")))
+
+
+def _hotwords(phrases: list[str], boost: str | None) -> Hotwords | None:
+    """``hotwords[]`` (repeated, as OpenAI's list fields are) and ``hotword_boost``, with the batch
+    API's limits and errors (hotwords.py)."""
+    try:
+        number = float(boost) if boost else None
+    except ValueError:
+        raise APIError(400, "hotword_boost must be a number", param="hotword_boost", code=INVALID_INPUT) from None
+    try:
+        return parse_hotwords(phrases or None, number)
+    except HotwordError as exc:
+        raise APIError(400, str(exc), param="hotword_boost" if "hotword_boost" in str(exc) else "hotwords[]",
+                       code=INVALID_INPUT) from None
 
 
 async def read_form(request: web.Request, max_bytes: int, spool: Path) -> dict[str, list[str]]:
@@ -201,6 +222,22 @@ def _usage(t: Transcript) -> dict:
     return {"type": "duration", "seconds": math.ceil(t.duration)}
 
 
+async def models(request: web.Request) -> web.Response:
+    """``GET /v1/models`` (and ``/v1/models/{model}``): the one served model, in OpenAI's shape, so
+    clients and tools that list models first find it."""
+    server = request.app[SERVER_KEY]
+    if not authorized(request, server.settings.http_api_token):
+        return APIError(401, "Incorrect API key provided", code="invalid_api_key").response()
+    model = {"id": server.settings.model, "object": "model", "created": 0, "owned_by": "nvidia"}
+    asked = request.match_info.get("model")
+    if asked is None:
+        return web.json_response({"object": "list", "data": [model]})
+    if asked != model["id"]:
+        return APIError(404, f"The model '{asked}' does not exist; this worker serves '{model['id']}'",
+                        param="model", code="model_not_found").response()
+    return web.json_response(model)
+
+
 def render(t: Transcript, req: TranscriptionRequest, model: str) -> web.Response:
     headers = {"openai-model": model}
     if req.response_format == "json":
@@ -218,6 +255,16 @@ def render(t: Transcript, req: TranscriptionRequest, model: str) -> web.Response
 
 # ---------------------------------------------------------------------------------------------
 async def transcriptions(request: web.Request) -> web.Response:
+    # one structured log line and the asr_requests{kind="openai"} counters per request (metrics.py)
+    with metrics.JobRecord(request.headers.get("X-Request-Id", "")[:64], kind="openai") as record:
+        try:
+            return await _transcriptions(request, record)
+        except APIError as exc:
+            record.fail(exc.code or f"http_{exc.status}")
+            return exc.response()
+
+
+async def _transcriptions(request: web.Request, record: metrics.JobRecord) -> web.Response:
     server = request.app[SERVER_KEY]
     settings = server.settings
     try:
@@ -225,9 +272,11 @@ async def transcriptions(request: web.Request) -> web.Response:
             raise APIError(401, "Incorrect API key provided: pass the server's API_TOKEN as "
                            "'Authorization: Bearer <token>'", code="invalid_api_key")
         if server.draining:
+            metrics.REFUSALS.labels("draining").inc()
             raise APIError(503, "The server is shutting down; retry on another worker", kind="server_error",
                            code="shutting_down")
         if not server.ready:
+            metrics.REFUSALS.labels("loading").inc()
             raise APIError(503, "The model is still loading; retry shortly", kind="server_error",
                            code="model_loading")
         with tempfile.TemporaryDirectory(prefix="openai-upload-") as tmp:
@@ -236,19 +285,21 @@ async def transcriptions(request: web.Request) -> web.Response:
             req = parse_fields(fields)
             engine = server.engine
             with engine.request_arriving():  # requests that arrive together share a forward pass
-                audio = await asyncio.to_thread(audio_utils.decode_audio, spool, settings.max_audio_seconds)
-        transcript = await engine.transcribe(audio.samples)
+                # the worker-wide decode memory budget and decode pool, as RunPod jobs use
+                audio = await run_in(DECODE_POOL, audio_utils.decode_audio, spool, settings.max_audio_seconds,
+                                     None, server.decode_budget)
+        record.audio_s = audio.duration
+        transcript = await engine.transcribe(audio.samples, hotwords=req.hotwords)
         return render(transcript, req, engine.model_name)
-    except APIError as exc:
-        return exc.response()
+    except APIError:
+        raise
     except ASRError as exc:
-        return APIError(STATUS.get(exc.code, 500), exc.message, param="file" if exc.code != INTERNAL_ERROR else None,
-                        code=exc.code, kind="invalid_request_error" if exc.code in STATUS else "server_error"
-                        ).response()
+        raise APIError(STATUS.get(exc.code, 500), exc.message, param="file" if exc.code != INTERNAL_ERROR else None,
+                       code=exc.code, kind="invalid_request_error" if exc.code in STATUS else "server_error") from None
     except MemoryError:
-        return APIError(500, "out of memory while processing this request", kind="server_error",
-                        code=INTERNAL_ERROR).response()
+        raise APIError(500, "out of memory while processing this request", kind="server_error",
+                       code=INTERNAL_ERROR) from None
     except Exception:  # noqa: BLE001 - a bug must fail one request, not the worker
         log.exception("transcription request failed")
-        return APIError(500, "the request failed unexpectedly; it has been logged", kind="server_error",
-                        code=INTERNAL_ERROR).response()
+        raise APIError(500, "the request failed unexpectedly; it has been logged", kind="server_error",
+                       code=INTERNAL_ERROR) from None

@@ -32,6 +32,7 @@ from dataclasses import asdict
 import numpy as np
 import soxr
 
+import audio_utils
 import lifecycle
 import metrics
 from asr_engine import Engine
@@ -100,6 +101,8 @@ class ASRServer:
         self.listeners: list[Listener] = []  # what ``serve`` started, closed by ``close``
         self.draining = False  # drain() began: refuse new connections
         self.drained = asyncio.Event()  # drain() finished: every session was flushed and closed
+        # memory all concurrent HTTP API decodes may hold together (openai_api.py)
+        self.decode_budget = audio_utils.DecodeBudget(settings.decode_budget_bytes)
         if engine is not None:
             self.attach(engine)
 

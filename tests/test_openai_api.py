@@ -5,6 +5,7 @@ timestamps, and the errors the client turns into its own exceptions."""
 import asyncio
 import dataclasses
 import re
+import urllib.request
 
 import aiohttp
 import jiwer
@@ -13,6 +14,7 @@ import openai
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+import synth
 from http_server import build_app
 from openai_api import LANGUAGES, parse_fields
 from settings import Settings
@@ -172,3 +174,57 @@ def test_field_rules_without_a_server():
     assert (req.response_format, req.granularities, req.language) == ("verbose_json", ("word", "segment"), "de")
     assert parse_fields({"file": ["a"]}).granularities == ("segment",)
     assert len(LANGUAGES) == 25
+
+
+def test_models_lists_the_served_model(client, lb_worker):
+    listed = [m.id for m in client.models.list()]
+    assert len(listed) == 1 and client.models.retrieve(listed[0]).id == listed[0]
+    with pytest.raises(openai.NotFoundError) as e:
+        client.models.retrieve("whisper-1")
+    assert e.value.body["code"] == "model_not_found"
+    url, _ = lb_worker
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{url}/v1", api_key="wrong", max_retries=0).models.list()
+
+
+@pytest.mark.parametrize("extra,param", [({"hotwords": ["<b>"]}, "hotwords[]"),
+                                         ({"hotwords": ["ok"] * 101}, "hotwords[]"),
+                                         ({"hotwords": ["ok"], "hotword_boost": "9"}, "hotword_boost"),
+                                         ({"hotwords": ["ok"], "hotword_boost": "x"}, "hotword_boost")])
+def test_invalid_hotwords_are_bad_requests(client, speech_files, extra, param):
+    with pytest.raises(openai.BadRequestError) as e:
+        transcribe(client, speech_files["mp3"], extra_body=extra)
+    assert e.value.body["param"] == param and e.value.body["code"] == "invalid_input"
+
+
+def test_hotwords_reach_the_engine(client, tmp_path):
+    """Our extension: ``hotwords[]`` (the client's ``extra_body={"hotwords": [...]}``) boosts the
+    words the plain transcript missed, on fresh sentences in held-out voices."""
+    utts = synth.make_utterances("en", synth.HELD_OUT["en"], 30, seed=1611)
+    refs, plain, boosted = [], [], []
+    for k, u in enumerate(utts):
+        path = write_wav(tmp_path / f"u{k}.wav", u.audio, 16000)
+        text = transcribe(client, path).text
+        missed = sorted(set(u.text.split()) - set(text.split()))
+        if missed:
+            refs.append(u.text.strip())
+            plain.append(text)
+            boosted.append(transcribe(client, path, extra_body={"hotwords": missed, "hotword_boost": 2}).text)
+    assert len(refs) >= 3, "the sample must hold enough errors to measure"
+    assert jiwer.wer(refs, boosted) < 0.7 * jiwer.wer(refs, plain), list(zip(refs, plain, boosted))
+
+
+def test_requests_are_counted_in_the_metrics(client, lb_worker, speech_files):
+    url, _ = lb_worker
+
+    def counts():
+        body = urllib.request.urlopen(f"{url}/metrics", timeout=30).read().decode()
+        return {o: float(m.group(1)) if (m := re.search(
+            rf'asr_requests_total{{kind="openai",outcome="{o}"}} ([0-9.e+]+)', body)) else 0.0 for o in ("ok", "error")}
+
+    before = counts()
+    transcribe(client, speech_files["mp3"])
+    with pytest.raises(openai.BadRequestError):
+        transcribe(client, speech_files["mp3"], language="zh")
+    after = counts()
+    assert (after["ok"] - before["ok"], after["error"] - before["error"]) == (1, 1)
