@@ -5,10 +5,11 @@ cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive PIP_DISABLE_PIP_VERSION_CHECK=1
 SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
 
-# ffmpeg decodes audio; espeak-ng and sox make the tests' speech; chromium runs the microphone page
-# in the browser test (Playwright drives this one: its own browser download is not used).
+# ffmpeg decodes audio; espeak-ng and sox make the tests' speech; chromium (driven by Playwright,
+# whose own browser download is not used) and firefox-esr (over WebDriver BiDi; it plays audio to a
+# private pulseaudio null sink) run the microphone page in the browser tests.
 $SUDO apt-get update -qq
-$SUDO apt-get install -y -qq espeak-ng sox ffmpeg libsndfile1 chromium >/dev/null
+$SUDO apt-get install -y -qq espeak-ng sox ffmpeg libsndfile1 chromium firefox-esr pulseaudio >/dev/null
 
 # torch first: on a CPU machine the CPU wheel (a plain `torch` would pull a multi-GB CUDA build).
 python3 -m pip install -q "${TORCH_SPEC:-torch==2.13.0}"
