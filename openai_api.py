@@ -279,7 +279,7 @@ async def _transcriptions(request: web.Request, record: metrics.JobRecord) -> we
             metrics.REFUSALS.labels("loading").inc()
             raise APIError(503, "The model is still loading; retry shortly", kind="server_error",
                            code="model_loading")
-        with tempfile.TemporaryDirectory(prefix="openai-upload-") as tmp:
+        with server.http_request(), tempfile.TemporaryDirectory(prefix="openai-upload-") as tmp:
             spool = Path(tmp) / "audio"
             fields = await read_form(request, settings.max_audio_bytes, spool)
             req = parse_fields(fields)
@@ -288,9 +288,9 @@ async def _transcriptions(request: web.Request, record: metrics.JobRecord) -> we
                 # the worker-wide decode memory budget and decode pool, as RunPod jobs use
                 audio = await run_in(DECODE_POOL, audio_utils.decode_audio, spool, settings.max_audio_seconds,
                                      None, server.decode_budget)
-        record.audio_s = audio.duration
-        transcript = await engine.transcribe(audio.samples, hotwords=req.hotwords)
-        return render(transcript, req, engine.model_name)
+            record.audio_s = audio.duration
+            transcript = await engine.transcribe(audio.samples, hotwords=req.hotwords)
+            return render(transcript, req, engine.model_name)
     except APIError:
         raise
     except ASRError as exc:

@@ -103,6 +103,9 @@ class ASRServer:
         self.drained = asyncio.Event()  # drain() finished: every session was flushed and closed
         # memory all concurrent HTTP API decodes may hold together (openai_api.py)
         self.decode_budget = audio_utils.DecodeBudget(settings.decode_budget_bytes)
+        self._http_in_flight = 0  # HTTP API requests being served: drain() lets them finish
+        self._http_idle = asyncio.Event()
+        self._http_idle.set()
         if engine is not None:
             self.attach(engine)
 
@@ -200,24 +203,44 @@ class ASRServer:
                 await session.error(CLOSING, reason)
                 await session.ws.close(code, reason)
 
+    @contextlib.contextmanager
+    def http_request(self):
+        """Around an HTTP API request (openai_api.py): a drain waits for it to be answered."""
+        self._http_in_flight += 1
+        self._http_idle.clear()
+        try:
+            yield
+        finally:
+            self._http_in_flight -= 1
+            if not self._http_in_flight:
+                self._http_idle.set()
+
     async def drain(self, timeout_s: float) -> None:
-        """Graceful shutdown: refuse new connections, give every open stream its last final and
-        ``done``, close each session with 1001, all within ``timeout_s``; sessions still open
-        then are closed as they are. Idempotent; ``drained`` is set at the end."""
+        """Graceful shutdown: refuse new connections and requests, give every open stream its last
+        final and ``done``, close each session with 1001, and let HTTP API requests in flight be
+        answered, all within ``timeout_s``; sessions still open then are closed as they are.
+        Idempotent; ``drained`` is set at the end."""
         if self.draining:
             await self.drained.wait()
             return
         self.draining = True
+        deadline = time.monotonic() + max(0.1, timeout_s)
         sessions = list(self.sessions.values())
-        log.info("draining %d session(s), at most %.1f s", len(sessions), timeout_s)
+        log.info("draining %d session(s) and %d HTTP request(s), at most %.1f s", len(sessions),
+                 self._http_in_flight, timeout_s)
         if sessions:
             flushes = [asyncio.ensure_future(s.shutdown("server shutting down")) for s in sessions]
-            done, pending = await asyncio.wait(flushes, timeout=max(0.1, timeout_s))
+            done, pending = await asyncio.wait(flushes, timeout=max(0.1, deadline - time.monotonic()))
             for f in pending:
                 f.cancel()
             for session in list(self.sessions.values()):  # too slow to flush: close them as they are
                 with contextlib.suppress(Exception):
                     await session.ws.close(CLOSE_GOING_AWAY, "server shutting down")
+        if self._http_in_flight:
+            try:
+                await asyncio.wait_for(self._http_idle.wait(), max(0.1, deadline - time.monotonic()))
+            except TimeoutError:
+                log.warning("drain: %d HTTP request(s) still running at the deadline", self._http_in_flight)
         self.drained.set()
 
     async def close(self) -> None:

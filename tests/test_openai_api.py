@@ -228,3 +228,35 @@ def test_requests_are_counted_in_the_metrics(client, lb_worker, speech_files):
         transcribe(client, speech_files["mp3"], language="zh")
     after = counts()
     assert (after["ok"] - before["ok"], after["error"] - before["error"]) == (1, 1)
+
+
+def test_a_drain_lets_a_request_in_flight_be_answered(tiny_model, speech_files):
+    """SIGTERM while a transcription runs: new requests get 503, the running one its transcript,
+    and the drain returns only after answering it."""
+    from asr_engine import Engine
+
+    settings = Settings(model="tiny", warmup=False)
+    engine = Engine(settings, model=tiny_model)
+
+    async def run():
+        server = ASRServer(settings, engine)
+        try:
+            async with TestClient(TestServer(build_app(server, http_api=True))) as c:
+                form = aiohttp.FormData({"model": "x"})
+                form.add_field("file", speech_files["flac"].read_bytes(), filename="a.flac")
+                request = asyncio.ensure_future(c.post("/v1/audio/transcriptions", data=form))
+                while not server._http_in_flight:
+                    await asyncio.sleep(0.005)
+                await server.drain(60)
+                in_flight_after_drain = server._http_in_flight
+                late = aiohttp.FormData({"model": "x"})
+                late.add_field("file", speech_files["flac"].read_bytes(), filename="a.flac")
+                refused = await c.post("/v1/audio/transcriptions", data=late)
+                response = await request
+                return in_flight_after_drain, response.status, await response.json(), refused.status
+        finally:
+            await server.close()
+
+    in_flight, status, body, refused = asyncio.run(run())
+    assert in_flight == 0 and status == 200 and refused == 503
+    assert jiwer.wer(SAMPLE_TEXT, body["text"]) <= MAX_WER, body
