@@ -49,15 +49,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools" / "test_model"))
 
-FORMATS = {  # every container/codec the product claims (as in tests/conftest.py)
-    "wav": ["-ar", "44100", "-ac", "2", "-c:a", "pcm_s16le"],
-    "flac": ["-ar", "22050", "-c:a", "flac"],
-    "mp3": ["-c:a", "libmp3lame", "-b:a", "64k"],
-    "ogg": ["-c:a", "libvorbis", "-q:a", "4"],
-    "opus": ["-c:a", "libopus", "-b:a", "32k", "-f", "ogg"],
-    "webm": ["-c:a", "libopus", "-b:a", "32k", "-f", "webm"],
-    "m4a": ["-c:a", "aac", "-b:a", "64k", "-f", "ipod"],
-}
 OUTPUT_FORMATS = ["json", "text", "srt", "vtt"]
 VALID_MAX_WER = 0.35  # the tiny model on clean espeak-ng speech (tests use 0.15-0.2 on one sentence)
 STREAM_MAX_WER = 0.4
@@ -105,7 +96,7 @@ def make_material(d: Path, file_port: int, seed: int = 14, sentences: int = 3) -
         u = synth.synthesize(text, "en", "en-us", rng, augment=False)
         src = d / f"src{k}.wav"
         sf.write(src, u.audio, SR, subtype="PCM_16")
-        for fmt, args in FORMATS.items():
+        for fmt, args in synth.FORMATS.items():
             dst = d / f"s{k}.{fmt}"
             subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-i", str(src), *args, str(dst)],
                            check=True)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 
+import synth
 from constants import SAMPLE_RATE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -16,16 +17,7 @@ TINY_MODEL = Path(os.environ.get("TINY_MODEL_PATH", ROOT / "tests" / "assets" / 
 requires_model = pytest.mark.skipif(
     not TINY_MODEL.exists(), reason=f"{TINY_MODEL} is not built yet (python tools/test_model/build_tiny.py)")
 
-# Every container/codec the product claims, made by ffmpeg from one espeak-ng utterance.
-FORMATS = {
-    "wav": ["-ar", "44100", "-ac", "2", "-c:a", "pcm_s16le"],  # stereo 44.1 kHz: downmix + resample
-    "flac": ["-ar", "22050", "-c:a", "flac"],
-    "mp3": ["-c:a", "libmp3lame", "-b:a", "64k"],
-    "ogg": ["-c:a", "libvorbis", "-q:a", "4"],
-    "opus": ["-c:a", "libopus", "-b:a", "32k", "-f", "ogg"],
-    "webm": ["-c:a", "libopus", "-b:a", "32k", "-f", "webm"],
-    "m4a": ["-c:a", "aac", "-b:a", "64k", "-f", "ipod"],
-}
+FORMATS = synth.FORMATS  # every container/codec the product claims
 SAMPLE_TEXT = "good morning teacher please open window today"
 LB_MAX_BYTES = 2_000_000  # MAX_AUDIO_BYTES of the load-balancer worker fixture (conftest.lb_worker)
 

@@ -25,6 +25,17 @@ import soxr
 from constants import SAMPLE_RATE  # the repository root is on the path (pytest, bench/_paths, the builders)
 
 ASSETS = Path(__file__).resolve().parents[2] / "tests" / "assets"
+# ffmpeg output options for every container/codec the product claims: the tests and bench/soak.py
+# encode synthesized speech with these
+FORMATS = {
+    "wav": ["-ar", "44100", "-ac", "2", "-c:a", "pcm_s16le"],  # stereo 44.1 kHz: downmix + resample
+    "flac": ["-ar", "22050", "-c:a", "flac"],
+    "mp3": ["-c:a", "libmp3lame", "-b:a", "64k"],
+    "ogg": ["-c:a", "libvorbis", "-q:a", "4"],
+    "opus": ["-c:a", "libopus", "-b:a", "32k", "-f", "ogg"],
+    "webm": ["-c:a", "libopus", "-b:a", "32k", "-f", "webm"],
+    "m4a": ["-c:a", "aac", "-b:a", "64k", "-f", "ipod"],
+}
 _ESPEAK_RATE = 22050
 
 # Accents (espeak-ng language voices) and voice variants (speaker timbres).
