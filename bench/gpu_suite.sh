@@ -3,56 +3,40 @@
 #
 #   bash bench/gpu_suite.sh [OUT_DIR] [PART ...]
 #
-# PARTS (default: all, in this order): batch levers stream long startup hotwords
-#   batch    bench/batch_bench.py: plain NeMo vs engine vs handler, full-size and tiny, 32 jobs
-#   levers   bench/gpu_levers.py: BF16, SDPA, CUDA graphs, torch.compile, batch sizes 1..128
-#   stream   bench/stream_bench.py: 1..300 real-time streams, default and low-latency settings
-#   long     bench/long_audio_bench.py: 1, 2, 3 h through local attention and chunking
-#   startup  bench/startup_bench.py: time to ready, first vs steady request, warmup on/off, loaders
-#   hotwords bench/hotword_bench.py: decoding with 0/10/100/1000 hotwords, batch and streaming
+# The first GPU run is bench/gpu_check.sh (one call, < 7 min); this suite is the long follow-up,
+# one or two parts per call (a borrowed machine allows 10 min a command, ~15 min a session).
+# PARTS (default: all, in this order; estimates for one H100, not yet measured):
+#   batch      bench/batch_bench.py: plain NeMo vs engine vs handler, full-size and tiny, 32 jobs (~4 min)
+#   levers     bench/gpu_levers.py: BF16, SDPA, CUDA graphs, torch.compile, batch sizes 1..128 (~5 min)
+#   stream     bench/stream_bench.py: 1..300 real-time streams, default settings (~5 min)
+#   stream_ll  the same with the low-latency settings (~5 min)
+#   long       bench/long_audio_bench.py: 1, 2, 3 h through local attention and chunking (~4 min)
+#   startup    bench/startup_bench.py: time to ready, first vs steady request, warmup on/off, loaders (~4 min)
+#   hotwords   bench/hotword_bench.py: decoding with 0/10/100/1000 hotwords, batch and streaming (~3 min)
+# The full-size model is built once per machine (~1 min); the first part on a fresh machine pays it.
 # Each part writes OUT_DIR/<part>.json (its benchmarks' JSON results); after every part,
 # OUT_DIR/gpu_suite.json holds all part files present plus the machine's description. Parts
 # can run in separate calls (a time-limited machine): the merge keeps earlier parts.
 #
-# What a bare machine lacks is installed first:
-# - Python packages: if NeMo is not importable, from wheels in .whl/ (no network needed;
-#   fill it elsewhere with `bash bench/wheelhouse.sh`), else from requirements.txt;
-# - speech for the clips: without espeak-ng, from .bench_audio/ (fill it elsewhere with
-#   `python bench/prepare_audio.py`);
-# - the full-size model (random weights, calibrated emission rate): built once into
-#   FULL_MODEL (default ~/.cache/parakeet-test-models/full/parakeet_tdt_v3_random.nemo).
+# What a bare machine lacks is installed first (bench/gpu_env.sh: carried wheels, speech,
+# tokenizer); the full-size model (random weights, calibrated emission rate) is built once into
+# FULL_MODEL (default ~/.cache/parakeet-test-models/full/parakeet_tdt_v3_random.nemo).
+# OUT_DIR defaults to $OUT when set (the borrowed machines' result folder), else bench/results/gpu.
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-OUT_DIR="${1:-$ROOT/bench/results/gpu}"
+OUT_DIR="${1:-${OUT:-$ROOT/bench/results/gpu}}"
 shift || true
 PARTS=("$@")
-[ ${#PARTS[@]} -eq 0 ] && PARTS=(batch levers stream long startup hotwords)
+[ ${#PARTS[@]} -eq 0 ] && PARTS=(batch levers stream stream_ll long startup hotwords)
 mkdir -p "$OUT_DIR"
+# logs stay out of OUT_DIR (a borrowed machine returns at most 8 files from $OUT): JSON only there
+LOG_DIR="${GPU_SUITE_LOGS:-$(mktemp -d)}"
+mkdir -p "$LOG_DIR"
 PY="${PYTHON:-python3}"
-export PYTHONUNBUFFERED=1
-log() { echo "[gpu_suite $(date +%H:%M:%S)] $*" >&2; }
 
-# ---- 1. packages
-if ! "$PY" -c "import nemo.collections.asr" 2>/dev/null; then
-    if compgen -G ".whl/*.whl" >/dev/null; then
-        log "installing $(ls .whl/*.whl | wc -l) carried wheels into /tmp/site"
-        "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-            --target /tmp/site .whl/*.whl || exit 1
-        export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
-    else
-        log "installing requirements.txt from the package index"
-        "$PY" -m pip install -q -r requirements.txt || exit 1
-    fi
-fi
-"$PY" -c "import nemo.collections.asr, runpod, websockets, soundfile, soxr" || { log "imports fail"; exit 1; }
-
-# ---- 2. speech
-if ! command -v espeak-ng >/dev/null; then
-    [ -d .bench_audio ] || { log "no espeak-ng and no .bench_audio/: run python bench/prepare_audio.py where espeak-ng is"; exit 1; }
-    export ESPEAK_CACHE="$ROOT/.bench_audio"
-fi
+. "$ROOT/bench/gpu_env.sh"
 
 # ---- 3. the full-size model
 FULL_MODEL="${FULL_MODEL:-$HOME/.cache/parakeet-test-models/full/parakeet_tdt_v3_random.nemo}"
@@ -73,7 +57,7 @@ fi
 run_json() {  # run_json NAME CMD...: run, keep the log, append {"NAME": result} to $PART_FILE.tmp
     local name="$1"; shift
     log "$name: $*"
-    local logf="$OUT_DIR/$PART.$name.log"
+    local logf="$LOG_DIR/$PART.$name.log"
     if "$@" >"$logf" 2>"$logf.err"; then
         "$PY" - "$name" "$logf" "$PART_FILE.tmp" <<'EOF'
 import json, sys
@@ -101,7 +85,9 @@ for PART in "${PARTS[@]}"; do
             run_json full "$PY" bench/gpu_levers.py --model "$FULL_MODEL" --n $N --batch-sizes $SIZES --repeats 2 ;;
         stream)
             export WS_MAX_SESSIONS=1000
-            run_json default "$PY" bench/stream_bench.py --model "$FULL_MODEL" --streams $STREAMS --target 0.3
+            run_json default "$PY" bench/stream_bench.py --model "$FULL_MODEL" --streams $STREAMS --target 0.3 ;;
+        stream_ll)
+            export WS_MAX_SESSIONS=1000
             STREAM_CHUNK_S=0.16 STREAM_RIGHT_S=0.16 STREAM_EOU_MS=240 \
                 run_json low_latency "$PY" bench/stream_bench.py --model "$FULL_MODEL" --streams $STREAMS --target 0.3 ;;
         long)

@@ -87,19 +87,11 @@ def calibrate_emission(model, target: float, n_clips: int = 4) -> tuple[int, flo
     return d, emission_rate(model, enc, enc_len, seconds)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--tokens-per-second", type=float, default=5.0,
-                    help="target emission rate; 0 keeps the raw random joint")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    args = ap.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    torch.manual_seed(args.seed)
-    from nemo.collections.asr.models import EncDecRNNTBPEModel
+def tokenizer_dir() -> Path:
+    """The 8192-token tokenizer, trained once into the cache (TEST_MODEL_CACHE; a GPU machine
+    without time to train it gets the folder carried)."""
     from nemo.collections.common.tokenizers.sentencepiece_tokenizer import create_spt_model
 
-    t0 = time.time()
     tok_dir = CACHE / "tokenizer"
     tok_dir.mkdir(parents=True, exist_ok=True)
     if not (tok_dir / "tokenizer.model").exists():
@@ -108,15 +100,36 @@ def main() -> None:
         create_spt_model(str(corpus), VOCAB_SIZE, sample_size=-1, do_lower_case=False, tokenizer_type="bpe",
                          output_dir=str(tok_dir))
         corpus.unlink()
-    model = EncDecRNNTBPEModel(cfg=parakeet_config(FULL, str(tok_dir))).eval()
+    return tok_dir
+
+
+def build(tokens_per_second: float = 5.0, seed: int = 0):
+    """The full-size model in memory (eval mode, CPU) and a description of it."""
+    from nemo.collections.asr.models import EncDecRNNTBPEModel
+
+    torch.manual_seed(seed)
+    model = EncDecRNNTBPEModel(cfg=parakeet_config(FULL, str(tokenizer_dir()))).eval()
     n_params = sum(p.numel() for p in model.parameters())
     log.info("full-size model: %d parameters (%.1f M)", n_params, n_params / 1e6)
-    info = {"parameters": n_params, "vocab_size": model.tokenizer.vocab_size, "seed": args.seed}
-    if args.tokens_per_second > 0:
-        d, rate = calibrate_emission(model, args.tokens_per_second)
+    info = {"parameters": n_params, "vocab_size": model.tokenizer.vocab_size, "seed": seed}
+    if tokens_per_second > 0:
+        d, rate = calibrate_emission(model, tokens_per_second)
         info.update({"forced_duration": d, "tokens_per_second": round(rate, 2)})
         log.info("duration head biased to %d frames -> measured emission rate %.2f tokens/s (target %.1f)", d,
-                 rate, args.tokens_per_second)
+                 rate, tokens_per_second)
+    return model, info
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tokens-per-second", type=float, default=5.0,
+                    help="target emission rate; 0 keeps the raw random joint")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    t0 = time.time()
+    model, info = build(args.tokens_per_second, args.seed)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     model.save_to(str(args.out))
     info["build_seconds"] = round(time.time() - t0, 1)

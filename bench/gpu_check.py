@@ -1,0 +1,543 @@
+"""The first GPU run: is the GPU/BF16 path correct, and the few figures the engine's defaults rest on.
+
+    bash bench/gpu_check.sh [OUT_DIR] [PART ...]          # the one command (installs what is missing)
+    python bench/gpu_check.py --out FILE [--parts correctness full] [--budget-s 330] [--cpu-smoke]
+
+Parts (docs/PERFORMANCE.md, "GPU check", says what to carry and how long each runs):
+- ``correctness`` (tiny test model, ~1 min): versions (torch, CUDA, driver, NeMo); offline on the
+  device in the engine's precision vs CPU fp32 (WER of each against the reference and between the
+  two); the dtype the joint sees from the encoder and the preprocessor's buffer dtypes; streaming
+  in that precision (no failed step, WER); offline output identical before and after streaming;
+  CUDA-graph mode and the number of decoder re-captures over mixed batches after warmup; CUDA OOM
+  recovery (injected).
+- ``full`` (full-size random-weight model built in memory, ~3-4 min): peak memory of full
+  attention at 5/10/20 min (fitted to a + K*T^2, the constant behind the full-attention limit),
+  a real OOM recovered by local attention, attention switch time, batch RTFx at batch 1/16/64 in
+  bf16 vs fp32, streaming step time at 1/32/128 streams, torch.compile on/off (if time is left).
+
+Every section is guarded: a failure is recorded as {"error": ...} and the next section runs; a
+section that would overrun ``--budget-s`` is recorded as skipped. The JSON file is rewritten after
+every section, so a run stopped at its time limit still leaves what it measured.
+``--cpu-smoke``: the same sections on CPU (bf16 forced) with the tiny model standing in for the
+full one and small sizes; CUDA-only figures are {"skipped": "needs CUDA"} (tests/test_gpu_check.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tools" / "test_model"))
+
+TINY = ROOT / "tests" / "assets" / "tiny_parakeet.nemo"
+log = logging.getLogger("gpu_check")
+
+
+def clips(n: int = 8, seed: int = 5150):
+    """The speech every section uses (bench/prepare_audio.py speaks the same for a machine
+    without espeak-ng)."""
+    import synth
+
+    return synth.make_utterances("en", synth.train_voices("en"), n, seed, augment=False)
+
+
+def tile(utts, seconds: float):
+    """One signal of ``seconds`` made of the utterances one after another (for memory figures)."""
+    import numpy as np
+
+    base = np.concatenate([u.audio for u in utts])
+    reps = int(seconds * 16000 // len(base)) + 1
+    return np.tile(base, reps)[: int(seconds * 16000)]
+
+
+def wer(refs, hyps) -> float:
+    import jiwer
+
+    return round(float(jiwer.wer(list(refs), [h or "<empty>" for h in hyps])), 4)
+
+
+class Check:
+    """Runs sections in order within a time budget and keeps the JSON file current."""
+
+    def __init__(self, out: Path, budget_s: float):
+        self.out, self.t0, self.budget = out, time.monotonic(), budget_s
+        self.result: dict = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "sections": {}}
+
+    def left(self) -> float:
+        return self.budget - (time.monotonic() - self.t0)
+
+    def run(self, name: str, fn, *args, need_s: float = 0.0):
+        if self.left() < need_s:
+            res = {"skipped": f"time budget: {self.left():.0f} s left, needs ~{need_s:.0f} s"}
+        else:
+            t = time.monotonic()
+            log.info("section %s (%.0f s left)", name, self.left())
+            try:
+                res = fn(*args)
+            except Exception as exc:  # noqa: BLE001 - record and go on with the next section
+                res = {"error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()[-2000:]}
+            if isinstance(res, dict):
+                res.setdefault("seconds", round(time.monotonic() - t, 2))
+        self.result["sections"][name] = res
+        self.save()
+        return res
+
+    def save(self) -> None:
+        self.result["elapsed_s"] = round(time.monotonic() - self.t0, 1)
+        tmp = self.out.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.result, indent=1, default=str))
+        tmp.replace(self.out)
+
+
+# ---------------------------------------------------------------------------------------------
+# correctness (tiny model)
+def versions() -> dict:
+    import torch
+
+    import hardware
+
+    info = {"python": platform.python_version(), "torch": torch.__version__, "torch_cuda": torch.version.cuda,
+            "driver": hardware.nvidia_driver_version() or None, "cuda_available": torch.cuda.is_available()}
+    try:
+        import nemo
+
+        info["nemo"] = nemo.__version__
+    except ImportError as exc:
+        info["nemo"] = f"missing: {exc}"
+    if torch.cuda.is_available():
+        dev = torch.device("cuda")
+        free, total = torch.cuda.mem_get_info()
+        info.update({"gpu": torch.cuda.get_device_name(0), "capability": list(torch.cuda.get_device_capability(0)),
+                     "bf16_native": hardware.bf16_native(dev), "memory_total_gb": round(total / 1e9, 1),
+                     "memory_free_gb": round(free / 1e9, 1)})
+    return info
+
+
+def joint_input_dtypes(model):
+    """Record the dtype of every tensor that reaches the joint's encoder projection."""
+    seen: set[str] = set()
+    handle = model.joint.enc.register_forward_pre_hook(lambda _m, args: seen.add(str(args[0].dtype)))
+    return seen, handle
+
+
+def float_state(module) -> dict:
+    return {name: t.detach().clone() for name, t in list(module.named_parameters()) + list(module.named_buffers())
+            if t.is_floating_point()}
+
+
+def same_state(a: dict, b: dict) -> list[str]:
+    """Names whose dtype or values differ."""
+    return [n for n in a if n not in b or a[n].dtype != b[n].dtype or not bool((a[n] == b[n]).all())]
+
+
+def correctness(ctx: dict, device: str) -> dict:
+    import torch
+
+    from asr_engine import Engine, load_model
+    from settings import Settings
+
+    utts = clips(8)
+    refs = [u.text for u in utts]
+    cpu_model = load_model(str(TINY), device="cpu")
+    cpu = Engine(Settings(model="tiny", device="cpu", precision="fp32", warmup=False), model=cpu_model)
+    cpu_texts = [t.text for t in cpu.transcribe_batch([u.audio for u in utts])]
+    del cpu, cpu_model
+    model = load_model(str(TINY), device=device)
+    precision = "bf16" if device == "cpu" else "auto"  # CPU smoke: force the GPU's precision path
+    engine = Engine(Settings(model="tiny", device=device, precision=precision, max_batch_size=8,
+                             ws_max_sessions=8), model=model)
+    ctx["engine"] = engine
+    seen, handle = joint_input_dtypes(model)
+    try:
+        dev_texts = [t.text for t in engine.transcribe_batch([u.audio for u in utts])]
+    finally:
+        handle.remove()
+    return {
+        "device": str(engine.device), "dtype": str(engine.dtype),
+        "encoder_dtype": str(next(model.encoder.parameters()).dtype),
+        "joint_dtype": str(next(model.joint.parameters()).dtype),
+        "joint_input_dtypes": sorted(seen),
+        "preprocessor_buffers": {n: str(b.dtype) for n, b in model.preprocessor.named_buffers()},
+        "wer_device_vs_ref": wer(refs, dev_texts), "wer_cpu_fp32_vs_ref": wer(refs, cpu_texts),
+        "wer_device_vs_cpu_fp32": wer(cpu_texts, dev_texts),
+        "warmup": getattr(engine, "warmup_report", None),
+        "ok": torch.cuda.is_available() or device == "cpu",
+    }
+
+
+def streaming(ctx: dict) -> dict:
+    from streaming import StreamDecoder
+
+    engine = ctx["engine"]
+    utts = clips(8)[:4]
+    before_state = float_state(engine.model.preprocessor)
+    before = engine.transcribe_batch([u.audio for u in utts])
+    seen, handle = joint_input_dtypes(engine.model)
+
+    async def run():
+        dec = StreamDecoder(engine)
+        dec.start()
+        streams = [dec.open() for _ in utts]
+        for s, u in zip(streams, utts):
+            dec.push(s, u.audio)
+            dec.finish(s)
+        texts, failed = [], 0
+        for s in streams:
+            finals = []
+            while True:
+                up = await s.updates.get()
+                if up is None:
+                    failed += 1
+                    break
+                if up.final:
+                    finals.append(up.final)
+                if up.last:
+                    break
+            texts.append(" ".join(finals))
+        await dec.stop()
+        return texts, failed, dec.steps
+
+    try:
+        texts, failed, steps = asyncio.run(run())
+    finally:
+        handle.remove()
+    after = engine.transcribe_batch([u.audio for u in utts])
+    changed = same_state(before_state, float_state(engine.model.preprocessor))
+    return {"failed_streams": failed, "steps": steps, "wer_vs_ref": wer([u.text for u in utts], texts),
+            "joint_input_dtypes": sorted(seen), "preprocessor_changed": changed,
+            "offline_identical_after_streaming": [dataclasses.asdict(a) for a in after]
+            == [dataclasses.asdict(b) for b in before],
+            "ok": failed == 0 and not changed}
+
+
+def decoding_computers(engine) -> list:
+    comps = [engine.model.decoding.decoding.decoding_computer]
+    pipe = getattr(engine, "_stream_pipeline", None)
+    if pipe is not None and getattr(pipe, "decoding_computer", None) is not None:
+        comps.append(pipe.decoding_computer)
+    return comps
+
+
+@contextlib.contextmanager
+def count_recaptures(computers):
+    """Count NeMo's CUDA-graph (re)initialisations of the given label-looping computers."""
+    count = {"n": 0}
+    saved = []
+    for c in computers:
+        orig = c._graph_reinitialize
+
+        def wrapped(*a, _orig=orig, **k):
+            count["n"] += 1
+            return _orig(*a, **k)
+        c._graph_reinitialize = wrapped
+        saved.append((c, orig))
+    try:
+        yield count
+    finally:
+        for c, _orig in saved:
+            vars(c).pop("_graph_reinitialize", None)
+
+
+def cuda_graphs(ctx: dict) -> dict:
+    import numpy as np
+
+    engine = ctx["engine"]
+    comps = decoding_computers(engine)
+    utts = clips(8)
+    rng = np.random.default_rng(1)
+    with count_recaptures(comps) as n:
+        for size in (1, 3, 8, 2, 5):  # mixed batch sizes and lengths, all within the warmed shapes
+            pick = [utts[int(i)].audio for i in rng.integers(0, len(utts), size)]
+            pick = [np.tile(a, int(rng.integers(1, 4))) for a in pick]
+            engine.transcribe_batch(pick)
+    return {"modes": [str(getattr(c, "cuda_graphs_mode", None)) for c in comps],
+            "recaptures_after_warmup": n["n"]}
+
+
+def oom_injected(ctx: dict) -> dict:
+    """A batch whose forward raises OOM once per multi-clip call: every clip still gets its text."""
+    import torch
+
+    engine = ctx["engine"]
+    utts = clips(8)[:4]
+    reference = [t.text for t in engine.transcribe_batch([u.audio for u in utts])]
+    enc = engine.model.encoder
+    orig = enc.forward
+    raised = {"n": 0}
+
+    def forward(*a, **k):
+        sig = k.get("audio_signal", a[0] if a else None)
+        if sig is not None and sig.shape[0] > 1:
+            raised["n"] += 1
+            raise torch.OutOfMemoryError("injected by bench/gpu_check.py")
+        return orig(*a, **k)
+    enc.forward = forward
+    try:
+        texts = [t.text for t in engine.transcribe_batch([u.audio for u in utts])]
+    finally:
+        vars(enc).pop("forward", None) if orig is type(enc).forward.__get__(enc) else setattr(enc, "forward", orig)
+    return {"ooms_raised": raised["n"], "recovered_identical": texts == reference,
+            "stats": dict(getattr(engine, "stats", {}))}
+
+
+# ---------------------------------------------------------------------------------------------
+# full-size model
+def build_full_model(ctx: dict, device: str, smoke: bool) -> dict:
+    import torch
+
+    from asr_engine import Engine, load_model
+    from settings import Settings
+
+    ctx.pop("engine", None)
+    torch.cuda.empty_cache() if torch.cuda.is_available() else None
+    t = time.monotonic()
+    if smoke:
+        model, info = load_model(str(TINY), device="cpu"), {"stand_in": "tiny model (--cpu-smoke)"}
+    else:
+        import build_full
+
+        model, info = build_full.build(5.0)
+    model = model.to(device).eval()
+    info["build_s"] = round(time.monotonic() - t, 1)
+    t = time.monotonic()
+    engine = Engine(Settings(model="full", device=device, precision="bf16" if smoke else "auto",
+                             max_batch_size=64, warmup=False, ws_max_sessions=128), model=model)
+    info["engine_s"] = round(time.monotonic() - t, 1)
+    ctx["full"] = engine
+    return info
+
+
+def memory(ctx: dict, minutes: list[float]) -> dict:
+    import torch
+
+    engine = ctx["full"]
+    if engine.device.type != "cuda":
+        return {"skipped": "needs CUDA"}
+    utts = clips(8)
+    rows = []
+    for m in minutes:
+        sig = tile(utts, m * 60)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        t = time.perf_counter()
+        with engine.exclusive("full") as model:
+            engine._forward(model, torch.from_numpy(sig)[None], torch.tensor([len(sig)]))
+        torch.cuda.synchronize()
+        frames = len(sig) / 16000 / engine.frame_seconds
+        rows.append({"minutes": m, "frames": round(frames), "peak_gb": round((torch.cuda.max_memory_allocated() - base) / 1e9, 3),
+                     "seconds": round(time.perf_counter() - t, 3)})
+    # a + K * T^2 through the first and last points
+    (f0, p0), (f1, p1) = (rows[0]["frames"], rows[0]["peak_gb"] * 1e9), (rows[-1]["frames"], rows[-1]["peak_gb"] * 1e9)
+    k = (p1 - p0) / (f1**2 - f0**2) if f1 != f0 else None
+    import hardware
+
+    free = hardware.free_device_memory(engine.device)
+    return {"rows": rows, "bytes_per_frame2": round(k, 2) if k else None,
+            "free_gb": round(free / 1e9, 1) if free else None,
+            "limit_min_with_measured_k": round(hardware.full_attention_limit_s(free, engine.frame_seconds, k) / 60, 1)
+            if k and free else None,
+            "limit_min_with_default_k": round(hardware.full_attention_limit_s(free, engine.frame_seconds) / 60, 1)
+            if free else None}
+
+
+def real_oom(ctx: dict) -> dict:
+    """A clip whose full attention cannot fit: the engine must answer it with local attention."""
+    import hardware
+
+    engine = ctx["full"]
+    if engine.device.type != "cuda":
+        return {"skipped": "needs CUDA"}
+    free = hardware.free_device_memory(engine.device)
+    seconds = min(2.0 * hardware.full_attention_limit_s(free, engine.frame_seconds, headroom=1.0), 3600.0)
+    sig = tile(clips(8), seconds)
+    t = time.perf_counter()
+    out = engine.transcribe_batch([sig], "full", fallback=True) if _takes_fallback(engine) else \
+        engine.transcribe_batch([sig], "full")
+    res = out[0]
+    return {"audio_min": round(seconds / 60, 1), "result": type(res).__name__,
+            "attention": getattr(res, "attention", None), "words": len(getattr(res, "words", []) or []),
+            "seconds": round(time.perf_counter() - t, 2), "stats": dict(getattr(engine, "stats", {}))}
+
+
+def _takes_fallback(engine) -> bool:
+    import inspect
+
+    return "fallback" in inspect.signature(engine.transcribe_batch).parameters
+
+
+def attention_switch(ctx: dict) -> dict:
+    import torch
+
+    engine = ctx["full"]
+    times = []
+    for mode in ("local", "full", "local", "full"):
+        if engine.device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        with engine.exclusive(mode):
+            pass
+        times.append(round(time.perf_counter() - t, 4))
+    return {"enter_and_leave_s": times, "first_is_build": True}
+
+
+def batch_rtfx(ctx: dict, sizes: list[int], precisions: list[str]) -> dict:
+    import torch
+
+    from asr_engine import Engine
+    from settings import Settings
+
+    engine = ctx["full"]
+    utts = clips(8)
+    pool = [u.audio for u in utts]
+    rows = []
+    for prec in precisions:
+        if engine.device.type != "cuda" and prec != "fp32":
+            prec_engine = engine  # CPU smoke: the bf16 engine as built
+        else:
+            prec_engine = Engine(dataclasses.replace(engine.settings, precision=prec), model=engine.model)
+        for b in sizes:
+            batch = [pool[i % len(pool)] for i in range(b)]
+            audio_s = sum(len(a) for a in batch) / 16000
+            prec_engine.transcribe_batch(batch)  # warm this shape
+            best = float("inf")
+            for _ in range(3):
+                if engine.device.type == "cuda":
+                    torch.cuda.synchronize()
+                t = time.perf_counter()
+                prec_engine.transcribe_batch(batch)
+                if engine.device.type == "cuda":
+                    torch.cuda.synchronize()
+                best = min(best, time.perf_counter() - t)
+            rows.append({"precision": prec, "dtype": str(prec_engine.dtype), "batch": b,
+                         "rtfx": round(audio_s / best, 1), "seconds": round(best, 4)})
+    # leave the shared model in the engine's own precision
+    Engine(engine.settings, model=engine.model)
+    return {"rows": rows}
+
+
+def stream_steps(ctx: dict, counts: list[int]) -> dict:
+    from streaming import StreamDecoder
+
+    engine = ctx["full"]
+    audio = tile(clips(8), 6.0)
+
+    async def run(n: int):
+        dec = StreamDecoder(engine)
+        dec.start()
+        streams = [dec.open() for _ in range(n)]
+        for s in streams:
+            dec.push(s, audio)
+            dec.finish(s)
+        failed = 0
+        for s in streams:
+            while True:
+                up = await s.updates.get()
+                if up is None:
+                    failed += 1
+                    break
+                if up.last:
+                    break
+        await dec.stop()
+        return {"streams": n, "steps": dec.steps, "frames_per_step": round(dec.frames / max(dec.steps, 1), 1),
+                "step_ms": round(1000 * dec.step_seconds / max(dec.steps, 1), 2), "failed": failed}
+
+    return {"rows": [asyncio.run(run(n)) for n in counts]}
+
+
+def compile_on_off(ctx: dict) -> dict:
+    engine = ctx["full"]
+    if engine.device.type != "cuda":
+        return {"skipped": "needs CUDA"}
+    import torch
+
+    from asr_engine import Engine
+
+    utts = clips(8)
+    batch = [u.audio for u in utts]
+    eager = Engine(dataclasses.replace(engine.settings, compile=False), model=engine.model)
+    ref = [t.text for t in eager.transcribe_batch(batch)]
+
+    def timeit(e):
+        e.transcribe_batch(batch)
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(3):
+            e.transcribe_batch(batch)
+        torch.cuda.synchronize()
+        return (time.perf_counter() - t) / 3
+
+    eager_s = timeit(eager)
+    t = time.perf_counter()
+    compiled = Engine(dataclasses.replace(engine.settings, compile=True, warmup=True), model=engine.model)
+    warm_s = time.perf_counter() - t
+    import torch._dynamo.utils as du
+
+    before = dict(du.counters["stats"])
+    comp_s = timeit(compiled)
+    texts = [t.text for t in compiled.transcribe_batch(batch)]
+    after = dict(du.counters["stats"])
+    return {"eager_s": round(eager_s, 4), "compiled_s": round(comp_s, 4), "speedup": round(eager_s / comp_s, 3),
+            "compile_and_warmup_s": round(warm_s, 1), "same_text_as_eager": texts == ref,
+            "steady_state_compiles": after.get("unique_graphs", 0) - before.get("unique_graphs", 0)}
+
+
+# ---------------------------------------------------------------------------------------------
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, required=True, help="the JSON file to write")
+    ap.add_argument("--parts", nargs="+", default=["correctness", "full"], choices=["correctness", "full"])
+    ap.add_argument("--budget-s", type=float, default=330.0, help="stop starting sections after this")
+    ap.add_argument("--cpu-smoke", action="store_true", help="CPU, bf16 forced, tiny sizes (tests)")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+    import torch
+
+    smoke = args.cpu_smoke
+    device = "cpu" if smoke else "cuda"
+    check = Check(args.out, args.budget_s)
+    check.result["mode"] = "cpu-smoke" if smoke else "gpu"
+    info = check.run("versions", versions)
+    if not smoke and not torch.cuda.is_available():
+        check.result["fatal"] = "CUDA is not available: " + __import__("hardware").cuda_diagnosis()
+        check.save()
+        print(json.dumps(check.result["fatal"]))
+        sys.exit(1)
+    ctx: dict = {}
+    if "correctness" in args.parts:
+        check.run("offline", correctness, ctx, device)
+        if "engine" in ctx:
+            check.run("streaming", streaming, ctx)
+            check.run("cuda_graphs", cuda_graphs, ctx)
+            check.run("oom_injected", oom_injected, ctx)
+    if "full" in args.parts:
+        check.run("full_model", build_full_model, ctx, device, smoke, need_s=60)
+        if "full" in ctx:
+            check.run("memory", memory, ctx, [0.1, 0.2, 0.4] if smoke else [5, 10, 20], need_s=30)
+            check.run("real_oom", real_oom, ctx, need_s=30)
+            check.run("attention_switch", attention_switch, ctx, need_s=5)
+            check.run("batch_rtfx", batch_rtfx, ctx, [1, 2] if smoke else [1, 16, 64],
+                      ["bf16", "fp32"], need_s=40)
+            check.run("stream_steps", stream_steps, ctx, [1, 2] if smoke else [1, 32, 128], need_s=40)
+            check.run("compile", compile_on_off, ctx, need_s=150)
+    check.result["versions"] = info
+    check.save()
+    print(json.dumps({"out": str(args.out), "elapsed_s": check.result["elapsed_s"],
+                      "errors": [k for k, v in check.result["sections"].items() if isinstance(v, dict) and "error" in v]}))
+
+
+if __name__ == "__main__":
+    main()
