@@ -9,7 +9,9 @@ to about one streaming step (``Engine.budget``, see scheduling.py).
 Flow of one batch: pad signals -> preprocessor (fp32 mel) -> encoder (compute dtype) ->
 TDT greedy decoding (label-looping, CUDA graphs on GPU; each utterance's hotwords fused in, see
 hotwords.py) -> frame offsets to seconds -> Transcript.
-Long audio runs in windows (long_audio.py); NeMo fixes the engine applies are in nemo_patches.py.
+Long audio runs in windows (long_audio.py); NeMo fixes the engine applies are in nemo_patches.py,
+full/local attention switching in attention.py, device and precision choices in hardware.py. Out
+of GPU memory a pass is retried smaller (``_recovering_pass``); only a clip that never fits fails.
 """
 
 from __future__ import annotations
@@ -17,18 +19,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable
 
 import numpy as np
 import torch
 
+import hardware
 import metrics
+from attention import AttentionModes
 from batcher import DynamicBatcher
 from constants import SAMPLE_RATE
+from errors import OUT_OF_MEMORY, ASRError
 from hotwords import Boosting, Hotwords, PerUtteranceBiasing, TreeCache, register, unregister
 from long_audio import LOCAL_WINDOW_OVERLAP_S, merge_windows, window_spans
-from nemo_patches import lean_subsampling_masks, zero_added_biases
+from nemo_patches import compile_encoder, lean_subsampling_masks
 from scheduling import BATCH, BATCH_POOL, DECODE_POOL, PassBudget, PriorityGate, run_in
 from settings import Settings
 from transcript import Transcript, Word, make_segments
@@ -40,8 +46,9 @@ log = logging.getLogger(__name__)
 # ---------------------------------------------------------------------------------------------
 # loading
 def pick_device(requested: str | None = None) -> torch.device:
-    """``cuda`` when present unless told otherwise (``DEVICE=cpu``)."""
-    return torch.device(requested or ("cuda" if torch.cuda.is_available() else "cpu"))
+    """``cuda`` when present unless told otherwise; an explicit ``cuda`` without a usable GPU
+    raises ``hardware.DeviceUnavailable`` with the reason (never a silent fall back to CPU)."""
+    return hardware.resolve_device(requested or "")
 
 
 def load_model(name_or_path: str, device: str | None = None, cache_dir: str = ""):
@@ -59,16 +66,6 @@ def load_model(name_or_path: str, device: str | None = None, cache_dir: str = ""
     return model
 
 
-def compute_dtype(device: torch.device, precision: str) -> torch.dtype:
-    if device.type != "cuda" or precision == "fp32":
-        return torch.float32
-    if precision == "fp16":
-        return torch.float16
-    if precision in ("bf16", "auto") and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float16 if precision == "auto" else torch.float32
-
-
 # ---------------------------------------------------------------------------------------------
 # the engine
 class Engine:
@@ -79,23 +76,34 @@ class Engine:
         self.model_name = s.model
         self.model = model if model is not None else load_model(s.model, s.device or None, s.model_cache_dir)
         self.device = next(self.model.parameters()).device
-        self.dtype = compute_dtype(self.device, s.precision)
+        self.dtype = hardware.compute_dtype(self.device, s.precision)
         self.lock = PriorityGate()  # one model user at a time; a waiting streaming step goes first
         # while streams are live, a batch pass holds about one streaming step's compute
         self.budget = PassBudget(BATCH_AUDIO_BUDGET_S, s.live_batch_pass_s, s.live_min_window_s)
-        self.attention = "full"
-        self._param_names = {name for name, _ in self.model.named_parameters()}
+        self.attn = AttentionModes(self.model.encoder, s.local_attention_context)
+        self.frame_seconds = self.model.cfg.preprocessor.window_stride * self.model.encoder.subsampling_factor
         self._checkpoint_decoding = self.model.cfg.decoding.copy()  # as trained; streaming set-up overwrites cfg
+        self._stream_pipelines: dict = {}  # StreamConfig -> NeMo pipeline on this model (stream_pipeline())
+        self._pipelines_lock = threading.Lock()
+        self.stats = {"oom": 0, "oom_split": 0, "oom_local": 0, "oom_failed": 0}
         lean_subsampling_masks(self.model)
         self.hotword_trees = TreeCache(self.model.tokenizer)
         self.reconfigure()
-        if s.compile and self.device.type == "cuda":
-            self.model.encoder.forward = torch.compile(self.model.encoder.forward, dynamic=True)
+        if s.compile:
+            compile_encoder(self.model.encoder)
+        self.full_attention_limit_s = self._full_attention_limit()
         self._batcher = DynamicBatcher(self._run_batch, s.max_batch_size, s.max_batch_wait_ms / 1000.0)
         self.ready = False
+        self.warmup_report: dict = {}
         if s.warmup:
             self.warmup()
         self.ready = True
+        log.info("engine on %s; full attention up to %.0f s", hardware.describe(self.device, self.dtype),
+                 self.full_attention_limit_s)
+
+    @property
+    def attention(self) -> str:
+        return self.attn.current
 
     # ---- set-up
     def reconfigure(self) -> None:
@@ -105,8 +113,8 @@ class Engine:
 
         m = self.model
         m.eval()
-        self._use_sdpa(True)
-        m.encoder.to(self.dtype)  # the mel front end stays fp32; decoder/joint run under autocast
+        self._use_sdpa()
+        m.encoder.to(self.dtype)  # the mel front end, decoder and joint stay fp32 (see _model_pass)
         dec = self._checkpoint_decoding.copy()
         with open_dict(dec):
             dec.strategy = "greedy_batch"
@@ -125,24 +133,97 @@ class Engine:
         greedy.decoding_computer = PerUtteranceBiasing(greedy.decoding_computer)
         m.eval()
 
-    def _use_sdpa(self, on: bool) -> None:
-        """PyTorch SDPA kernels (flash / memory-efficient on GPU) for full attention; NeMo reads
-        the flag at forward time, and the encoder's copy when it rebuilds attention layers."""
-        for mod in self.model.modules():
+    def _use_sdpa(self, on: bool = True) -> None:
+        """PyTorch SDPA kernels (flash / memory-efficient on GPU) for full attention (the attached
+        modules); NeMo reads the flag at forward time. Local attention's modules keep theirs off
+        (attention.py). ``on=False``: NeMo's own attention arithmetic (bench/gpu_levers.py)."""
+        for mod in self.model.encoder.modules():
             if hasattr(mod, "use_pytorch_sdpa"):
                 mod.use_pytorch_sdpa = on
 
-    def warmup(self) -> float:
-        """One pass over a short noise clip, so the first request costs what the rest do
-        (allocator, kernels, CUDA graphs, compile)."""
+    @property
+    def decode_dtype(self) -> torch.dtype:
+        """What the decoder and joint compute in (their parameters' dtype: fp32)."""
+        return next(self.model.joint.parameters()).dtype
+
+    def _full_attention_limit(self) -> float:
+        """Longest clip that runs with full attention. LOCAL_ATTENTION_THRESHOLD_S if set; else on
+        a GPU what its free memory holds by the T^2 law (hardware.py), capped at NVIDIA's 24 min."""
+        s = self.settings
+        if s.local_attention_threshold_s > 0:
+            return s.local_attention_threshold_s
+        free = hardware.free_device_memory(self.device)
+        if free is None:
+            return hardware.CPU_FULL_ATTENTION_S
+        fit = hardware.full_attention_limit_s(free, self.frame_seconds, s.full_attention_bytes_per_frame2)
+        return max(60.0, min(fit, hardware.CPU_FULL_ATTENTION_S))
+
+    def stream_pipeline(self, config):
+        """NeMo's streaming pipeline on this model, built once per streaming config (warmup builds
+        the settings' one at start-up, so the first WebSocket client does not wait for it)."""
+        with self._pipelines_lock:
+            if config not in self._stream_pipelines:
+                import streaming  # the batch-only worker imports no streaming code until here
+
+                self._stream_pipelines[config] = streaming.build_pipeline(self, config)
+            return self._stream_pipelines[config]
+
+    def warmup(self) -> dict:
+        """Run every shape production uses once, so no request pays for kernels, CUDA-graph capture
+        or module builds, in this order:
+        - the streaming pipeline and one step at WARMUP_STREAMS streams (first: building it resets
+          the offline decoding). Not on CPU by default: a CPU worker is a development one, and the
+          first WebSocket server builds its pipeline;
+        - offline batches of 1 and MAX_BATCH_SIZE clips of 2 s and 30 s on a GPU (2 x 2 s on CPU);
+        - the decoder's CUDA graph at its largest shape, MAX_BATCH_SIZE x the longest input (NeMo
+          re-captures when a batch or a clip outgrows the last capture, so nothing smaller does);
+        - local attention (its modules are built once).
+        Logs and returns what it did."""
+        from streaming import StreamConfig, warm_streams
+
+        s, cuda = self.settings, self.device.type == "cuda"
+        report: dict = {}
         t0 = time.perf_counter()
+        t = t0
+        n_streams = s.warmup_streams if s.warmup_streams >= 0 else (s.ws_max_sessions if cuda else 0)
+        if n_streams:
+            pipe = self.stream_pipeline(StreamConfig.from_settings(s))
+            with self.exclusive():
+                warm_streams(pipe, n_streams)
+            report["streams"] = {"streams": n_streams, "s": round(time.perf_counter() - t, 2)}
         rng = np.random.default_rng(0)
-        clip = (rng.standard_normal(SAMPLE_RATE * 2) * 0.01).astype(np.float32)
-        clips = [clip] * min(2, self.settings.max_batch_size)
-        self.transcribe_batch(clips)
-        took = time.perf_counter() - t0
-        log.info("warmup took %.2f s", took)
-        return took
+        shapes = ([(1, 2.0), (s.max_batch_size, 2.0), (1, 30.0), (s.max_batch_size, 30.0)] if cuda
+                  else [(min(2, s.max_batch_size), 2.0)])
+        for batch, seconds in shapes:
+            t = time.perf_counter()
+            clip = (rng.standard_normal(int(SAMPLE_RATE * seconds)) * 0.01).astype(np.float32)
+            self.transcribe_batch([clip] * batch)
+            report[f"offline_{batch}x{seconds:g}s"] = round(time.perf_counter() - t, 2)
+        if cuda and s.cuda_graphs:
+            t = time.perf_counter()
+            # the longest input it decodes: a full-attention clip or a local-attention window
+            longest = max(self.full_attention_limit_s, s.local_attention_window_s)
+            frames = int(longest / self.frame_seconds) + 1
+            with self.exclusive() as m, torch.inference_mode():
+                # NeMo re-captures its graph when a batch or a clip is larger than any before:
+                # capture it once at the largest (lengths of 1 frame: the loop itself is trivial)
+                enc = torch.zeros(s.max_batch_size, m.encoder._feat_out, frames, device=self.device,
+                                  dtype=self.decode_dtype)
+                m.decoding.rnnt_decoder_predictions_tensor(
+                    encoder_output=enc, encoded_lengths=torch.ones(s.max_batch_size, dtype=torch.long,
+                                                                   device=self.device), return_hypotheses=True)
+            report[f"decoder_graph_{s.max_batch_size}x{frames}frames"] = round(time.perf_counter() - t, 2)
+        t = time.perf_counter()
+        if cuda:  # local attention's modules and kernels
+            self.transcribe_batch([(rng.standard_normal(SAMPLE_RATE * 2) * 0.01).astype(np.float32)], "local")
+        else:  # only its modules (a CPU has no kernels to warm)
+            with self.exclusive("local"):
+                pass
+        report["local_attention"] = round(time.perf_counter() - t, 2)
+        report["total_s"] = round(time.perf_counter() - t0, 2)
+        self.warmup_report = report
+        log.info("warmup: %s", report)
+        return report
 
     # ---- model access (callers hold no lock; these take it)
     @contextlib.contextmanager
@@ -151,53 +232,83 @@ class Engine:
         ``priority``: ``scheduling.STREAM`` for streaming steps (they go first)."""
         with self.lock.hold(priority):
             self.model.eval()
-            if attention != self.attention:
-                self._set_attention(attention)
             try:
-                yield self.model
+                with self.attn.using(attention):  # attention.py: a reference swap, exception-safe
+                    yield self.model
             finally:
-                if self.attention != "full":
-                    self._set_attention("full")
                 self.model.eval()
 
-    def _set_attention(self, attention: str) -> None:
-        ctx = self.settings.local_attention_context
-        self._use_sdpa(False)  # NeMo's local (Longformer-style) attention has no SDPA path
-        if attention == "local":
-            self.model.change_attention_model("rel_pos_local_attn", [ctx, ctx], update_config=False)
-        else:
-            self.model.change_attention_model("rel_pos", [-1, -1], update_config=False)
-            self._use_sdpa(True)
-        zero_added_biases(self.model, self._param_names)  # NeMo adds random biases the checkpoint lacks
-        self.model.encoder.to(self.dtype)
-        self.attention = attention
-
     def transcribe_batch(self, signals: list[np.ndarray], attention: str = "full",
-                         boostings: list[Boosting | None] | None = None) -> list[Transcript]:
+                         boostings: list[Boosting | None] | None = None) -> list[Transcript | ASRError]:
         """Transcribe 16 kHz float32 signals in one forward pass (synchronous, takes the lock).
-        ``boostings``: each signal's hotwords (``hotword_trees.boosting``), or None."""
+        ``boostings``: each signal's hotwords (``hotword_trees.boosting``), or None.
+
+        Out of GPU memory, the pass is retried as two halves, a single clip with local attention,
+        and only a clip that fails even so gets ``ASRError(out_of_memory)`` in its place: the
+        other clips of the batch are transcribed."""
         if not signals:
             return []
         boostings = boostings or [None] * len(signals)
         lens = [len(s) for s in signals]
-        out: list[Transcript | None] = [None] * len(signals)
+        out: list[Transcript | ASRError | None] = [None] * len(signals)
         live = [i for i, n in enumerate(lens) if n >= SAMPLE_RATE // 10]  # < 0.1 s: nothing to hear
         for i in set(range(len(signals))) - set(live):
             out[i] = Transcript("", lens[i] / SAMPLE_RATE, attention=attention)
-        if live:
-            batch = torch.zeros(len(live), max(lens[i] for i in live))
-            for j, i in enumerate(live):
-                batch[j, : lens[i]] = torch.from_numpy(np.asarray(signals[i], dtype=np.float32))
-            length = torch.tensor([lens[i] for i in live])
-            with self.exclusive(attention) as m:
-                hyps = self._model_pass(m, batch, length, [boostings[i] for i in live])
-            for j, i in enumerate(live):
-                out[i] = self._to_transcript(hyps[j], lens[i] / SAMPLE_RATE, attention)
+        done = self._recovering_pass([signals[i] for i in live], attention, [boostings[i] for i in live])
+        for i, t in zip(live, done):
+            out[i] = t
         return out  # type: ignore[return-value]
 
+    def _recovering_pass(self, signals: list[np.ndarray], attention: str,
+                         boostings: list[Boosting | None]) -> list[Transcript | ASRError]:
+        if not signals:
+            return []
+        try:
+            return self._pass(signals, attention, boostings)
+        except torch.OutOfMemoryError:
+            pass  # recover outside the handler: its traceback holds the failed pass's tensors
+        self.stats["oom"] += 1
+        self.free_memory()
+        longest = max(len(x) for x in signals) / SAMPLE_RATE
+        if len(signals) > 1:
+            self.stats["oom_split"] += 1
+            log.warning("out of memory on %d clips (longest %.0f s): retrying as two halves", len(signals), longest)
+            half = len(signals) // 2
+            return (self._recovering_pass(signals[:half], attention, boostings[:half])
+                    + self._recovering_pass(signals[half:], attention, boostings[half:]))
+        if attention == "full":
+            self.stats["oom_local"] += 1
+            log.warning("out of memory on one %.0f s clip with full attention: retrying with local attention", longest)
+            return self._recovering_pass(signals, "local", boostings)
+        self.stats["oom_failed"] += 1
+        log.error("out of memory on one %.0f s clip even with local attention", longest)
+        return [ASRError(OUT_OF_MEMORY, f"a {longest:.0f} s clip does not fit in GPU memory even with local "
+                                        "attention; send it with chunk_long_audio or a shorter chunk_duration")]
+
+    def free_memory(self) -> None:
+        import gc
+
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def _pass(self, signals: list[np.ndarray], attention: str, boostings: list[Boosting | None]) -> list[Transcript]:
+        lens = [len(x) for x in signals]
+        batch = torch.zeros(len(signals), max(lens))
+        for j, x in enumerate(signals):
+            batch[j, : lens[j]] = torch.from_numpy(np.asarray(x, dtype=np.float32))
+        with self.exclusive(attention) as m:
+            hyps = self._model_pass(m, batch, torch.tensor(lens), boostings)
+        return [self._to_transcript(h, n / SAMPLE_RATE, attention) for h, n in zip(hyps, lens)]
+
     def _model_pass(self, m, batch: torch.Tensor, length: torch.Tensor, boostings: list[Boosting | None]):
-        """Preprocessor, encoder and TDT decoding over one padded batch: hypotheses with word times."""
-        autocast = (torch.autocast("cuda", dtype=self.dtype) if self.dtype != torch.float32
+        """Preprocessor (fp32), encoder (compute dtype, under autocast) and TDT decoding over one
+        padded batch: hypotheses with word times.
+
+        The encoder output is cast to the decoder/joint's dtype before decoding: NeMo's CUDA-graph
+        decoder turns autocast off, and its joint would then multiply a bf16 encoder output with
+        fp32 weights ("mat1 and mat2 must have the same dtype")."""
+        autocast = (torch.autocast(self.device.type, dtype=self.dtype) if self.dtype != torch.float32
                     else contextlib.nullcontext())
         t0 = time.perf_counter()
         with torch.inference_mode():
@@ -205,7 +316,7 @@ class Engine:
             feats, feat_len = m.preprocessor(input_signal=batch, length=length)
             with autocast:
                 enc, enc_len = m.encoder(audio_signal=feats.to(self.dtype), length=feat_len)
-                hyps = self._decode(m, enc, enc_len, boostings)
+            hyps = self._decode(m, enc.to(self.decode_dtype), enc_len, boostings)
         took, padded_s = time.perf_counter() - t0, batch.numel() / SAMPLE_RATE
         self.budget.record(padded_s, took)  # what one second of padded audio costs on this device
         metrics.forward_pass("batch", float(length.sum()) / SAMPLE_RATE, took)
@@ -254,14 +365,16 @@ class Engine:
         ``hotwords``: boosted in decoding (their tree is built off the lock, once per distinct list).
         ``on_progress(fraction)`` is called after each window of a long job."""
         duration = len(signal) / SAMPLE_RATE
+        limit = self.full_attention_limit_s
         boosting = None
         if hotwords:
             with self._batcher.request_arriving():  # a batch about to close waits for this job
                 boosting = await asyncio.to_thread(self.hotword_trees.boosting, hotwords)
         if chunk_long_audio and duration > chunk_duration:
-            attention = "local" if use_local_attention else "full"
+            # chunks longer than full attention fits run with local attention
+            attention = "local" if use_local_attention or chunk_duration > limit else "full"
             return await self._transcribe_windows(signal, chunk_duration, None, attention, on_progress, boosting)
-        if use_local_attention or duration > self.settings.local_attention_threshold_s:
+        if use_local_attention or duration > limit:
             return await self._transcribe_windows(signal, self.settings.local_attention_window_s,
                                                   LOCAL_WINDOW_OVERLAP_S, "local", on_progress, boosting)
         if self.budget.live and duration > self.budget.audio_s():
@@ -294,7 +407,8 @@ class Engine:
                 per_pass = max(1, min(self.settings.max_batch_size, int(BATCH_AUDIO_BUDGET_S // window_s)))
                 for k in range(0, len(pieces), per_pass):
                     part = pieces[k: k + per_pass]
-                    results += await run_in(BATCH_POOL, self._transcribe_windows_pass, part, "local", boosting)
+                    done = await run_in(BATCH_POOL, self._transcribe_windows_pass, part, "local", boosting)
+                    results += _raise_failed(done)  # a window that never fits fails the job (out_of_memory)
                     if on_progress:
                         on_progress(spans[len(results) - 1][1] / duration)
         finally:
@@ -357,7 +471,7 @@ class Engine:
     def _transcribe_windows_pass(self, pieces: list[np.ndarray], attention: str, boosting=None) -> list[Transcript]:
         """Windows of a long job in one pass; while streams are live, each in windows of the live
         budget instead (full attention: those windows are short), so no stream waits for a long pass."""
-        if not self.budget.live:
+        if not self.budget.live:  # (an out-of-memory window comes back as its ASRError)
             return self.transcribe_batch(pieces, attention, [boosting] * len(pieces))
         return [self._transcribe_in_windows(p, attention, boosting) for p in pieces]
 
@@ -367,10 +481,19 @@ class Engine:
         duration = len(signal) / SAMPLE_RATE
         window = self.budget.audio_s()
         if not self.budget.live or duration <= window:
-            return self.transcribe_batch([signal], attention, [boosting])[0]
+            return _raise_failed(self.transcribe_batch([signal], attention, [boosting]))[0]
         spans = window_spans(duration, window)
-        parts = [self.transcribe_batch([signal[int(a * SAMPLE_RATE): int(b * SAMPLE_RATE)]], "full", [boosting])[0]
+        parts = [_raise_failed(self.transcribe_batch([signal[int(a * SAMPLE_RATE): int(b * SAMPLE_RATE)]],
+                                                     "full", [boosting]))[0]
                  for a, b in spans]
         merged = merge_windows(spans, parts)
         merged.duration = round(duration, 3)
         return merged
+
+
+def _raise_failed(results: list) -> list:
+    """``results`` of ``transcribe_batch`` for one job's windows: the first failure, raised."""
+    for r in results:
+        if isinstance(r, Exception):
+            raise r
+    return results

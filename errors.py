@@ -15,6 +15,7 @@ AUDIO_TOO_LONG = "audio_too_long"  # also a WebSocket stream past MAX_AUDIO_SECO
 DOWNLOAD_FAILED = "download_failed"
 FORBIDDEN_URL = "forbidden_url"
 UNSUPPORTED_FORMAT = "unsupported_format"
+OUT_OF_MEMORY = "out_of_memory"  # a clip that fits in memory neither batched, alone, nor with local attention
 INTERNAL_ERROR = "internal_error"  # also a WebSocket stream whose decoding failed
 
 # WebSocket sessions only

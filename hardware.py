@@ -16,11 +16,10 @@ import torch
 log = logging.getLogger(__name__)
 
 # Full (rel-pos) attention keeps (heads x T x T) score matrices per layer, so its memory grows as
-# T^2 (T = encoder frames, 80 ms each). Bytes per frame^2 for parakeet-tdt-0.6b-v3 in bf16, batch 1:
-# NVIDIA's figure "24 min of audio with full attention on an 80 GB A100" gives at most
-# 80e9 / 18000^2 = 247; we take 250 until bench/gpu_check.sh measures it (peak memory at 5, 10 and
-# 20 min, fitted to a + K*T^2). FULL_ATTENTION_BYTES_PER_FRAME2 overrides it.
-FULL_ATTENTION_BYTES_PER_FRAME2 = 250.0
+# T^2 (T = encoder frames, 80 ms each). K, bytes per frame^2 for parakeet-tdt-0.6b-v3 in bf16 at
+# batch 1, is the setting FULL_ATTENTION_BYTES_PER_FRAME2 (default 250): NVIDIA's figure "24 min of
+# audio with full attention on an 80 GB A100" gives at most 80e9 / 18000^2 = 247. Not yet measured
+# here: bench/gpu_check.sh fits peak memory at 5, 10 and 20 min to a + K*T^2 on the GPU it runs on.
 FULL_ATTENTION_HEADROOM = 0.8  # of the free memory: the allocator's fragmentation and the decoder's share
 CPU_FULL_ATTENTION_S = 24 * 60.0  # CPU memory is not probed: NVIDIA's default threshold
 
@@ -69,6 +68,15 @@ def resolve_device(requested: str = "") -> torch.device:
     return dev
 
 
+def require_device(requested: str) -> torch.device:
+    """For an entry point's first line: the device, or exit with the reason before anything loads."""
+    try:
+        return resolve_device(requested)
+    except DeviceUnavailable as exc:
+        log.critical("%s", exc)
+        raise SystemExit(f"cannot start: {exc}") from None
+
+
 def bf16_native(device: torch.device) -> bool:
     """bf16 in hardware (Ampere and newer). torch's plain is_bf16_supported() also counts emulated
     bf16, which a T4 runs many times slower than fp16."""
@@ -98,7 +106,7 @@ def compute_dtype(device: torch.device, precision: str) -> torch.dtype:
     return torch.float16
 
 
-def full_attention_limit_s(free_bytes: float, frame_s: float, bytes_per_frame2: float = FULL_ATTENTION_BYTES_PER_FRAME2,
+def full_attention_limit_s(free_bytes: float, frame_s: float, bytes_per_frame2: float,
                            headroom: float = FULL_ATTENTION_HEADROOM) -> float:
     """Longest clip (seconds) whose full attention fits ``free_bytes``: T^2 * K <= headroom * free."""
     if free_bytes <= 0 or bytes_per_frame2 <= 0:

@@ -6,6 +6,7 @@ output what NeMo's own code computes (tests/test_engine.py compares them).
 
 from __future__ import annotations
 
+import contextlib
 import types
 
 import torch
@@ -55,14 +56,41 @@ def _masked_conv_forward(self, x: torch.Tensor, lengths: torch.Tensor):
 
 
 # ---------------------------------------------------------------------------------------------
-# attention switches
-def zero_added_biases(model, known_parameters: set[str]) -> None:
-    """After ``change_attention_model``: zero every bias the checkpoint did not have.
+# NeMo's streaming wrapper casts the whole model it is given
+@contextlib.contextmanager
+def restore_tensors_outside(model, keep: torch.nn.Module):
+    """Put back, bit for bit, every floating parameter and buffer of ``model`` outside ``keep``
+    after the block (which may cast the whole model). Casting back would not do: the mel
+    filterbank and window would stay bf16-rounded for the life of the worker. The originals are
+    kept by reference (parameters' data, buffers' tensors), so nothing is copied."""
+    inside = {id(m) for m in keep.modules()}
+    saved = []
+    for mod in model.modules():
+        if id(mod) in inside:
+            continue
+        for name, p in mod._parameters.items():
+            if p is not None and p.is_floating_point():
+                saved.append((mod, "p", name, p, p.data))
+        for name, b in mod._buffers.items():
+            if b is not None and b.is_floating_point():
+                saved.append((mod, "b", name, b, b))
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for mod, kind, name, obj, data in saved:
+                if kind == "p":
+                    mod._parameters[name] = obj
+                    obj.data = data
+                else:
+                    mod._buffers[name] = data
 
-    NeMo 3.0 builds the new attention layers with biases even when the encoder has
-    use_bias=False (parakeet's case) and loads the old weights non-strictly, so those biases
-    start random and would change every later request. A missing bias is a zero bias."""
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name not in known_parameters and name.endswith(".bias"):
-                p.zero_()
+
+# ---------------------------------------------------------------------------------------------
+# torch.compile (TORCH_COMPILE=1)
+def compile_encoder(encoder) -> None:
+    """Compile the encoder's computation. Off by default: no GPU measurement has shown a gain yet
+    (bench/gpu_check.sh measures it). ``forward_internal`` is compiled, below NeMo's type-checking
+    ``forward`` (its checks graph-break), with torch's automatic dynamic shapes: the second length
+    or batch size seen (at warmup) compiles one shape-generic graph instead of one per shape."""
+    encoder.forward_internal = torch.compile(encoder.forward_internal)

@@ -25,13 +25,15 @@ import logging
 import time
 
 import runpod
+import torch
 
 import audio_utils
 import fetch
+import hardware
 import lifecycle
 import metrics
 from asr_engine import Engine
-from errors import INTERNAL_ERROR, ASRError
+from errors import INTERNAL_ERROR, OUT_OF_MEMORY, ASRError
 from formatting import job_output
 from job_schema import Request, parse_request
 from progress import ProgressReporter, post_progress
@@ -104,8 +106,9 @@ async def _handle(job: dict, record: metrics.JobRecord) -> dict:
                           model=engine.model_name, processing_time=time.perf_counter() - t0)
     except ASRError as exc:
         return {"error": str(exc)}
-    except MemoryError:
-        return {"error": f"{INTERNAL_ERROR}: out of memory while processing this job"}
+    except (MemoryError, torch.OutOfMemoryError):  # the engine recovers GPU OOM itself; this is what is left
+        log.exception("out of memory")
+        return {"error": f"{OUT_OF_MEMORY}: out of memory while processing this job"}
     except Exception:  # noqa: BLE001 - a bug must fail one job, not the worker
         log.exception("job failed")
         return {"error": f"{INTERNAL_ERROR}: the job failed unexpectedly; it has been logged"}
@@ -155,6 +158,7 @@ def memory_fraction() -> float:
 
 def main() -> None:
     configure_logging(SETTINGS)
+    hardware.require_device(SETTINGS.device)  # DEVICE=cuda without a usable GPU: stop, loudly
     if SETTINGS.worker_mode == "load_balancer":
         # RunPod load-balancing endpoint: traffic goes straight to our WebSocket server on PORT,
         # health checks to GET /ping on PORT_HEALTH (204 while loading, 200 when warm)

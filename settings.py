@@ -25,10 +25,14 @@ class Settings:
     compile: bool = False
     cuda_graphs: bool = True
     warmup: bool = True
+    warmup_streams: int = -1  # streams in the warm-up streaming step; -1 = WS_MAX_SESSIONS on GPU, 1 on CPU
     max_batch_size: int = 16
     max_batch_wait_ms: float = 10.0
     max_padding_ratio: float = 1.3  # split a batch rather than pad it beyond this (CPU: padding is pure waste)
-    local_attention_threshold_s: float = 24 * 60.0
+    # full attention up to this many seconds of audio, local attention above; 0 = what the GPU's
+    # free memory holds by the T^2 law (hardware.py; 24 min on CPU, and never more)
+    local_attention_threshold_s: float = 0.0
+    full_attention_bytes_per_frame2: float = 250.0  # K of that law (hardware.py says where 250 comes from)
     local_attention_context: int = 128
     local_attention_window_s: float = 900.0  # long audio runs in windows this long: memory stays flat
     # audio input
@@ -115,8 +119,10 @@ def _memory_limit() -> int:
 ENV: dict[str, tuple[str, ...]] = {
     "model": ("PARAKEET_MODEL",), "model_cache_dir": ("PARAKEET_MODEL_CACHE",), "device": ("DEVICE",),
     "precision": ("PRECISION",), "compile": ("TORCH_COMPILE",), "cuda_graphs": ("CUDA_GRAPHS",),
-    "warmup": ("WARMUP",), "max_batch_size": ("MAX_BATCH_SIZE",), "max_batch_wait_ms": ("MAX_BATCH_WAIT_MS",),
+    "warmup": ("WARMUP",), "warmup_streams": ("WARMUP_STREAMS",), "max_batch_size": ("MAX_BATCH_SIZE",),
+    "max_batch_wait_ms": ("MAX_BATCH_WAIT_MS",),
     "max_padding_ratio": ("MAX_PADDING_RATIO",), "local_attention_threshold_s": ("LOCAL_ATTENTION_THRESHOLD_S",),
+    "full_attention_bytes_per_frame2": ("FULL_ATTENTION_BYTES_PER_FRAME2",),
     "local_attention_context": ("LOCAL_ATTENTION_CONTEXT",), "local_attention_window_s": ("LOCAL_ATTENTION_WINDOW_S",),
     "max_audio_bytes": ("MAX_AUDIO_BYTES",), "max_audio_seconds": ("MAX_AUDIO_SECONDS",),
     "download_timeout_s": ("DOWNLOAD_TIMEOUT_S",), "max_redirects": ("MAX_REDIRECTS",),

@@ -34,6 +34,8 @@ from settings import Settings
 from transcript import Word
 
 log = logging.getLogger("streaming")
+# Stream ids are unique in the process: decoders built on one engine share its pipeline's state table.
+_STREAM_IDS = itertools.count(1)
 
 
 @dataclass(frozen=True)
@@ -90,10 +92,9 @@ class StreamDecoder:
     def __init__(self, engine: Engine, config: StreamConfig | None = None):
         self.engine = engine
         self.config = config or StreamConfig.from_settings(engine.settings)
-        self.pipeline = self._build_pipeline()
+        self.pipeline = engine.stream_pipeline(self.config)  # built once, at warmup
         self.frame_samples = int(round(self.pipeline.chunk_size * SAMPLE_RATE))
         self.streams: dict[int, Stream] = {}
-        self._ids = itertools.count(1)
         self._aborted: list[Stream] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -102,59 +103,6 @@ class StreamDecoder:
         self.step_seconds = 0.0
         self.boosted = 0  # streams whose hotword tree is in the pipeline's multi-model now
         self.failed = False  # the scheduler died: the server reports not ready
-
-    # ---- set-up
-    def _build_pipeline(self):
-        """NeMo's buffered TDT pipeline around the engine's model (never a second copy).
-
-        NeMo's builder can only load a model by name, so a wrapper subclass hands it ours. The
-        wrapper resets the model's decoding strategy and casts its dtype; the engine's offline
-        set-up is re-applied afterwards (the stateful pipeline keeps its own decoding computer)."""
-        from nemo.collections.asr.inference.factory.buffered_pipeline_builder import BufferedPipelineBuilder
-        from nemo.collections.asr.inference.model_wrappers.rnnt_inference_wrapper import RNNTInferenceWrapper
-        from nemo.collections.asr.inference.pipelines.buffered_rnnt_pipeline import BufferedRNNTPipeline
-        from omegaconf import OmegaConf
-
-        engine, c = self.engine, self.config
-        model = engine.model
-        dtype = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}[engine.dtype]
-        cfg = OmegaConf.create({
-            "pipeline_type": "buffered", "asr_decoding_type": "rnnt", "asr_output_granularity": "word",
-            "enable_itn": False, "enable_nmt": False, "return_tail_result": False,
-            "asr": {"model_name": "engine", "device": engine.device.type, "device_id": engine.device.index or 0,
-                    "compute_dtype": dtype, "use_amp": False,
-                    "decoding": {"strategy": "greedy_batch",
-                                 "greedy": {"max_symbols": 10, "loop_labels": True,
-                                            "use_cuda_graph_decoder": engine.device.type == "cuda"
-                                            and engine.settings.cuda_graphs,
-                                            "enable_per_stream_biasing": True}}},
-            "streaming": {"sample_rate": SAMPLE_RATE, "batch_size": engine.settings.max_batch_size,
-                          "stateful": True, "chunk_size": c.step_s, "left_padding_size": c.left_s,
-                          "right_padding_size": c.right_s, "request_type": "frame", "padding_mode": "right",
-                          "word_boundary_tolerance": 4},
-            "endpointing": {"stop_history_eou": c.eou_ms, "residue_tokens_at_end": 0},
-            "confidence": {"exclude_blank": True, "aggregation": "min", "method_cfg": {"name": "max_prob"}},
-            "itn": {"batch_size": 32, "n_jobs": 1, "left_padding_size": 4},
-        })
-
-        class SharedModel(RNNTInferenceWrapper):
-            def load_model(self, model_name, map_location):  # noqa: ARG002 - the engine's model
-                return model.to(map_location).eval()
-
-        with engine.exclusive():
-            keep = {name: next(mod.parameters()).dtype for name, mod in
-                    (("preprocessor", model.preprocessor), ("decoder", model.decoder), ("joint", model.joint))
-                    if any(True for _ in mod.parameters())}
-            wrapper = SharedModel(model_name="engine", decoding_cfg=BufferedPipelineBuilder.get_rnnt_decoding_cfg(cfg),
-                                  device=cfg.asr.device, device_id=cfg.asr.device_id,
-                                  compute_dtype=dtype, use_amp=False)
-            pipeline = BufferedRNNTPipeline(cfg, wrapper, itn_model=None, nmt_model=None)
-            for name, dt in keep.items():  # the wrapper cast the whole model; offline keeps fp32 parts fp32
-                getattr(model, name).to(dt)
-            engine.reconfigure()
-        log.info("streaming pipeline: step %.2f s, left %.2f s, right %.2f s, EoU %d ms",
-                 pipeline.chunk_size, pipeline.left_padding_size, pipeline.right_padding_size, c.eou_ms)
-        return pipeline
 
     def has_demand(self) -> bool:
         """A live stream has a full step of audio (or its end) waiting: batch passes defer to it.
@@ -182,7 +130,7 @@ class StreamDecoder:
     # ---- streams (called from the event loop)
     def open(self, boosting: Boosting | None = None) -> Stream:
         """A new stream; ``boosting``: its hotwords (``engine.hotword_trees.boosting``), or None."""
-        s = Stream(next(self._ids), asyncio.Queue(), boosting=boosting)
+        s = Stream(next(_STREAM_IDS), asyncio.Queue(), boosting=boosting)
         if boosting is not None:
             from nemo.collections.asr.parts.context_biasing.biasing_multi_model import BiasingRequestItemConfig
 
@@ -265,10 +213,12 @@ class StreamDecoder:
                 metrics.STREAM_LAG.set(max((x.pending_n for x in self.streams.values()), default=0) / SAMPLE_RATE)
             except asyncio.CancelledError:
                 raise
-            except Exception:  # a failed step must not kill the scheduler: fail those streams only
+            except Exception as exc:  # a failed step must not kill the scheduler: fail those streams only
                 log.exception("streaming step failed for %d streams", len(batch))
                 for s in batch:
                     self._reset_after_failure(s)
+                if isinstance(exc, torch.OutOfMemoryError):
+                    self.engine.free_memory()  # the next step (and batch jobs) get the cache back
 
     def _on_scheduler_exit(self, task: asyncio.Task) -> None:
         """Should the scheduler ever die, no reader may wait for it forever."""
@@ -363,3 +313,91 @@ class StreamDecoder:
         with contextlib.suppress(Exception):
             self._free_aborted()
         s.updates.put_nowait(None)  # the reader sees the stream ended abnormally
+
+
+# ---------------------------------------------------------------------------------------------
+# the pipeline (built by Engine.stream_pipeline, once per config)
+def build_pipeline(engine: Engine, config: StreamConfig):
+    """NeMo's buffered TDT pipeline around the engine's model (never a second copy).
+
+    NeMo's builder can only load a model by name, so a wrapper subclass hands it ours, and fixes
+    three things NeMo's wrapper does to a model it believes it owns:
+    - it forces fp32 on CPU (``setup_device``): the engine's dtype is used instead, so PRECISION=bf16
+      on CPU runs the GPU's casts (that is how the tests cover them);
+    - it casts the whole model to the compute dtype: every floating tensor outside the encoder
+      (the mel filterbank and window, decoder, joint) is put back bit for bit afterwards;
+    - its encoder output (compute dtype) would reach the fp32 joint with autocast off (NeMo's
+      CUDA-graph decoder disables it): it is cast to the joint's dtype, as the offline path does.
+    It also resets the model's decoding strategy: the engine's offline set-up is re-applied
+    afterwards (the stateful pipeline keeps its own decoding computer)."""
+    from nemo.collections.asr.inference.factory.buffered_pipeline_builder import BufferedPipelineBuilder
+    from nemo.collections.asr.inference.model_wrappers.rnnt_inference_wrapper import RNNTInferenceWrapper
+    from nemo.collections.asr.inference.pipelines.buffered_rnnt_pipeline import BufferedRNNTPipeline
+    from omegaconf import OmegaConf
+
+    from nemo_patches import restore_tensors_outside
+
+    c = config
+    model = engine.model
+    dtype_name = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}[engine.dtype]
+    cuda_graphs = engine.device.type == "cuda" and engine.settings.cuda_graphs
+    cfg = OmegaConf.create({
+        "pipeline_type": "buffered", "asr_decoding_type": "rnnt", "asr_output_granularity": "word",
+        "enable_itn": False, "enable_nmt": False, "return_tail_result": False,
+        "asr": {"model_name": "engine", "device": engine.device.type, "device_id": engine.device.index or 0,
+                "compute_dtype": dtype_name, "use_amp": False,
+                "decoding": {"strategy": "greedy_batch",
+                             "greedy": {"max_symbols": 10, "loop_labels": True,
+                                        "use_cuda_graph_decoder": cuda_graphs,
+                                        "enable_per_stream_biasing": True}}},
+        "streaming": {"sample_rate": SAMPLE_RATE, "batch_size": engine.settings.max_batch_size,
+                      "stateful": True, "chunk_size": c.step_s, "left_padding_size": c.left_s,
+                      "right_padding_size": c.right_s, "request_type": "frame", "padding_mode": "right",
+                      "word_boundary_tolerance": 4},
+        "endpointing": {"stop_history_eou": c.eou_ms, "residue_tokens_at_end": 0},
+        "confidence": {"exclude_blank": True, "aggregation": "min", "method_cfg": {"name": "max_prob"}},
+        "itn": {"batch_size": 32, "n_jobs": 1, "left_padding_size": 4},
+    })
+
+    class SharedModel(RNNTInferenceWrapper):
+        def load_model(self, model_name, map_location):  # noqa: ARG002 - the engine's model
+            return model.eval()
+
+        def __post_init__(self):
+            self.compute_dtype = engine.dtype
+            with restore_tensors_outside(model, model.encoder):
+                super().__post_init__()
+
+        def encode(self, *args, **kwargs):
+            encoded, encoded_len = super().encode(*args, **kwargs)
+            return encoded.to(engine.decode_dtype), encoded_len
+
+        def decode(self, encoded, encoded_len, partial_hypotheses):
+            return self.asr_model.decoding.rnnt_decoder_predictions_tensor(
+                encoded.to(engine.decode_dtype), encoded_len, return_hypotheses=True,
+                partial_hypotheses=partial_hypotheses)
+
+    with engine.exclusive():
+        wrapper = SharedModel(model_name="engine", decoding_cfg=BufferedPipelineBuilder.get_rnnt_decoding_cfg(cfg),
+                              device=cfg.asr.device, device_id=cfg.asr.device_id,
+                              compute_dtype=dtype_name, use_amp=False)
+        pipeline = BufferedRNNTPipeline(cfg, wrapper, itn_model=None, nmt_model=None)
+        engine.reconfigure()
+    log.info("streaming pipeline: step %.2f s, left %.2f s, right %.2f s, EoU %d ms, %s",
+             pipeline.chunk_size, pipeline.left_padding_size, pipeline.right_padding_size, c.eou_ms, engine.dtype)
+    return pipeline
+
+
+def warm_streams(pipeline, n: int) -> None:
+    """One step with ``n`` streams of near-silence, each first and last (their state is freed):
+    the pipeline's decoder captures its CUDA graph for ``n`` streams before any client comes.
+    The caller holds the engine (``Engine.exclusive``)."""
+    from nemo.collections.asr.inference.streaming.framing.request import Frame
+    from nemo.collections.asr.inference.streaming.framing.request_options import ASRRequestOptions
+
+    size = int(round(pipeline.chunk_size * SAMPLE_RATE))
+    rng = np.random.default_rng(0)
+    frames = [Frame(samples=torch.from_numpy((rng.standard_normal(size) * 1e-3).astype(np.float32)),
+                    stream_id=next(_STREAM_IDS), is_first=True, is_last=True, length=size,
+                    options=ASRRequestOptions()) for _ in range(n)]
+    pipeline.transcribe_step(frames)

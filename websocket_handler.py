@@ -33,6 +33,7 @@ import numpy as np
 import soxr
 
 import audio_utils
+import hardware
 import lifecycle
 import metrics
 from asr_engine import Engine
@@ -545,6 +546,7 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=s.ws_port)
     args = ap.parse_args()
     configure_logging(s)
+    hardware.require_device(s.device)  # DEVICE=cuda without a usable GPU: stop, loudly
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run_server(s, args.host, args.port))
     if lifecycle.LIFECYCLE.draining:

@@ -30,9 +30,7 @@ import contextlib
 import dataclasses
 import json
 import logging
-import os
 import platform
-import subprocess
 import sys
 import time
 import traceback
@@ -284,13 +282,16 @@ def oom_injected(ctx: dict) -> dict:
             raised["n"] += 1
             raise torch.OutOfMemoryError("injected by bench/gpu_check.py")
         return orig(*a, **k)
+    had = vars(enc).get("forward")
     enc.forward = forward
     try:
         texts = [t.text for t in engine.transcribe_batch([u.audio for u in utts])]
     finally:
-        vars(enc).pop("forward", None) if orig is type(enc).forward.__get__(enc) else setattr(enc, "forward", orig)
-    return {"ooms_raised": raised["n"], "recovered_identical": texts == reference,
-            "stats": dict(getattr(engine, "stats", {}))}
+        if had is None:
+            del enc.forward
+        else:
+            enc.forward = had
+    return {"ooms_raised": raised["n"], "recovered_identical": texts == reference, "stats": dict(engine.stats)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -321,7 +322,10 @@ def build_full_model(ctx: dict, device: str, smoke: bool) -> dict:
 
 
 def memory(ctx: dict, minutes: list[float]) -> dict:
+    """Peak memory of one full-attention pass per duration, fitted to a + K*T^2 (hardware.py)."""
     import torch
+
+    import hardware
 
     engine = ctx["full"]
     if engine.device.type != "cuda":
@@ -335,23 +339,21 @@ def memory(ctx: dict, minutes: list[float]) -> dict:
         base = torch.cuda.memory_allocated()
         t = time.perf_counter()
         with engine.exclusive("full") as model:
-            engine._forward(model, torch.from_numpy(sig)[None], torch.tensor([len(sig)]))
+            engine._model_pass(model, torch.from_numpy(sig)[None], torch.tensor([len(sig)]))
         torch.cuda.synchronize()
-        frames = len(sig) / 16000 / engine.frame_seconds
-        rows.append({"minutes": m, "frames": round(frames), "peak_gb": round((torch.cuda.max_memory_allocated() - base) / 1e9, 3),
-                     "seconds": round(time.perf_counter() - t, 3)})
-    # a + K * T^2 through the first and last points
-    (f0, p0), (f1, p1) = (rows[0]["frames"], rows[0]["peak_gb"] * 1e9), (rows[-1]["frames"], rows[-1]["peak_gb"] * 1e9)
-    k = (p1 - p0) / (f1**2 - f0**2) if f1 != f0 else None
-    import hardware
-
-    free = hardware.free_device_memory(engine.device)
-    return {"rows": rows, "bytes_per_frame2": round(k, 2) if k else None,
-            "free_gb": round(free / 1e9, 1) if free else None,
-            "limit_min_with_measured_k": round(hardware.full_attention_limit_s(free, engine.frame_seconds, k) / 60, 1)
-            if k and free else None,
-            "limit_min_with_default_k": round(hardware.full_attention_limit_s(free, engine.frame_seconds) / 60, 1)
-            if free else None}
+        peak = torch.cuda.max_memory_allocated() - base
+        rows.append({"minutes": m, "frames": round(len(sig) / 16000 / engine.frame_seconds),
+                     "peak_gb": round(peak / 1e9, 3), "seconds": round(time.perf_counter() - t, 3)})
+    (f0, p0), (f1, p1) = [(r["frames"], r["peak_gb"] * 1e9) for r in (rows[0], rows[-1])]
+    k = (p1 - p0) / (f1**2 - f0**2) if f1 != f0 else 0.0
+    free = hardware.free_device_memory(engine.device) or 0.0
+    default_k = engine.settings.full_attention_bytes_per_frame2
+    return {"rows": rows, "bytes_per_frame2": round(k, 2), "default_bytes_per_frame2": default_k,
+            "free_gb": round(free / 1e9, 1),
+            "limit_min_measured_k": round(hardware.full_attention_limit_s(free, engine.frame_seconds, k) / 60, 1),
+            "limit_min_default_k": round(
+                hardware.full_attention_limit_s(free, engine.frame_seconds, default_k) / 60, 1),
+            "engine_limit_min": round(engine.full_attention_limit_s / 60, 1)}
 
 
 def real_oom(ctx: dict) -> dict:
@@ -362,21 +364,17 @@ def real_oom(ctx: dict) -> dict:
     if engine.device.type != "cuda":
         return {"skipped": "needs CUDA"}
     free = hardware.free_device_memory(engine.device)
-    seconds = min(2.0 * hardware.full_attention_limit_s(free, engine.frame_seconds, headroom=1.0), 3600.0)
+    fits = hardware.full_attention_limit_s(free, engine.frame_seconds, engine.settings.full_attention_bytes_per_frame2,
+                                           headroom=1.0)
+    seconds = min(2.0 * fits, 3600.0)
     sig = tile(clips(8), seconds)
+    before = dict(engine.stats)
     t = time.perf_counter()
-    out = engine.transcribe_batch([sig], "full", fallback=True) if _takes_fallback(engine) else \
-        engine.transcribe_batch([sig], "full")
-    res = out[0]
+    res = engine.transcribe_batch([sig], "full")[0]
     return {"audio_min": round(seconds / 60, 1), "result": type(res).__name__,
             "attention": getattr(res, "attention", None), "words": len(getattr(res, "words", []) or []),
-            "seconds": round(time.perf_counter() - t, 2), "stats": dict(getattr(engine, "stats", {}))}
-
-
-def _takes_fallback(engine) -> bool:
-    import inspect
-
-    return "fallback" in inspect.signature(engine.transcribe_batch).parameters
+            "seconds": round(time.perf_counter() - t, 2),
+            "stats_delta": {k: v - before.get(k, 0) for k, v in engine.stats.items()}}
 
 
 def attention_switch(ctx: dict) -> dict:
@@ -398,7 +396,6 @@ def batch_rtfx(ctx: dict, sizes: list[int], precisions: list[str]) -> dict:
     import torch
 
     from asr_engine import Engine
-    from settings import Settings
 
     engine = ctx["full"]
     utts = clips(8)
@@ -535,8 +532,8 @@ def main() -> None:
             check.run("compile", compile_on_off, ctx, need_s=150)
     check.result["versions"] = info
     check.save()
-    print(json.dumps({"out": str(args.out), "elapsed_s": check.result["elapsed_s"],
-                      "errors": [k for k, v in check.result["sections"].items() if isinstance(v, dict) and "error" in v]}))
+    errors = [k for k, v in check.result["sections"].items() if isinstance(v, dict) and "error" in v]
+    print(json.dumps({"out": str(args.out), "elapsed_s": check.result["elapsed_s"], "errors": errors}))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 import hardware
-from conftest import ROOT
+from settings import Settings
+from tests.helpers import ROOT
 
 
 def test_device_cuda_without_cuda_fails_loudly_with_versions(monkeypatch):
@@ -58,13 +59,13 @@ def test_cpu_takes_bf16_only_when_asked():
 
 
 def test_full_attention_limit_follows_the_square_law():
-    frame = 0.08
-    a100 = hardware.full_attention_limit_s(80e9, frame, headroom=1.0)
+    frame, k = 0.08, Settings().full_attention_bytes_per_frame2
+    a100 = hardware.full_attention_limit_s(80e9, frame, k, headroom=1.0)
     assert 23 * 60 <= a100 <= 24.1 * 60  # the constant reproduces NVIDIA's 24 min on 80 GB
-    card24 = hardware.full_attention_limit_s(20e9, frame)
+    card24 = hardware.full_attention_limit_s(20e9, frame, k)
     assert card24 == pytest.approx(a100 * (0.8 * 20 / 80) ** 0.5)  # 4x less memory: half the length
     assert card24 < 12 * 60  # a 24 GB card cannot run NVIDIA's 24 min
-    assert hardware.full_attention_limit_s(0, frame) == 0
+    assert hardware.full_attention_limit_s(0, frame, k) == 0
 
 
 # ---- the image
