@@ -36,9 +36,7 @@ import time
 import traceback
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tools" / "test_model"))
+from _paths import ROOT  # run as a script: puts the repository on sys.path
 
 TINY = ROOT / "tests" / "assets" / "tiny_parakeet.nemo"
 log = logging.getLogger("gpu_check")
@@ -176,21 +174,16 @@ def correctness(ctx: dict, device: str) -> dict:
     }
 
 
-def streaming(ctx: dict) -> dict:
+def run_streams(engine, audios):
+    """Stream each signal at once (faster than real time); (final texts, failed streams, steps)."""
     from streaming import StreamDecoder
-
-    engine = ctx["engine"]
-    utts = clips(8)[:4]
-    before_state = float_state(engine.model.preprocessor)
-    before = engine.transcribe_batch([u.audio for u in utts])
-    seen, handle = joint_input_dtypes(engine.model)
 
     async def run():
         dec = StreamDecoder(engine)
         dec.start()
-        streams = [dec.open() for _ in utts]
-        for s, u in zip(streams, utts):
-            dec.push(s, u.audio)
+        streams = [dec.open() for _ in audios]
+        for s, a in zip(streams, audios):
+            dec.push(s, a)
             dec.finish(s)
         texts, failed = [], 0
         for s in streams:
@@ -208,8 +201,18 @@ def streaming(ctx: dict) -> dict:
         await dec.stop()
         return texts, failed, dec.steps
 
+    return asyncio.run(run())
+
+
+def streaming(ctx: dict) -> dict:
+    engine = ctx["engine"]
+    utts = clips(8)[:4]
+    before_state = float_state(engine.model.preprocessor)
+    before = engine.transcribe_batch([u.audio for u in utts])
+    seen, handle = joint_input_dtypes(engine.model)
+
     try:
-        texts, failed, steps = asyncio.run(run())
+        texts, failed, steps = run_streams(engine, [u.audio for u in utts])
     finally:
         handle.remove()
     after = engine.transcribe_batch([u.audio for u in utts])
@@ -223,9 +226,7 @@ def streaming(ctx: dict) -> dict:
 
 def decoding_computers(engine) -> list:
     comps = [engine.model.decoding.decoding.decoding_computer]
-    pipe = getattr(engine, "_stream_pipeline", None)
-    if pipe is not None and getattr(pipe, "decoding_computer", None) is not None:
-        comps.append(pipe.decoding_computer)
+    comps += [p.decoding_computer for p in engine._stream_pipelines.values() if p.decoding_computer is not None]
     return comps
 
 
@@ -261,8 +262,11 @@ def cuda_graphs(ctx: dict) -> dict:
             pick = [utts[int(i)].audio for i in rng.integers(0, len(utts), size)]
             pick = [np.tile(a, int(rng.integers(1, 4))) for a in pick]
             engine.transcribe_batch(pick)
+        offline = n["n"]
+        for streams in (1, engine.settings.ws_max_sessions, 3):  # up to the warmed number of streams
+            run_streams(engine, [utts[i % len(utts)].audio for i in range(streams)])
     return {"modes": [str(getattr(c, "cuda_graphs_mode", None)) for c in comps],
-            "recaptures_after_warmup": n["n"]}
+            "recaptures_after_warmup": n["n"], "offline_recaptures": offline}
 
 
 def oom_injected(ctx: dict) -> dict:

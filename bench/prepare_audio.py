@@ -4,7 +4,7 @@
 
 The GPU machine has no espeak-ng; with ESPEAK_CACHE pointing at the folder carried there,
 tools/test_model/synth.py reads the very same audio back. Keep the calls below in step with
-what bench/gpu_suite.sh runs (clip counts and seeds).
+what bench/gpu_suite.sh and bench/gpu_check.sh run (clip counts and seeds).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ os.environ.setdefault("ESPEAK_CACHE", str(ROOT / ".bench_audio"))
 import batch_bench  # noqa: E402
 import build_full  # noqa: E402
 import hotword_bench  # noqa: E402
+import gpu_check  # noqa: E402
 import long_audio_bench  # noqa: E402
 import stream_bench  # noqa: E402
 import synth  # noqa: E402
@@ -33,6 +34,7 @@ def main() -> None:
     build_full.calibration_clips()
     hotword_bench.cost_clips(32)  # the hotwords part (--batch/--streams 32)
     hotword_bench.accuracy_sentences(120, 4242)
+    gpu_check.clips()  # bench/gpu_check.sh
     cache = Path(os.environ["ESPEAK_CACHE"])
     files = list(cache.glob("*.npz"))
     print(f"{cache}: {len(files)} clips, {sum(f.stat().st_size for f in files) / 2**20:.1f} MiB")

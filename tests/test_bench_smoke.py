@@ -120,3 +120,36 @@ def test_hotword_bench_reports_costs_and_rates():
         a = res["accuracy"][mode]
         assert a["sentences"] == 6 and a["wrong"] + a["right"] <= 6, a
         assert 0 <= a["fix_rate"] <= 1 and 0 <= a["harm_rate"] <= 1 and a["fixed"] <= a["wrong"], a
+
+
+def test_gpu_check_cpu_safe_parts_in_bf16(tmp_path):
+    """bench/gpu_check.sh's sections on CPU (GPU_CHECK_CPU=1: bf16 forced, the tiny model standing
+    in for the full one): one JSON and nothing else in the output folder, correctness holds."""
+    import os
+
+    env = {**os.environ, "GPU_CHECK_CPU": "1"}
+    out = subprocess.run(["bash", "bench/gpu_check.sh", str(tmp_path)], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert [p.name for p in tmp_path.iterdir()] == ["gpu_check.json"]
+    res = json.loads((tmp_path / "gpu_check.json").read_text())
+    sec = res["sections"]
+    errors = {k: v["error"] for k, v in sec.items() if "error" in v}
+    assert not errors, errors
+    assert sec["versions"]["torch"] and sec["versions"]["nemo"]
+    off = sec["offline"]
+    assert off["dtype"] == "torch.bfloat16" and off["encoder_dtype"] == "torch.bfloat16"
+    assert off["joint_input_dtypes"] == ["torch.float32"]
+    assert set(off["preprocessor_buffers"].values()) == {"torch.float32"}
+    assert off["wer_device_vs_ref"] <= 0.1 and off["wer_device_vs_cpu_fp32"] <= 0.1
+    st = sec["streaming"]
+    assert st["ok"] and st["failed_streams"] == 0 and st["offline_identical_after_streaming"]
+    assert st["joint_input_dtypes"] == ["torch.float32"] and st["wer_vs_ref"] <= 0.2
+    assert sec["cuda_graphs"]["recaptures_after_warmup"] == 0
+    assert sec["oom_injected"]["ooms_raised"] >= 1 and sec["oom_injected"]["recovered_identical"]
+    assert sec["attention_switch"]["enter_and_leave_s"]
+    rows = sec["batch_rtfx"]["rows"]
+    assert {r["dtype"] for r in rows} == {"torch.bfloat16", "torch.float32"} and all(r["rtfx"] > 0 for r in rows)
+    assert all(r["failed"] == 0 and r["frames_per_step"] >= 1 for r in sec["stream_steps"]["rows"])
+    for cuda_only in ("memory", "real_oom", "compile"):
+        assert sec[cuda_only] == {"skipped": "needs CUDA", "seconds": sec[cuda_only]["seconds"]}

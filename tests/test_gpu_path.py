@@ -94,7 +94,7 @@ def test_bf16_streaming_works_and_leaves_offline_output_and_every_buffer_as_it_w
         texts, dec = _stream(bf16_engine, audios)
     finally:
         hook.remove()
-    assert dec.steps > len(audios) and not dec.failed
+    assert dec.steps > len(audios) and not any("<stream failed>" in t for t in texts), texts
     assert set(seen) == {torch.float32}
     assert jiwer.wer([c.text for c in clips], texts) <= 0.15, texts
     after = _float_tensors_outside_encoder(model)
