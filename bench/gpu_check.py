@@ -39,6 +39,8 @@ from pathlib import Path
 from _paths import ROOT  # run as a script: puts the repository on sys.path
 
 TINY = ROOT / "tests" / "assets" / "tiny_parakeet.nemo"
+# clips per correctness section and the mixed batch sizes of the CUDA-graph section (--cpu-smoke: fewer)
+SIZES = {"clips": 8, "batches": (1, 3, 8, 2, 5)}
 log = logging.getLogger("gpu_check")
 
 
@@ -145,7 +147,7 @@ def correctness(ctx: dict, device: str) -> dict:
     from asr_engine import Engine, load_model
     from settings import Settings
 
-    utts = clips(8)
+    utts = clips(SIZES['clips'])
     refs = [u.text for u in utts]
     cpu_model = load_model(str(TINY), device="cpu")
     cpu = Engine(Settings(model="tiny", device="cpu", precision="fp32", warmup=False), model=cpu_model)
@@ -206,7 +208,7 @@ def run_streams(engine, audios):
 
 def streaming(ctx: dict) -> dict:
     engine = ctx["engine"]
-    utts = clips(8)[:4]
+    utts = clips(SIZES['clips'])[:4]
     before_state = float_state(engine.model.preprocessor)
     before = engine.transcribe_batch([u.audio for u in utts])
     seen, handle = joint_input_dtypes(engine.model)
@@ -255,10 +257,10 @@ def cuda_graphs(ctx: dict) -> dict:
 
     engine = ctx["engine"]
     comps = decoding_computers(engine)
-    utts = clips(8)
+    utts = clips(SIZES['clips'])
     rng = np.random.default_rng(1)
     with count_recaptures(comps) as n:
-        for size in (1, 3, 8, 2, 5):  # mixed batch sizes and lengths, all within the warmed shapes
+        for size in SIZES['batches']:  # mixed batch sizes and lengths, all within the warmed shapes
             pick = [utts[int(i)].audio for i in rng.integers(0, len(utts), size)]
             pick = [np.tile(a, int(rng.integers(1, 4))) for a in pick]
             engine.transcribe_batch(pick)
@@ -275,7 +277,7 @@ def oom_injected(ctx: dict) -> dict:
     import torch
 
     engine = ctx["engine"]
-    utts = clips(8)[:4]
+    utts = clips(SIZES['clips'])[: SIZES['clips'] // 2]
     reference = [t.text for t in engine.transcribe_batch([u.audio for u in utts])]
     enc = engine.model.encoder
     orig = enc.forward
@@ -511,6 +513,8 @@ def main() -> None:
     import torch
 
     smoke = args.cpu_smoke
+    if smoke:
+        SIZES.update(clips=4, batches=(1, 3, 2))
     device = "cpu" if smoke else "cuda"
     check = Check(args.out, args.budget_s)
     check.result["mode"] = "cpu-smoke" if smoke else "gpu"

@@ -129,7 +129,7 @@ def test_gpu_check_cpu_safe_parts_in_bf16(tmp_path):
 
     env = {**os.environ, "GPU_CHECK_CPU": "1"}
     out = subprocess.run(["bash", "bench/gpu_check.sh", str(tmp_path)], cwd=ROOT, env=env, capture_output=True,
-                         text=True, timeout=600)
+                         text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     assert [p.name for p in tmp_path.iterdir()] == ["gpu_check.json"]
     res = json.loads((tmp_path / "gpu_check.json").read_text())
