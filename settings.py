@@ -25,7 +25,7 @@ class Settings:
     compile: bool = False
     cuda_graphs: bool = True
     warmup: bool = True
-    warmup_streams: int = -1  # streams in the warm-up streaming step; -1 = WS_MAX_SESSIONS on GPU, 1 on CPU
+    warmup_streams: int = -1  # streams in the warm-up streaming step; -1 = WS_MAX_SESSIONS on GPU, 0 (none) on CPU
     max_batch_size: int = 16
     max_batch_wait_ms: float = 10.0
     max_padding_ratio: float = 1.3  # split a batch rather than pad it beyond this (CPU: padding is pure waste)
