@@ -18,8 +18,8 @@ os.environ.setdefault("ESPEAK_CACHE", str(ROOT / ".bench_audio"))
 
 import batch_bench  # noqa: E402
 import build_full  # noqa: E402
-import hotword_bench  # noqa: E402
 import gpu_check  # noqa: E402
+import hotword_bench  # noqa: E402
 import long_audio_bench  # noqa: E402
 import stream_bench  # noqa: E402
 import synth  # noqa: E402
