@@ -227,7 +227,8 @@ def streaming(ctx: dict) -> dict:
 
 
 def decoding_computers(engine) -> list:
-    comps = [engine.model.decoding.decoding.decoding_computer]
+    offline = engine.model.decoding.decoding.decoding_computer
+    comps = [getattr(offline, "computer", offline)]  # unwrapped: hotwords.PerUtteranceBiasing wraps it
     comps += [p.decoding_computer for p in engine._stream_pipelines.values() if p.decoding_computer is not None]
     return comps
 
@@ -350,7 +351,7 @@ def memory(ctx: dict, minutes: list[float]) -> dict:
         row = {"minutes": m, "frames": round(len(sig) / 16000 / engine.frame_seconds)}
         try:
             with engine.exclusive("full") as model:
-                engine._model_pass(model, torch.from_numpy(sig)[None], torch.tensor([len(sig)]))
+                engine._model_pass(model, torch.from_numpy(sig)[None], torch.tensor([len(sig)]), [None])
             torch.cuda.synchronize()
             row["peak_gb"] = round((torch.cuda.max_memory_allocated() - base) / 1e9, 3)
         except torch.OutOfMemoryError:
