@@ -148,6 +148,30 @@ def test_oom_splits_the_batch_and_every_clip_is_transcribed(oom_engine, clips, m
     assert [c[0] for c in calls] == [4, 2, 1, 1, 2, 1, 1]
 
 
+def test_oom_split_keeps_each_clips_hotwords(oom_engine, clips, monkeypatch):
+    """Issue 17's per-utterance hotwords survive issue 12's split: every half decodes its own clips
+    with their own trees, and the texts are those of the unsplit pass."""
+    import hotwords
+
+    audios = [c.audio for c in clips]
+    trees = [oom_engine.hotword_trees.boosting(hotwords.parse_hotwords(words, 3.0))
+             for words in (["kubernetes"], ["grafana", "postgres"])]
+    assert all(t is not None for t in trees)
+    boostings = [trees[0], None, trees[1], None]
+    expected = [t.text for t in oom_engine.transcribe_batch(audios, boostings=boostings)]
+    decoded = []
+    real_decode = oom_engine._decode
+
+    def decode(m, enc, enc_len, bs):
+        decoded.append(list(bs))
+        return real_decode(m, enc, enc_len, bs)
+    monkeypatch.setattr(oom_engine, "_decode", decode)
+    _raise_oom_when(monkeypatch, oom_engine, lambda n, _frames, _att: n > 1)
+    got = oom_engine.transcribe_batch(audios, boostings=boostings)
+    assert [t.text for t in got] == expected and oom_engine.stats["oom_split"] == 3
+    assert decoded == [[b] for b in boostings]  # one clip per pass, each with its own tree
+
+
 def test_oom_on_one_long_clip_falls_back_to_local_attention(oom_engine, clips, monkeypatch):
     audio = np.concatenate([c.audio for c in clips])
     expected = oom_engine.transcribe_batch([audio], "local")[0]
