@@ -105,13 +105,15 @@ def test_cuda_match_step_refuses_a_torch_without_the_images_cuda():
     assert ("CPU-only build" if torch.version.cuda is None else "built for CUDA") in out.stderr
 
 
-@pytest.mark.parametrize("entry", ["rp_handler.py", "websocket_handler.py"])
-def test_worker_with_device_cuda_and_no_gpu_refuses_to_start(entry, tmp_path):
+@pytest.mark.parametrize(("entry", "mode"), [("rp_handler.py", "queue"), ("rp_handler.py", "load_balancer"),
+                                           ("websocket_handler.py", "")])
+def test_worker_with_device_cuda_and_no_gpu_refuses_to_start(entry, mode, tmp_path):
     """The image sets DEVICE=cuda: on a host where torch cannot use the GPU the worker must stop
-    with the reason, not serve the 0.6 B model on CPU."""
+    with the reason, not serve the 0.6 B model on CPU (queue and load-balancer mode alike)."""
     if torch.cuda.is_available():
         pytest.skip("a usable GPU is present")
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "DEVICE": "cuda", "PARAKEET_MODEL": "/nonexistent.nemo"}
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "DEVICE": "cuda", "PARAKEET_MODEL": "/nonexistent.nemo",
+           "WORKER_MODE": mode or "queue", "WS_PORT": "0", "WS_HOST": "127.0.0.1"}
     out = subprocess.run([sys.executable, entry], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode != 0
     assert "DEVICE=cuda but CUDA is not available" in out.stderr and f"torch {torch.__version__}" in out.stderr
