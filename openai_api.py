@@ -30,6 +30,7 @@ from errors import (
     INTERNAL_ERROR,
     INVALID_AUDIO,
     INVALID_INPUT,
+    OUT_OF_MEMORY,
     UNSUPPORTED_FORMAT,
     ASRError,
 )
@@ -294,11 +295,11 @@ async def _transcriptions(request: web.Request, record: metrics.JobRecord) -> we
     except APIError:
         raise
     except ASRError as exc:
-        raise APIError(STATUS.get(exc.code, 500), exc.message, param="file" if exc.code != INTERNAL_ERROR else None,
+        raise APIError(STATUS.get(exc.code, 500), exc.message, param="file" if exc.code in STATUS else None,
                        code=exc.code, kind="invalid_request_error" if exc.code in STATUS else "server_error") from None
-    except MemoryError:
+    except MemoryError:  # the host's; GPU memory is the engine's to recover (out_of_memory above)
         raise APIError(500, "out of memory while processing this request", kind="server_error",
-                       code=INTERNAL_ERROR) from None
+                       code=OUT_OF_MEMORY) from None
     except Exception:  # noqa: BLE001 - a bug must fail one request, not the worker
         log.exception("transcription request failed")
         raise APIError(500, "the request failed unexpectedly; it has been logged", kind="server_error",

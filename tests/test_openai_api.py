@@ -260,3 +260,39 @@ def test_a_drain_lets_a_request_in_flight_be_answered(tiny_model, speech_files):
     in_flight, status, body, refused = asyncio.run(run())
     assert in_flight == 0 and status == 200 and refused == 503
     assert jiwer.wer(SAMPLE_TEXT, body["text"]) <= MAX_WER, body
+
+
+def test_audio_that_never_fits_in_gpu_memory_is_500_out_of_memory(tiny_model, speech_files, monkeypatch):
+    """CUDA out of memory on every forward pass (injected into the encoder): the engine retries with
+    local attention, then the route answers 500 ``out_of_memory``; the worker then keeps serving."""
+    import torch
+
+    from asr_engine import Engine
+
+    settings = Settings(model="tiny", warmup=False)
+    engine = Engine(settings, model=tiny_model)
+
+    def out_of_memory(*_args, **_kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+
+    async def run():
+        server = ASRServer(settings, engine)
+        try:
+            async with TestClient(TestServer(build_app(server, http_api=True))) as c:
+                async def post():
+                    form = aiohttp.FormData({"model": "x"})
+                    form.add_field("file", speech_files["flac"].read_bytes(), filename="a.flac")
+                    r = await c.post("/v1/audio/transcriptions", data=form)
+                    return r.status, await r.json()
+
+                monkeypatch.setattr(tiny_model.encoder, "forward", out_of_memory)
+                failed = await post()
+                monkeypatch.undo()
+                return failed, await post()
+        finally:
+            await server.close()
+
+    (status, body), (status_after, body_after) = asyncio.run(run())
+    assert status == 500 and body["error"]["code"] == "out_of_memory" and body["error"]["type"] == "server_error"
+    assert engine.stats["oom_local"] == 1 and engine.stats["oom_failed"] == 1
+    assert status_after == 200 and jiwer.wer(SAMPLE_TEXT, body_after["text"]) <= MAX_WER, body_after
