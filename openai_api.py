@@ -57,6 +57,7 @@ FIELDS = {"file", "model", "response_format", "timestamp_granularities[]", "time
           "prompt", "temperature", "stream",
           "hotwords[]", "hotwords", "hotword_boost"}  # ours (hotwords.py): a field per word or phrase
 FORM_OVERHEAD = 64 * 1024  # bytes of form fields and part headers allowed beside the file
+MAX_PARTS = 512  # form parts in one request (up to 100 hotwords are the most a client needs)
 READ_SIZE = 256 * 1024
 
 # our error codes -> HTTP status; OpenAI's clients map 400 to BadRequestError, 413 to APIStatusError
@@ -160,8 +161,12 @@ async def read_form(request: web.Request, max_bytes: int, spool: Path) -> dict[s
     if request.content_length is not None and request.content_length > max_bytes + FORM_OVERHEAD:
         raise _too_large(max_bytes)
     fields: dict[str, list[str]] = {}
+    parts = text_bytes = 0
     reader = await request.multipart()
     async for part in reader:
+        parts += 1
+        if parts > MAX_PARTS:
+            raise APIError(400, f"the form has more than {MAX_PARTS} parts")
         if not isinstance(part, BodyPartReader) or not part.name:
             raise APIError(400, "every form part needs a name")
         if part.name == "file":
@@ -175,11 +180,15 @@ async def read_form(request: web.Request, max_bytes: int, spool: Path) -> dict[s
                     if size > max_bytes:
                         raise _too_large(max_bytes)
                     out.write(chunk)
-        else:
-            value = await part.read(decode=True)
-            if len(value) > FORM_OVERHEAD:
-                raise APIError(400, f"the form field '{part.name}' is too long", param=part.name)
-            fields.setdefault(part.name, []).append(value.decode("utf-8", "replace"))
+        else:  # a text field: read in chunks, all of them together capped (never buffered whole)
+            raw = bytearray()
+            while chunk := await part.read_chunk(8192):
+                raw += chunk
+                text_bytes += len(chunk)
+                if text_bytes > FORM_OVERHEAD:
+                    raise APIError(400, f"the form's text fields are longer than {FORM_OVERHEAD} bytes in all",
+                                   param=part.name)
+            fields.setdefault(part.name, []).append(part.decode(bytes(raw)).decode("utf-8", "replace"))
     if "file" not in fields:
         raise APIError(400, "a 'file' part with the audio is required", param="file")
     return fields

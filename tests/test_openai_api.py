@@ -296,3 +296,27 @@ def test_audio_that_never_fits_in_gpu_memory_is_500_out_of_memory(tiny_model, sp
     assert status == 500 and body["error"]["code"] == "out_of_memory" and body["error"]["type"] == "server_error"
     assert engine.stats["oom_local"] == 1 and engine.stats["oom_failed"] == 1
     assert status_after == 200 and jiwer.wer(SAMPLE_TEXT, body_after["text"]) <= MAX_WER, body_after
+
+
+def test_hostile_forms_are_refused_before_they_cost_memory(lb_worker, client, speech_files):
+    """Text fields are read in chunks and capped together (64 KiB), parts are counted: a 1 MB field
+    (inside the file-size limit, so not refused from Content-Length) and 600 parts get 400."""
+    url, token = lb_worker
+    headers = {"Authorization": f"Bearer {token}"}
+
+    async def run():
+        async with aiohttp.ClientSession() as s:
+            big = aiohttp.FormData({"model": "x", "prompt": "a" * 1_000_000})
+            big.add_field("file", b"RIFF", filename="a.wav")
+            async with s.post(f"{url}/v1/audio/transcriptions", data=big, headers=headers) as r:
+                long_field = r.status, (await r.json())["error"]
+            many = aiohttp.FormData([("hotwords[]", "ok")] * 600)
+            many.add_field("file", b"RIFF", filename="a.wav")
+            async with s.post(f"{url}/v1/audio/transcriptions", data=many, headers=headers) as r:
+                many_parts = r.status, (await r.json())["error"]
+        return long_field, many_parts
+
+    (status, err), (status_parts, err_parts) = asyncio.run(run())
+    assert status == 400 and "longer than" in err["message"] and err["param"] == "prompt", err
+    assert status_parts == 400 and "parts" in err_parts["message"], err_parts
+    assert jiwer.wer(SAMPLE_TEXT, transcribe(client, speech_files["mp3"]).text) <= MAX_WER  # still serving
