@@ -7,7 +7,8 @@
 
 Targets: ``decode`` (decode_audio on real files of every supported format, mutated), ``base64``,
 ``request`` (the job-input parser), ``url`` (the URL policy, with the address the client would
-really connect to as the oracle) and ``ws`` (the WebSocket message parser).
+really connect to as the oracle), ``ws`` (the WebSocket message parser) and ``openai`` (the OpenAI
+route's form fields: only its coded 4xx errors, and a request that honours OpenAI's rules).
 Each finding is written to ``tests/fuzz_corpus/<target>/`` (kept in git: tests replay it).
 Built on hypothesis: strategies generate and mutate, its shrinker makes findings small.
 """
@@ -209,6 +210,21 @@ def check_ws(raw: str) -> None:
     assert isinstance(msg, dict)
 
 
+def check_openai(fields) -> None:
+    import openai_api
+
+    try:
+        req = openai_api.parse_fields(fields)
+    except openai_api.APIError as e:
+        assert 400 <= e.status < 500 and e.message, (e.status, e.message)
+        return
+    assert req.response_format in openai_api.RESPONSE_FORMATS
+    assert req.granularities and set(req.granularities) <= set(openai_api.GRANULARITIES)
+    assert not fields.get("timestamp_granularities[]") or req.response_format == "verbose_json"
+    assert req.language is None or req.language in openai_api.LANGUAGES
+    assert req.hotwords is None or 0 < len(req.hotwords.phrases) <= 100
+
+
 # Characters that URL libraries or resolvers map onto ASCII digits, dots and brackets.
 CONFUSABLES = "。．｡︒０１２３４５６７８９①②③⑦⑧⓪𝟏𝟕１７ⅰⅠ［］：＠／⁄ᵃ"
 URL_ALPHABET = "0123456789abcdefx.:[]@/%-_ftpshlocaAZ" + CONFUSABLES
@@ -326,6 +342,17 @@ def ws_cases():
     )
 
 
+def openai_cases():
+    """Form fields as the multipart reader hands them over: name -> list of strings."""
+    names = st.sampled_from(["file", "model", "response_format", "timestamp_granularities[]",
+                             "timestamp_granularities", "language", "prompt", "temperature", "stream",
+                             "hotwords[]", "hotwords", "hotword_boost"]) | st.text(max_size=8)
+    values = st.sampled_from(["json", "verbose_json", "text", "srt", "vtt", "word", "segment", "en", "EN", "zh",
+                              "0", "1", "0.5", "nan", "-1", "1e308", "true", "false", "Kubernetes", "<b>", ""]) \
+        | st.text(max_size=60)
+    return st.dictionaries(names, st.lists(values, min_size=1, max_size=4), max_size=8)
+
+
 def targets(seeds: dict[str, bytes] | None = None) -> dict[str, Target]:
     seeds = seeds if seeds is not None else decode_seeds()
     return {
@@ -334,6 +361,7 @@ def targets(seeds: dict[str, bytes] | None = None) -> dict[str, Target]:
         "request": Target("request", request_cases(), check_request, 300),
         "url": Target("url", url_cases(), check_url, 300),
         "ws": Target("ws", ws_cases(), check_ws, 300),
+        "openai": Target("openai", openai_cases(), check_openai, 300),
     }
 
 
@@ -406,7 +434,7 @@ def replay(target: Target, corpus: Path = CORPUS) -> list[Finding]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=60.0, help="fuzzing time per target")
-    ap.add_argument("--target", choices=["all", "decode", "base64", "request", "url", "ws"], default="all")
+    ap.add_argument("--target", choices=["all", "decode", "base64", "request", "url", "ws", "openai"], default="all")
     ap.add_argument("--seed", type=int, default=int(time.time()))
     ap.add_argument("--replay", action="store_true", help="only replay the committed corpus")
     ap.add_argument("--save", action="store_true", help="write new findings to tests/fuzz_corpus/")
