@@ -183,25 +183,9 @@ def run_streams(engine, audios):
     async def run():
         dec = StreamDecoder(engine)
         dec.start()
-        streams = [dec.open() for _ in audios]
-        for s, a in zip(streams, audios):
-            dec.push(s, a)
-            dec.finish(s)
-        texts, failed = [], 0
-        for s in streams:
-            finals = []
-            while True:
-                up = await s.updates.get()
-                if up is None:
-                    failed += 1
-                    break
-                if up.final:
-                    finals.append(up.final)
-                if up.last:
-                    break
-            texts.append(" ".join(finals))
+        texts = await dec.transcribe_whole(audios)
         await dec.stop()
-        return texts, failed, dec.steps
+        return [t or "" for t in texts], sum(t is None for t in texts), dec.steps
 
     return asyncio.run(run())
 

@@ -142,19 +142,7 @@ async def stream_all(engine, clips, boostings, decoder=None, now=time.process_ti
     dec = decoder or StreamDecoder(engine)
     dec.start()
     steps0, t0 = dec.steps, now()
-    streams = [dec.open(b) for b in boostings]
-    for s, c in zip(streams, clips):
-        dec.push(s, c)
-        dec.finish(s)
-    texts = []
-    for s in streams:
-        finals = []
-        while (u := await s.updates.get()) is not None:
-            if u.final:
-                finals.append(u.final)
-            if u.last:
-                break
-        texts.append(" ".join(finals))
+    texts = [t or "" for t in await dec.transcribe_whole(clips, boostings)]
     await dec.stop()
     return texts, (now() - t0) / max(1, dec.steps - steps0), dec
 

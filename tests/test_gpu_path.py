@@ -47,22 +47,9 @@ def _stream(engine, audios):
     async def run():
         dec = StreamDecoder(engine)
         dec.start()
-        streams = [dec.open() for _ in audios]
-        for s, a in zip(streams, audios):
-            dec.push(s, a)
-            dec.finish(s)
-        texts = []
-        for s in streams:
-            finals = []
-            while (up := await s.updates.get()) is not None:
-                finals += [up.final] if up.final else []
-                if up.last:
-                    break
-            else:
-                finals.append("<stream failed>")
-            texts.append(" ".join(finals))
+        texts = await dec.transcribe_whole(audios)
         await dec.stop()
-        return texts, dec
+        return ["<stream failed>" if t is None else t for t in texts], dec
 
     return asyncio.run(run())
 
