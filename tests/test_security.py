@@ -18,6 +18,7 @@ from aiohttp import web
 
 import audio_utils
 import fetch
+import synth
 import url_policy
 from audio_utils import DecodeBudget, decode_audio, decode_audio_async
 from errors import ASRError
@@ -295,26 +296,7 @@ def test_ffmpeg_gets_an_explicit_demuxer_and_only_the_file_protocol(tmp_path):
 
 # ------------------------------------------------------------------ 3. memory budget
 def _flac(path, seconds, rate=192000, layout="7.1", extra=()):
-    subprocess.run(
-        [
-            "ffmpeg",
-            "-nostdin",
-            "-loglevel",
-            "error",
-            "-y",
-            "-f",
-            "lavfi",
-            "-i",
-            f"anullsrc=r={rate}:cl={layout}",
-            "-t",
-            str(seconds),
-            "-c:a",
-            "flac",
-            *extra,
-            str(path),
-        ],
-        check=True,
-    )
+    synth.ffmpeg_lavfi(f"anullsrc=r={rate}:cl={layout}", path, "-t", str(seconds), "-c:a", "flac", *extra)
     return path
 
 
@@ -358,28 +340,8 @@ def bombs(tmp_path_factory):
     long_bomb = d / "long.flac"
     long_bomb.write_bytes(_claim_total_samples(bomb.read_bytes(), 5 * 3600 * 192000))  # claims 5 h
     piped = d / "piped.flac"  # written to a pipe: STREAMINFO says 0 samples (unknown length)
-    with open(piped, "wb") as f:
-        subprocess.run(
-            [
-                "ffmpeg",
-                "-nostdin",
-                "-loglevel",
-                "error",
-                "-f",
-                "lavfi",
-                "-i",
-                "anullsrc=r=192000:cl=7.1",
-                "-t",
-                "60",
-                "-c:a",
-                "flac",
-                "-f",
-                "flac",
-                "pipe:1",
-            ],
-            stdout=f,
-            check=True,
-        )
+    piped.write_bytes(synth.ffmpeg_lavfi("anullsrc=r=192000:cl=7.1", "pipe:1", "-t", "60", "-c:a", "flac",
+                                         "-f", "flac"))
     warm = write_wav(d / "warm.wav", np.zeros(16000, np.float32))
     return {"bomb": bomb, "long": long_bomb, "piped": piped, "warm": warm}
 
@@ -502,28 +464,8 @@ def test_cancelled_download_leaves_no_partial_file(private_tmp):
 @pytest.fixture(scope="module")
 def long_mp3(tmp_path_factory):
     path = tmp_path_factory.mktemp("long") / "long.mp3"
-    subprocess.run(
-        [
-            "ffmpeg",
-            "-nostdin",
-            "-loglevel",
-            "error",
-            "-f",
-            "lavfi",
-            "-i",
-            "sine=f=300:sample_rate=8000",
-            "-t",
-            "1200",
-            "-ac",
-            "1",
-            "-c:a",
-            "libmp3lame",
-            "-b:a",
-            "8k",
-            str(path),
-        ],
-        check=True,
-    )
+    synth.ffmpeg_lavfi("sine=f=300:sample_rate=8000", path, "-t", "1200", "-ac", "1", "-c:a", "libmp3lame",
+                       "-b:a", "8k")
     return path
 
 

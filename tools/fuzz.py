@@ -19,7 +19,6 @@ import argparse
 import hashlib
 import json
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,12 +27,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
+sys.path.insert(0, str(ROOT / "tools" / "test_model"))
 
 import numpy as np  # noqa: E402
 from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
 from hypothesis import seed as hypothesis_seed  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
+import synth  # noqa: E402
 from errors import ASRError  # noqa: E402
 
 CORPUS = ROOT / "tests" / "fuzz_corpus"
@@ -69,25 +70,9 @@ def decode_seeds(cache: Path | None = None) -> dict[str, bytes]:
         path = cache / f"{name}.bin"
         if not path.exists():  # to a file (MP4 needs seeking), except the piped FLAC
             out = "pipe:1" if name.endswith("piped") else str(path)
-            done = subprocess.run(
-                [
-                    "ffmpeg",
-                    "-nostdin",
-                    "-loglevel",
-                    "error",
-                    "-y",
-                    "-f",
-                    "lavfi",
-                    "-i",
-                    "sine=f=440:d=0.4:sample_rate=16000",
-                    *args,
-                    out,
-                ],
-                capture_output=True,
-                check=True,
-            )
+            data = synth.ffmpeg_lavfi("sine=f=440:d=0.4:sample_rate=16000", out, *args)
             if out == "pipe:1":
-                path.write_bytes(done.stdout)
+                path.write_bytes(data)
         seeds[name] = path.read_bytes()
     return seeds
 

@@ -51,6 +51,13 @@ HELD_OUT = {
 }
 
 
+def ffmpeg_lavfi(source: str, out: str | Path, *args: str) -> bytes:
+    """Render an ffmpeg lavfi source (``"sine=f=440:d=0.4"``, ``"anullsrc=r=192000:cl=7.1"``) with
+    output options ``args`` to ``out``, a path or ``"pipe:1"`` (then the bytes come back)."""
+    cmd = ["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-f", "lavfi", "-i", source, *args, str(out)]
+    return subprocess.run(cmd, capture_output=True, check=True).stdout
+
+
 def train_voices(lang: str) -> list[str]:
     return [a + (f"+{v}" if v else "") for a in ACCENTS[lang] for v in TRAIN_VARIANTS]
 
