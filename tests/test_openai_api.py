@@ -245,8 +245,11 @@ def test_a_drain_lets_a_request_in_flight_be_answered(tiny_model, speech_files):
                 form = aiohttp.FormData({"model": "x"})
                 form.add_field("file", speech_files["flac"].read_bytes(), filename="a.flac")
                 request = asyncio.ensure_future(c.post("/v1/audio/transcriptions", data=form))
-                while not server._http_in_flight:
+                for _ in range(6000):  # until the request is being served (at most 30 s)
+                    if server._http_in_flight or request.done():
+                        break
                     await asyncio.sleep(0.005)
+                assert server._http_in_flight, "the request never started"
                 await server.drain(60)
                 in_flight_after_drain = server._http_in_flight
                 late = aiohttp.FormData({"model": "x"})
