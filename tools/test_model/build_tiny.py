@@ -47,7 +47,7 @@ def _int16(audio: np.ndarray) -> np.ndarray:
     return (audio * 32767).clip(-32768, 32767).astype(np.int16)  # halves the 25 h of training audio
 
 
-RECIPES = {"v1": synth.V1, "v2": synth.V2}
+RECIPES = {"v1": synth.V1, "v2": synth.V2, "v3": synth.V3}
 
 
 def _synth_chunk(args):
@@ -182,6 +182,7 @@ def train(model, data: dict, boot: dict | None, phases: list[Phase], seed: int, 
     spec_aug = model.spec_augmentation
     model.train()
     step, t0, hist, timing = 0, time.time(), [], {}
+    log.info("step 0 probe WER %s", _probe_wer(model, probe))  # the starting point (an --init model's)
     for phase in phases:
         t_phase = time.time()
         # SpecAugment only once the encoder reads: masking makes the plateau longer.
@@ -222,17 +223,25 @@ def train(model, data: dict, boot: dict | None, phases: list[Phase], seed: int, 
 
 
 def _probe_set() -> list:
-    """A few fresh sentences per language, to log real WER while training (cheap: ~1 s)."""
-    return [synth.make_utterances(lang, synth.train_voices(lang), 16, seed) for lang, seed in (("en", 77), ("ru", 78))]
+    """A few fresh sentences per language, to log real WER while training (cheap: ~1 s), then
+    unpadded 1-2-word utterances (issue 15's hardest case) for the exact-match rate."""
+    return ([synth.make_utterances(lang, synth.train_voices(lang), 16, seed) for lang, seed in (("en", 77), ("ru", 78))]
+            + [[u for u, _ in synth.edge_pairs(lang, synth.train_voices(lang), 32, seed, (1, 2))]
+               for lang, seed in (("en", 79), ("ru", 80))])
 
 
 def _probe_wer(model, probe, ctc_head=None) -> str:
     import jiwer
 
     model.eval()
-    out, ctc_out = [], []
+    out, ctc_out, short = [], [], []
     with torch.inference_mode():
-        for utts in probe:
+        for utts in probe[2:]:
+            sig, lens = synth.pad_batch([u.audio for u in utts])
+            enc, enc_len = model.forward(input_signal=sig, input_signal_length=lens)
+            hyps = model.decoding.rnnt_decoder_predictions_tensor(encoder_output=enc, encoded_lengths=enc_len)
+            short.append(f"{np.mean([u.text == h.text.strip() for u, h in zip(utts, hyps)]):.2f}")
+        for utts in probe[:2]:
             sig, lens = synth.pad_batch([u.audio for u in utts])
             enc, enc_len = model.forward(input_signal=sig, input_signal_length=lens)
             hyps = model.decoding.rnnt_decoder_predictions_tensor(encoder_output=enc, encoded_lengths=enc_len)
@@ -246,7 +255,8 @@ def _probe_wer(model, probe, ctc_head=None) -> str:
                     texts.append(model.tokenizer.ids_to_text(ids))
                 ctc_out.append(f"{jiwer.wer([u.text for u in utts], texts):.3f}")
     model.train()
-    return f"tdt en {out[0]} ru {out[1]}" + (f" | ctc en {ctc_out[0]} ru {ctc_out[1]}" if ctc_out else "")
+    return (f"tdt en {out[0]} ru {out[1]}" + (f" | ctc en {ctc_out[0]} ru {ctc_out[1]}" if ctc_out else "")
+            + f" | 1-2 words unpadded exact en {short[0]} ru {short[1]}")
 
 
 # ---------------------------------------------------------------- evaluation
