@@ -342,9 +342,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--stage", choices=["all", "data", "train", "eval"], default="all")
     ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--data-seed", type=int, help="seed of the training data (default: --seed); a second fine-tune"
+                    " on the same data takes it with a new --seed, which reshuffles the batches")
     ap.add_argument("--recipe", choices=sorted(RECIPES), default="v1",
-                    help="training data: v1 (the committed model's) or v2 (issue 15: speech from the first sample,"
-                    " 1-2-word utterances; not yet trained from scratch, see MODEL_CARD.md)")
+                    help="training data: v1 (the first model's), v2 and v3 (issue 15: speech from the first sample,"
+                    " 1-2-word utterances; used for fine-tunes of v1, see MODEL_CARD.md)")
     ap.add_argument("--n-en", type=int, default=16000)
     ap.add_argument("--n-ru", type=int, default=10000)
     ap.add_argument("--boot-steps", type=int, default=400, help="phase 1: CTC on clean speech of one voice")
@@ -366,13 +368,14 @@ def main() -> None:
     torch.set_num_threads(args.threads or os.cpu_count() or 2)
     random.seed(args.seed)
     tag = "" if args.recipe == "v1" else f"{args.recipe}_"  # v1 keeps the first model's cache name
-    data_path = WORK / f"train_{tag}{args.seed}_{args.n_en}_{args.n_ru}.npz"
+    data_seed = args.seed if args.data_seed is None else args.data_seed
+    data_path = WORK / f"train_{tag}{data_seed}_{args.n_en}_{args.n_ru}.npz"
     if args.metrics is None:
         args.metrics = METRICS_PATH if args.out.resolve() == MODEL_PATH else args.out.with_suffix(".metrics.json")
     t_build = time.time()
 
     if args.stage in ("all", "data") and not data_path.exists():
-        make_training_data(args.n_en, args.n_ru, args.seed, data_path, args.recipe)
+        make_training_data(args.n_en, args.n_ru, data_seed, data_path, args.recipe)
     info = {}
     if args.stage in ("all", "train"):
         data = dict(np.load(data_path))
