@@ -21,14 +21,15 @@ from client import pcm16_bytes as pcm16
 from settings import Settings
 from websocket_handler import ASRServer, PcmInput
 
-# Measured on the tiny model (README): 30 fresh sentences, streaming 3.6% WER vs reference, 3.1%
-# vs the offline transcript of the same audio; offline 1.3%.
-STREAM_MAX_WER = 0.08
-STREAM_VS_OFFLINE_MAX_WER = 0.08
+# Measured on the test model: v1, 30 fresh sentences (bench/stream_accuracy.py), streaming 3.6%
+# WER vs reference, 3.1% vs the offline transcript of the same audio; v3 (issue 15), this test's
+# 20 sentences, 1.2% and 1.2% (the bounds were 8% for v1).
+STREAM_MAX_WER = 0.05
+STREAM_VS_OFFLINE_MAX_WER = 0.05
 # A session that starts at the first sample of speech (8 streams): issue 15's targets. The v1 test
-# model missed them (first word 1/8, WER 17.4%); v2 meets them.
+# model missed them (first word 1/8, WER 17.4%); v2 and v3 meet them (7/8, 4.3%).
 MIDSPEECH_MIN_FIRST_WORDS = 7
-MIDSPEECH_MAX_WER = 0.10
+MIDSPEECH_MAX_WER = 0.08
 
 
 class ServerThread:
@@ -143,6 +144,7 @@ def test_streaming_accuracy_and_gap_to_offline(server, engine):
     streamed = asyncio.run(all_streams())
     offline = [t.text for t in engine.transcribe_batch([u.audio for u in utts])]
     refs = [u.text for u in utts]
+    print(f"streaming WER {jiwer.wer(refs, streamed):.3f}, vs offline {jiwer.wer(offline, streamed):.3f}")
     assert jiwer.wer(refs, streamed) <= STREAM_MAX_WER, list(zip(refs, streamed))
     assert jiwer.wer(offline, streamed) <= STREAM_VS_OFFLINE_MAX_WER
 
@@ -484,5 +486,6 @@ def test_start_takes_hotwords_for_its_stream_and_refuses_invalid_ones(server):
     done = asyncio.run(run())
     # two utterances with a pause, as the other tests' 0.3 bound; one more word for the boost: v2 of
     # the test model turns the boosted "yellow birds" into "yellowsth" (a partial match winning)
+    print("boosted stream:", done["text"])
     assert jiwer.wer(" ".join(refs), done["text"]) <= 0.34, done["text"]
     assert server.call(lambda: server.server.decoder.boosted) == 0  # the stream's tree left with it

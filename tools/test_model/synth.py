@@ -87,7 +87,7 @@ class Recipe:
 
 V1 = Recipe(0.0, (120, 200), (0.1, 0.95), "v1")
 V2 = Recipe(0.18, (110, 220), (0.03, 0.95), "v2")
-# V3: V2 fell short on 1-2-word utterances (45-59% exact with speech from the first sample), of
+# V3: V2 fell short on 1-2-word utterances (70-85% exact with speech from the first sample), of
 # which it had only ~2% with both ends unpadded; V3 has 40% of them and more clips at the speech.
 V3 = Recipe(0.40, (110, 220), (0.03, 0.95), "v2", (0.2, 0.45, 0.65))
 # V4: V3 plus digital silence. Trained on V3 only, the model read a 0.4-s word padded to 1 s with
