@@ -230,6 +230,13 @@ def _probe_set() -> list:
                for lang, seed in (("en", 79), ("ru", 80))])
 
 
+def _greedy(model, utts: list):
+    """(TDT hypotheses, encoder output, its lengths) for one padded batch of ``utts``."""
+    sig, lens = synth.pad_batch([u.audio for u in utts])
+    enc, enc_len = model.forward(input_signal=sig, input_signal_length=lens)
+    return model.decoding.rnnt_decoder_predictions_tensor(encoder_output=enc, encoded_lengths=enc_len), enc, enc_len
+
+
 def _probe_wer(model, probe, ctc_head=None) -> str:
     import jiwer
 
@@ -237,14 +244,10 @@ def _probe_wer(model, probe, ctc_head=None) -> str:
     out, ctc_out, short = [], [], []
     with torch.inference_mode():
         for utts in probe[2:]:
-            sig, lens = synth.pad_batch([u.audio for u in utts])
-            enc, enc_len = model.forward(input_signal=sig, input_signal_length=lens)
-            hyps = model.decoding.rnnt_decoder_predictions_tensor(encoder_output=enc, encoded_lengths=enc_len)
+            hyps, _, _ = _greedy(model, utts)
             short.append(f"{np.mean([u.text == h.text.strip() for u, h in zip(utts, hyps)]):.2f}")
         for utts in probe[:2]:
-            sig, lens = synth.pad_batch([u.audio for u in utts])
-            enc, enc_len = model.forward(input_signal=sig, input_signal_length=lens)
-            hyps = model.decoding.rnnt_decoder_predictions_tensor(encoder_output=enc, encoded_lengths=enc_len)
+            hyps, enc, enc_len = _greedy(model, utts)
             out.append(f"{jiwer.wer([u.text for u in utts], [h.text for h in hyps]):.3f}")
             if ctc_head is not None:
                 best = ctc_head(enc.transpose(1, 2)).argmax(-1)
