@@ -384,6 +384,7 @@ def main() -> None:
     logging.getLogger("nemo_logger").setLevel(logging.ERROR)
     torch.set_num_threads(args.threads or os.cpu_count() or 2)
     random.seed(args.seed)
+    torch.manual_seed(args.seed)  # the random initial weights too: train() seeds only after the model exists
     tag = "" if args.recipe == "v1" else f"{args.recipe}_"  # v1 keeps the first model's cache name
     data_seed = args.seed if args.data_seed is None else args.data_seed
     data_path = WORK / f"train_{tag}{data_seed}_{args.n_en}_{args.n_ru}.npz"
