@@ -357,7 +357,8 @@ def _rel(value) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--stage", choices=["all", "data", "train", "eval"], default="all")
+    ap.add_argument("--stage", choices=["all", "data", "train", "eval"], default="all",
+                    help="all: data, training, evaluation; train: data (unless cached) and training only")
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--data-seed", type=int, help="seed of the training data (default: --seed); a second fine-tune"
                     " on the same data takes it with a new --seed, which reshuffles the batches")
@@ -392,7 +393,7 @@ def main() -> None:
         args.metrics = METRICS_PATH if args.out.resolve() == MODEL_PATH else args.out.with_suffix(".metrics.json")
     t_build = time.time()
 
-    if args.stage in ("all", "data") and not data_path.exists():
+    if args.stage in ("all", "data", "train") and not data_path.exists():  # training needs its data
         make_training_data(args.n_en, args.n_ru, data_seed, data_path, args.recipe)
     info = {}
     if args.stage in ("all", "train"):
