@@ -194,9 +194,10 @@ class _without_onednn:
 
 def _fast_first_conv(model, on: bool) -> None:
     """The subsampling's first convolution (1 input channel, full 100 fps x 128 mel resolution)
-    is with the depthwise one the costliest layer of a training step under oneDNN on this CPU (no AVX2): forward and
-    backward ~4x slower than ATen's im2col path, ~11% of a TDT step (measured in session 5). Swapping
-    the module's class changes no weight and no saved file; it is swapped back before saving."""
+    is, with the depthwise one after it, the costliest layer of a training step under oneDNN on
+    this CPU (no AVX2): forward + backward ~4x slower than ATen's im2col path, ~11% of a TDT step
+    (measured in session 5). Swapping the module's class changes no weight and no saved file; it
+    is swapped back before saving."""
     first = model.encoder.pre_encode.conv[0]
     if isinstance(first, torch.nn.Conv2d) and first.in_channels == 1 and first.groups == 1:
         first.__class__ = _Im2colConv2d if on else torch.nn.Conv2d
