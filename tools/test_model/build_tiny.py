@@ -182,14 +182,14 @@ class _Im2colConv2d(torch.nn.Conv2d):
 
 
 class _without_onednn:
-    """torch.backends.mkldnn.flags(enabled=False) without its TF32 warning."""
+    """torch.backends.mkldnn.flags(enabled=False) without the TF32 warning that flags() gives."""
 
     def __enter__(self):
         self.was = torch.backends.mkldnn.enabled
-        torch._C._set_mkldnn_enabled(False)
+        torch.backends.mkldnn.enabled = False
 
     def __exit__(self, *exc):
-        torch._C._set_mkldnn_enabled(self.was)
+        torch.backends.mkldnn.enabled = self.was
 
 
 def _fast_first_conv(model, on: bool) -> None:
@@ -485,10 +485,8 @@ def main() -> None:
 if __name__ == "__main__":
     try:
         main()
-    except SystemExit as e:  # --help, argument errors: not a failed build
-        if e.code:
-            raise
-        sys.exit(0)
+    except SystemExit:  # --help, argument errors: not a failed build
+        raise
     except BaseException:  # a long build runs unattended: say so in its log, then fail as usual
         log.exception("BUILD FAILED")
         raise
