@@ -27,15 +27,16 @@ import numpy as np
 import torch
 
 import hardware
+import lifecycle
 import metrics
 from attention import AttentionModes
 from batcher import DynamicBatcher
 from constants import SAMPLE_RATE
-from errors import OUT_OF_MEMORY, ASRError
+from errors import OUT_OF_MEMORY, ASRError, DeviceLost
 from hotwords import Boosting, Hotwords, PerUtteranceBiasing, TreeCache, register, unregister
 from long_audio import LOCAL_WINDOW_OVERLAP_S, merge_windows, window_spans
 from nemo_patches import compile_encoder, lean_subsampling_masks
-from scheduling import BATCH, BATCH_POOL, DECODE_POOL, PassBudget, PriorityGate, run_in
+from scheduling import BATCH, BATCH_POOL, DECODE_POOL, STREAM, PassBudget, PriorityGate, run_in
 from settings import Settings
 from transcript import Transcript, Word, make_segments
 
@@ -85,7 +86,8 @@ class Engine:
         self._checkpoint_decoding = self.model.cfg.decoding.copy()  # as trained; streaming set-up overwrites cfg
         self._stream_pipelines: dict = {}  # StreamConfig -> NeMo pipeline on this model (stream_pipeline())
         self._pipelines_lock = threading.Lock()
-        self.stats = {"oom": 0, "oom_split": 0, "oom_local": 0, "oom_failed": 0}
+        self.stats = {"oom": 0, "oom_split": 0, "oom_local": 0, "oom_failed": 0, "graph_resets": 0}
+        self.lost = ""  # why the GPU is unusable (a non-OOM CUDA error); "" while it is fine
         lean_subsampling_masks(self.model)
         self.hotword_trees = TreeCache(self.model.tokenizer)
         self.reconfigure()
@@ -132,6 +134,26 @@ class Engine:
         greedy = m.decoding.decoding
         greedy.decoding_computer = PerUtteranceBiasing(greedy.decoding_computer)
         m.eval()
+        # a decoding change after a capture must not leave any graph captured against the old
+        # set-up: every computer re-captures on its next call (docs/GPU.md)
+        self.reset_decoder_graphs()
+
+    def decoding_computers(self) -> list:
+        """Every label-looping decoding computer on this model: the offline one (unwrapped) and
+        each streaming pipeline's. Each owns its CUDA graphs and the buffers they reference."""
+        offline = self.model.decoding.decoding.decoding_computer
+        comps = [getattr(offline, "computer", offline)]
+        comps += [p.decoding_computer for p in self._stream_pipelines.values() if p.decoding_computer is not None]
+        return comps
+
+    def reset_decoder_graphs(self) -> None:
+        """Drop every captured decoder graph (each re-captures on its next call). Done before the
+        allocator's cache is released (OOM recovery) and after a decoding change: a graph replays
+        fixed addresses, so nothing it references may be freed or replaced while it lives."""
+        for comp in self.decoding_computers():
+            if getattr(comp, "state", None) is not None and hasattr(comp, "reset_cuda_graphs_state"):
+                comp.reset_cuda_graphs_state()
+                self.stats["graph_resets"] += 1
 
     def _use_sdpa(self, on: bool = True) -> None:
         """PyTorch SDPA kernels (flash / memory-efficient on GPU) for full attention (the attached
@@ -171,13 +193,15 @@ class Engine:
     def warmup(self) -> dict:
         """Run every shape production uses once, so no request pays for kernels, CUDA-graph capture
         or module builds, in this order:
-        - the streaming pipeline and one step at WARMUP_STREAMS streams (first: building it resets
-          the offline decoding). Not on CPU by default: a CPU worker is a development one, and the
-          first WebSocket server builds its pipeline;
+        - the streaming pipeline is built first (building it changes the model's decoding, which
+          must never happen after a graph was captured). Not on CPU by default: a CPU worker is a
+          development one, and the first WebSocket server builds its pipeline;
         - offline batches of 1 and MAX_BATCH_SIZE clips of 2 s and 30 s on a GPU (2 x 2 s on CPU);
-        - the decoder's CUDA graph at its largest shape, MAX_BATCH_SIZE x the longest input (NeMo
-          re-captures when a batch or a clip outgrows the last capture, so nothing smaller does);
-        - local attention (its modules are built once).
+        - the offline decoder's CUDA graph at its largest shape, MAX_BATCH_SIZE x the longest input
+          (NeMo re-captures when a batch or a clip outgrows the last capture, so nothing smaller does);
+        - local attention (its modules are built once);
+        - last, one streaming step at WARMUP_STREAMS streams: its graph is captured after every
+          offline capture, the order the first GPU run showed working (docs/GPU.md).
         Logs and returns what it did."""
         from streaming import StreamConfig, warm_streams
 
@@ -186,11 +210,9 @@ class Engine:
         t0 = time.perf_counter()
         t = t0
         n_streams = s.warmup_streams if s.warmup_streams >= 0 else (s.ws_max_sessions if cuda else 0)
-        if n_streams:
-            pipe = self.stream_pipeline(StreamConfig.from_settings(s))
-            with self.exclusive():
-                warm_streams(pipe, n_streams)
-            report["streams"] = {"streams": n_streams, "s": round(time.perf_counter() - t, 2)}
+        pipe = self.stream_pipeline(StreamConfig.from_settings(s)) if n_streams else None
+        if pipe is not None:
+            report["stream_pipeline"] = round(time.perf_counter() - t, 2)
         rng = np.random.default_rng(0)
         shapes = ([(1, 2.0), (s.max_batch_size, 2.0), (1, 30.0), (s.max_batch_size, 30.0)] if cuda
                   else [(min(2, s.max_batch_size), 2.0)])
@@ -220,6 +242,11 @@ class Engine:
             with self.exclusive("local"):
                 pass
         report["local_attention"] = round(time.perf_counter() - t, 2)
+        if pipe is not None:
+            t = time.perf_counter()
+            with self.exclusive(priority=STREAM):
+                warm_streams(pipe, n_streams)
+            report["streams"] = {"streams": n_streams, "s": round(time.perf_counter() - t, 2)}
         report["total_s"] = round(time.perf_counter() - t0, 2)
         self.warmup_report = report
         log.info("warmup: %s", report)
@@ -229,14 +256,34 @@ class Engine:
     @contextlib.contextmanager
     def exclusive(self, attention: str = "full", priority: int = BATCH):
         """Hold the model, in eval mode, with the requested attention, and restore full attention.
-        ``priority``: ``scheduling.STREAM`` for streaming steps (they go first)."""
+        ``priority``: ``scheduling.STREAM`` for streaming steps (they go first).
+
+        Every use of the model passes here, so this is where a lost GPU is noticed: a non-OOM
+        CUDA error marks the engine (and the process, lifecycle.poison) as lost, and every later
+        caller gets ``DeviceLost`` at once instead of a second crash or a hang."""
+        self._check_device()
         with self.lock.hold(priority):
+            self._check_device()  # lost while this caller waited
             self.model.eval()
             try:
                 with self.attn.using(attention):  # attention.py: a reference swap, exception-safe
                     yield self.model
+            except Exception as exc:
+                if hardware.is_device_lost(exc):
+                    self.device_lost(exc)
+                raise
             finally:
                 self.model.eval()
+
+    def _check_device(self) -> None:
+        if self.lost:
+            raise DeviceLost(f"the GPU is unusable ({self.lost})")
+
+    def device_lost(self, exc: BaseException) -> None:
+        """The GPU failed for good: remember it, and tell the process (lifecycle.poison)."""
+        if not self.lost:
+            self.lost = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+            lifecycle.LIFECYCLE.poison(self.lost)
 
     def transcribe_batch(self, signals: list[np.ndarray], attention: str = "full",
                          boostings: list[Boosting | None] | None = None) -> list[Transcript | ASRError]:
@@ -286,11 +333,17 @@ class Engine:
                                         "attention; send it with chunk_long_audio or a shorter chunk_duration")]
 
     def free_memory(self) -> None:
+        """After an OOM: give the allocator's cached blocks back. Captured graphs are dropped
+        first (they re-capture on their next call): releasing memory a live graph still
+        addresses is what crashed the first GPU run's OOM recovery (docs/GPU.md)."""
         import gc
 
-        gc.collect()
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
+        with self.lock.hold(STREAM):  # no step or pass may replay a graph while they are dropped
+            if self.device.type == "cuda":
+                self.reset_decoder_graphs()
+            gc.collect()
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
 
     def _pass(self, signals: list[np.ndarray], attention: str, boostings: list[Boosting | None]) -> list[Transcript]:
         lens = [len(x) for x in signals]
@@ -462,6 +515,8 @@ class Engine:
                 return [self._transcribe_in_windows(signals[0], "full", boostings[0])]
             return self.transcribe_batch(signals, "full", boostings)
         except Exception as exc:  # noqa: BLE001 - isolate: the other clips of the group may be fine
+            if hardware.is_device_lost(exc):
+                raise  # nothing can run any more: no clip-by-clip retry
             if len(signals) == 1:
                 log.warning("a %.1f s clip failed in the model: %s", len(signals[0]) / SAMPLE_RATE, type(exc).__name__)
                 return [exc]

@@ -28,6 +28,12 @@ IDLE_TIMEOUT = "idle_timeout"  # sent before the server closes a silent session
 CLOSING = "closing"  # sent before the server closes every session (a websocket job's max_lifetime)
 
 
+class DeviceLost(RuntimeError):
+    """The accelerator's context is gone (a non-OOM CUDA error): no later GPU call can succeed in
+    this process. Raised by the engine for work that arrives after the loss; the worker fails
+    what it holds, reports unhealthy and exits so the platform replaces it (lifecycle.poison)."""
+
+
 class ASRError(Exception):
     def __init__(self, code: str, message: str):
         super().__init__(f"{code}: {message}")

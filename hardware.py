@@ -13,6 +13,8 @@ import subprocess
 
 import torch
 
+from errors import DeviceLost
+
 log = logging.getLogger(__name__)
 
 # Full (rel-pos) attention keeps (heads x T x T) score matrices per layer, so its memory grows as
@@ -121,6 +123,26 @@ def free_device_memory(device: torch.device) -> float | None:
         return None
     free, _total = torch.cuda.mem_get_info(device)
     return float(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+
+
+# Messages of errors after which a CUDA context is unusable. An illegal memory access or a failed
+# kernel launch is "sticky": every later call in the process fails the same way, so retrying is
+# pointless and only an exit frees the GPU. Out-of-memory is not among them (it is recoverable).
+_DEVICE_LOST_MARKERS = ("CUDA error", "CUBLAS_STATUS_EXECUTION_FAILED", "CUBLAS_STATUS_INTERNAL_ERROR",
+                        "CUDNN_STATUS_EXECUTION_FAILED", "CUDNN_STATUS_INTERNAL_ERROR")
+
+
+def is_device_lost(exc: BaseException) -> bool:
+    """Does ``exc`` mean the accelerator's context is gone (not a recoverable OOM)?
+    ``torch.AcceleratorError`` (torch >= 2.8), or a RuntimeError whose message names a CUDA error."""
+    if isinstance(exc, DeviceLost):
+        return True
+    if isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower():
+        return False
+    accel = getattr(torch, "AcceleratorError", None)
+    if accel is not None and isinstance(exc, accel):
+        return True
+    return isinstance(exc, RuntimeError) and any(m in str(exc) for m in _DEVICE_LOST_MARKERS)
 
 
 def describe(device: torch.device, dtype: torch.dtype) -> str:

@@ -1,6 +1,7 @@
 """The worker's one HTTP server (aiohttp): WebSocket upgrades become ``ASRServer`` sessions,
-``GET /ping`` reports readiness, and the standalone / load-balancer server adds the microphone page
-at ``GET /`` and ``POST /v1/audio/transcriptions`` (openai_api.py) - all on one port.
+``GET /ping`` reports readiness (200 warm, 204 loading, 503 draining or unhealthy), and the
+standalone / load-balancer server adds the microphone page at ``GET /`` and
+``POST /v1/audio/transcriptions`` (openai_api.py) - all on one port.
 
 The protocol itself lives in websocket_handler.py; a session sees its socket only through
 ``Connection`` (send text, receive a frame, close with a code).
@@ -76,6 +77,8 @@ def authorized(request: web.Request, token: str) -> bool:
 # routes
 async def ping(request: web.Request) -> web.Response:
     server = request.app[SERVER_KEY]
+    if server.unhealthy:  # the platform must replace this worker, not wait for it
+        return web.json_response({"status": "unhealthy", "reason": server.unhealthy}, status=503)
     if server.draining:
         return web.json_response({"status": "draining"}, status=503)
     if server.ready:
@@ -92,6 +95,9 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     if server.draining:  # refused before the upgrade: the client may retry on another worker
         metrics.REFUSALS.labels("draining").inc()
         return web.Response(status=503, text="server is shutting down, try again\n")
+    if server.unhealthy:
+        metrics.REFUSALS.labels("unhealthy").inc()
+        return web.Response(status=503, text="this worker cannot decode any more; connect to another\n")
     if not _is_upgrade(request):
         return web.Response(status=404, text="WebSocket endpoint: connect with a WebSocket client\n")
     if server.auth_required and not server.token_ok(offered_tokens(request)):

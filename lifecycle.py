@@ -10,6 +10,11 @@ RunPod stops a worker with SIGTERM at any moment. Every server and job loop cons
   flushing its sessions);
 - ``DRAIN_TIMEOUT_S`` bounds the whole drain: a watchdog ends the process if it has not exited.
 
+A lost GPU (``poison``): a non-OOM CUDA error leaves the process unable to run the model again.
+The engine reports it here once; the drain then begins at once with a short budget
+(``POISON_DRAIN_S``): streams and requests are failed (not flushed: nothing can be decoded),
+``/ping`` answers 503, and the process exits with ``EXIT_DEVICE_LOST`` so the platform replaces it.
+
 Server-agnostic on purpose: the websockets server, an aiohttp server and the RunPod SDK's own
 loop all call ``install_signal_handlers()`` (which chains to handlers already installed, so the
 SDK's own shutdown still runs) and read ``LIFECYCLE.draining``.
@@ -29,6 +34,9 @@ import metrics
 
 log = logging.getLogger("lifecycle")
 
+POISON_DRAIN_S = 5.0  # after a lost GPU: time to fail open streams and answer requests in flight
+EXIT_DEVICE_LOST = 3  # the process exit code after a lost GPU (0: a normal drain, 1: a drain cut short)
+
 
 class Lifecycle:
     def __init__(self) -> None:
@@ -38,10 +46,34 @@ class Lifecycle:
         self._callbacks: list[tuple[asyncio.AbstractEventLoop | None, Callable[[], object]]] = []
         self._watchdog: threading.Timer | None = None
         self.signals = 0
+        self.poisoned = ""  # why the accelerator is unusable ("" while it is fine)
 
     @property
     def draining(self) -> bool:
         return self.drain_started is not None
+
+    @property
+    def exit_code(self) -> int:
+        """What the process exits with once drained: EXIT_DEVICE_LOST after a lost GPU, else 0."""
+        return EXIT_DEVICE_LOST if self.poisoned else 0
+
+    def poison(self, reason: str) -> bool:
+        """The accelerator failed for good (``reason``: the error, one line). The first call logs
+        it, marks the process unhealthy and starts a short drain; later calls change nothing.
+        Returns True the first time. Safe from any thread."""
+        with self._lock:
+            if self.poisoned:
+                return False
+            self.poisoned = reason.splitlines()[0][:300] if reason else "device error"
+        log.critical("GPU failed (%s): failing open streams and requests, exiting with code %d for a replacement",
+                     self.poisoned, EXIT_DEVICE_LOST)
+        metrics.event("device_lost", reason=self.poisoned)
+        metrics.DEVICE_LOST.set(1)
+        if not self.begin_drain("device_lost", POISON_DRAIN_S):
+            # a drain was already running: its watchdog may be minutes away; a lost GPU
+            # has nothing left to finish, so bound it by the short budget too
+            self._arm_watchdog(POISON_DRAIN_S)
+        return True
 
     def on_drain(self, callback: Callable[[], object], loop: asyncio.AbstractEventLoop | None = None) -> None:
         """Call ``callback()`` when the drain begins (at once if it has). A coroutine function
@@ -77,6 +109,8 @@ class Lifecycle:
 
     def remaining(self, timeout_s: float) -> float:
         """Seconds left of a drain bounded by ``timeout_s`` (the full time before it starts)."""
+        if self.poisoned:  # nothing left to finish after a lost GPU: the short budget
+            timeout_s = min(timeout_s, POISON_DRAIN_S)
         if self.drain_started is None:
             return timeout_s
         return max(0.0, timeout_s - (time.monotonic() - self.drain_started))
@@ -102,7 +136,7 @@ class Lifecycle:
         def expire():
             log.error("drain did not finish within %.1f s: exiting with work unfinished", timeout_s)
             logging.shutdown()
-            os._exit(1)
+            os._exit(EXIT_DEVICE_LOST if self.poisoned else 1)
 
         self._watchdog = threading.Timer(timeout_s + 1.0, expire)
         self._watchdog.daemon = True
@@ -115,9 +149,11 @@ class Lifecycle:
                 self._watchdog.cancel()
             self.drain_started = None
             self.reason = ""
+            self.poisoned = ""
             self._callbacks = []
             self.signals = 0
         metrics.DRAINING.set(0)
+        metrics.DEVICE_LOST.set(0)
 
 
 LIFECYCLE = Lifecycle()

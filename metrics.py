@@ -53,6 +53,7 @@ REFUSALS = Counter("asr_refusals", "Requests refused before any work (capacity, 
                    ["reason"], registry=REGISTRY)
 DRAINS = Counter("asr_drains", "Graceful drains started (SIGTERM/SIGINT)", registry=REGISTRY)
 DRAINING = Gauge("asr_draining", "1 while the worker drains before exiting", registry=REGISTRY)
+DEVICE_LOST = Gauge("asr_device_lost", "1 once the GPU failed for good (the worker is exiting)", registry=REGISTRY)
 
 log = logging.getLogger("asr.events")
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from aiohttp import BodyPartReader, web
 
 import audio_utils
+import hardware
 import metrics
 from errors import (
     AUDIO_TOO_LARGE,
@@ -285,6 +286,10 @@ async def _transcriptions(request: web.Request, record: metrics.JobRecord) -> we
             metrics.REFUSALS.labels("draining").inc()
             raise APIError(503, "The server is shutting down; retry on another worker", kind="server_error",
                            code="shutting_down")
+        if server.unhealthy:
+            metrics.REFUSALS.labels("unhealthy").inc()
+            raise APIError(503, "This worker cannot transcribe any more and is being replaced; retry",
+                           kind="server_error", code=INTERNAL_ERROR)
         if not server.ready:
             metrics.REFUSALS.labels("loading").inc()
             raise APIError(503, "The model is still loading; retry shortly", kind="server_error",
@@ -309,7 +314,10 @@ async def _transcriptions(request: web.Request, record: metrics.JobRecord) -> we
     except MemoryError:  # the host's; GPU memory is the engine's to recover (out_of_memory above)
         raise APIError(500, "out of memory while processing this request", kind="server_error",
                        code=OUT_OF_MEMORY) from None
-    except Exception:  # noqa: BLE001 - a bug must fail one request, not the worker
+    except Exception as exc:  # noqa: BLE001 - a bug must fail one request, not the worker
+        if hardware.is_device_lost(exc):  # logged once, by lifecycle.poison; never CUDA text to clients
+            raise APIError(503, "This worker's GPU failed while transcribing; retry (another worker will serve it)",
+                           kind="server_error", code=INTERNAL_ERROR) from None
         log.exception("transcription request failed")
         raise APIError(500, "the request failed unexpectedly; it has been logged", kind="server_error",
                        code=INTERNAL_ERROR) from None

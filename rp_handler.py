@@ -14,7 +14,10 @@ memory runs high) so that the engine's dynamic batcher can put them in one forwa
 
 SIGTERM/SIGINT (lifecycle.py): the SDK stops taking jobs and waits for the running ones; a
 websocket job flushes its streams and ends with ``reason: "shutdown"``; the process exits 0 within
-``DRAIN_TIMEOUT_S``. Each job writes one structured log line (metrics.py).
+``DRAIN_TIMEOUT_S``. A lost GPU (a non-OOM CUDA error): every job fails with ``internal_error``
+and ``"refresh_worker": true`` (RunPod then replaces the worker), and once the jobs in flight
+have answered the process exits with ``lifecycle.EXIT_DEVICE_LOST``. Each job writes one
+structured log line (metrics.py).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import threading
 import time
 
 import runpod
@@ -44,6 +48,9 @@ log = logging.getLogger("rp_handler")
 SETTINGS = Settings.from_env()
 DECODE_BUDGET = audio_utils.DecodeBudget(SETTINGS.decode_budget_bytes)  # shared by every job
 _engine: Engine | None = None
+_in_flight = 0  # handler calls not yet returned: a lost GPU's exit waits for their answers
+DEVICE_LOST_ERROR = {"error": f"{INTERNAL_ERROR}: this worker's GPU failed; retry the job (the worker is replaced)",
+                     "refresh_worker": True}  # the SDK turns refresh_worker into stopPod for the platform
 
 
 def get_engine() -> Engine:
@@ -73,13 +80,18 @@ async def fetch_audio(req: Request, engine: Engine) -> audio_utils.DecodedAudio:
 
 
 async def handler(job: dict) -> dict:
+    global _in_flight
     # the SDK (or uvicorn) installed its signal handlers by now: ours chain in front of them
     lifecycle.install_signal_handlers(SETTINGS.drain_timeout_s)
-    with metrics.JobRecord(str(job.get("id", ""))) as record:
-        out = await _handle(job, record)
-        if "error" in out:
-            record.fail(out["error"].split(":", 1)[0])
-        return out
+    _in_flight += 1
+    try:
+        with metrics.JobRecord(str(job.get("id", ""))) as record:
+            out = dict(DEVICE_LOST_ERROR) if lifecycle.LIFECYCLE.poisoned else await _handle(job, record)
+            if "error" in out:
+                record.fail(out["error"].split(":", 1)[0])
+            return out
+    finally:
+        _in_flight -= 1
 
 
 async def _handle(job: dict, record: metrics.JobRecord) -> dict:
@@ -90,7 +102,9 @@ async def _handle(job: dict, record: metrics.JobRecord) -> dict:
             from websocket_job import websocket_job  # the WebSocket stack only where it is used
 
             record.kind = "websocket_job"
-            return await websocket_job(job, req, SETTINGS, get_engine)
+            summary = await websocket_job(job, req, SETTINGS, get_engine)
+            # its streams were failed and closed 1011 (websocket_handler): the job asks for a new worker
+            return dict(DEVICE_LOST_ERROR) if lifecycle.LIFECYCLE.poisoned else summary
         engine = get_engine()
         audio = await fetch_audio(req, engine)
         record.audio_s = audio.duration
@@ -109,7 +123,9 @@ async def _handle(job: dict, record: metrics.JobRecord) -> dict:
     except (MemoryError, torch.OutOfMemoryError):  # the engine recovers GPU OOM itself; this is what is left
         log.exception("out of memory")
         return {"error": f"{OUT_OF_MEMORY}: out of memory while processing this job"}
-    except Exception:  # noqa: BLE001 - a bug must fail one job, not the worker
+    except Exception as exc:  # noqa: BLE001 - a bug must fail one job, not the worker
+        if hardware.is_device_lost(exc):  # logged once by lifecycle.poison; no CUDA text in the output
+            return dict(DEVICE_LOST_ERROR)
         log.exception("job failed")
         return {"error": f"{INTERNAL_ERROR}: the job failed unexpectedly; it has been logged"}
 
@@ -127,7 +143,7 @@ async def generator_handler(job: dict):
         from websocket_job import serve_websocket
 
         async for message in serve_websocket(job, req, SETTINGS, get_engine):
-            yield message
+            yield dict(DEVICE_LOST_ERROR) if lifecycle.LIFECYCLE.poisoned else message
     else:
         yield await handler(job)
 
@@ -156,6 +172,24 @@ def memory_fraction() -> float:
     return psutil.virtual_memory().percent / 100.0
 
 
+def _exit_after_device_lost() -> None:
+    """On a lost GPU (a drain callback): once every job in flight has answered (our handler
+    calls, and the SDK's own record of jobs whose results it still posts), exit non-zero so the
+    platform replaces the worker. lifecycle's watchdog bounds the wait (POISON_DRAIN_S)."""
+    if not lifecycle.LIFECYCLE.poisoned:
+        return  # a SIGTERM drain: the SDK finishes the jobs and main() exits
+
+    def wait_then_exit():
+        from runpod.serverless.modules.worker_state import JobsProgress
+
+        while _in_flight or JobsProgress().get_job_count():
+            time.sleep(0.05)
+        time.sleep(0.5)  # the last answer's bytes on their way (the SDK posts after the handler returns)
+        lifecycle.exit_now(lifecycle.EXIT_DEVICE_LOST)
+
+    threading.Thread(target=wait_then_exit, name="device-lost-exit", daemon=True).start()
+
+
 def main() -> None:
     configure_logging(SETTINGS)
     hardware.require_device(SETTINGS.device)  # DEVICE=cuda without a usable GPU: stop, loudly
@@ -165,7 +199,8 @@ def main() -> None:
         from websocket_handler import run_server
 
         asyncio.run(run_server(SETTINGS, SETTINGS.ws_host, SETTINGS.ws_port))  # until drained
-        lifecycle.exit_now(0)
+        lifecycle.exit_now(lifecycle.LIFECYCLE.exit_code)  # non-zero after a lost GPU
+    lifecycle.LIFECYCLE.on_drain(_exit_after_device_lost)
     get_engine()  # load and warm up before taking jobs (a signal meanwhile ends the process at once)
     # before the SDK's server: uvicorn restores and re-raises to this handler when it stops
     lifecycle.install_signal_handlers(SETTINGS.drain_timeout_s)
@@ -176,7 +211,7 @@ def main() -> None:
         runpod.serverless.start({"handler": handler, "concurrency_modifier": concurrency_modifier})
     # The SDK returns once it stopped (a signal): every job has finished. Exit now: tearing down
     # the interpreter's torch/NeMo objects takes 15-20 s on a busy CPU, past many drain budgets.
-    lifecycle.exit_now(0)
+    lifecycle.exit_now(lifecycle.LIFECYCLE.exit_code)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,9 @@ class Settings:
     device: str = ""  # "" = cuda if available, else cpu
     precision: str = "auto"  # auto | bf16 | fp16 | fp32
     compile: bool = False
-    cuda_graphs: bool = True
+    # CUDA-graph TDT decoding: off until a GPU run of the real worker passes with it on (the first
+    # H200 run crashed at the first live step with graphs on and warm-up; docs/GPU.md)
+    cuda_graphs: bool = False
     warmup: bool = True
     warmup_streams: int = -1  # streams in the warm-up streaming step; -1 = WS_MAX_SESSIONS on GPU, 0 (none) on CPU
     max_batch_size: int = 16

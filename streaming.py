@@ -25,9 +25,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+import hardware
 import metrics
 from asr_engine import Engine
 from constants import SAMPLE_RATE
+from errors import INTERNAL_ERROR, ASRError
 from hotwords import Boosting, register, unregister
 from scheduling import STREAM, STREAM_POOL, run_in
 from settings import Settings
@@ -68,6 +70,8 @@ class StreamUpdate:
     end: float = 0.0  # seconds of this stream's audio decoded so far
     last: bool = False  # the stream's closing step: nothing follows
     lag: float = 0.0  # seconds of this stream's audio received but not yet decoded (behind real time)
+    error: str = ""  # the stream failed (its last update): what to tell the client, once
+    fatal: bool = False  # ... because the GPU is lost: the whole worker is going away
 
 
 @dataclass
@@ -82,6 +86,7 @@ class Stream:
     started: bool = False  # its first frame went to the pipeline
     closing: bool = False
     closed: bool = False
+    failed: bool = False  # a step failed for this stream: it was told once, later audio is dropped
     boosting: Boosting | None = None  # the stream's hotwords
     biasing: object = None  # NeMo's per-stream request (BiasingRequestItemConfig), id set while registered
 
@@ -129,7 +134,11 @@ class StreamDecoder:
 
     # ---- streams (called from the event loop)
     def open(self, boosting: Boosting | None = None) -> Stream:
-        """A new stream; ``boosting``: its hotwords (``engine.hotword_trees.boosting``), or None."""
+        """A new stream; ``boosting``: its hotwords (``engine.hotword_trees.boosting``), or None.
+        ``ASRError(internal_error)`` once the decoder can no longer decode (a lost GPU, a dead
+        scheduler): a stream nobody would ever step must not be opened."""
+        if self.failed or (self._task is not None and self._task.done()):
+            raise ASRError(INTERNAL_ERROR, "this worker cannot decode streams any more; reconnect to another")
         s = Stream(next(_STREAM_IDS), asyncio.Queue(), boosting=boosting)
         if boosting is not None:
             from nemo.collections.asr.parts.context_biasing.biasing_multi_model import BiasingRequestItemConfig
@@ -178,12 +187,13 @@ class StreamDecoder:
         texts: list[str | None] = []
         for s in streams:
             finals: list[str] = []
-            while (up := await s.updates.get()) is not None:
+            while True:
+                up = await s.updates.get()
                 if up.final:
                     finals.append(up.final)
                 if up.last:
                     break
-            texts.append(" ".join(finals) if up is not None else None)
+            texts.append(None if up.error else " ".join(finals))
         return texts
 
     def abort(self, stream: Stream) -> None:
@@ -232,20 +242,77 @@ class StreamDecoder:
                 metrics.STREAM_LAG.set(max((x.pending_n for x in self.streams.values()), default=0) / SAMPLE_RATE)
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # a failed step must not kill the scheduler: fail those streams only
-                log.exception("streaming step failed for %d streams", len(batch))
-                for s in batch:
-                    self._reset_after_failure(s)
-                if isinstance(exc, torch.OutOfMemoryError):
-                    self.engine.free_memory()  # the next step (and batch jobs) get the cache back
+            except Exception as exc:  # a failed step must not kill the scheduler
+                if not await self._recover(batch, frames, exc):
+                    return  # the GPU is lost: every stream was told, nothing can be decoded any more
 
-    def _on_scheduler_exit(self, task: asyncio.Task) -> None:
-        """Should the scheduler ever die, no reader may wait for it forever."""
+    async def _recover(self, batch: list[Stream], frames: list, exc: Exception) -> bool:
+        """A step failed. A lost GPU fails every stream (fatal) and stops the scheduler (False).
+        Otherwise the streams of the step are retried one by one, as the batch path retries clip
+        by clip: only a stream that fails alone is failed, the others keep their results."""
+        if hardware.is_device_lost(exc) or self.engine.lost:
+            self._fail_all()
+            return False
+        if len(batch) == 1:
+            log.warning("streaming step failed for stream %d: %s", batch[0].id, type(exc).__name__, exc_info=exc)
+        else:
+            log.warning("a streaming step over %d streams failed (%s): retrying them one by one", len(batch),
+                        type(exc).__name__, exc_info=exc)
+        if isinstance(exc, torch.OutOfMemoryError):
+            await run_in(STREAM_POOL, self.engine.free_memory)  # the next step (and batch jobs) get the cache back
+        if len(batch) == 1:
+            self._fail(batch[0])
+            return True
+        for s, frame in zip(batch, frames):
+            if s.closed:  # aborted meanwhile
+                continue
+            try:
+                out = await run_in(STREAM_POOL, self._step, [s], [frame])
+            except asyncio.CancelledError:
+                raise
+            except Exception as again:  # noqa: BLE001 - this stream's own failure
+                if hardware.is_device_lost(again) or self.engine.lost:
+                    self._fail_all()
+                    return False
+                log.warning("streaming step failed for stream %d alone: %s", s.id, type(again).__name__)
+                self._fail(s)
+                continue
+            self._deliver(s, frame, out[0])
+        self._update_demand()
+        return True
+
+    def _fail(self, s: Stream, fatal: bool = False) -> None:
+        """End a stream whose decoding failed: its state is freed and its reader gets one update
+        with the error (``fatal``: the GPU is lost)."""
+        self.abort(s)
+        with contextlib.suppress(Exception):  # on a lost GPU freeing may fail too: nothing to keep
+            self._free_aborted()
+        s.failed = True
+        message = ("the GPU of this worker failed; it is being replaced: reconnect" if fatal
+                   else "decoding failed for this stream; send stop, then start again")
+        s.updates.put_nowait(StreamUpdate(partial="", end=s.samples_done / SAMPLE_RATE, last=True,
+                                          error=message, fatal=fatal))
+
+    def _fail_all(self) -> None:
+        """The GPU is lost: every live stream gets a fatal error now, and no stream opens again."""
         self.failed = True
         self._demand = False
+        streams = list(self.streams.values())
+        log.error("GPU lost: failing %d live stream(s)", len(streams))
+        for s in streams:
+            self._fail(s, fatal=True)
+
+    def _on_scheduler_exit(self, task: asyncio.Task) -> None:
+        """Should the scheduler ever end (stopped, a lost GPU, a bug), no reader may wait for it
+        forever: a stream still open gets a fatal error, and no stream opens again."""
+        self.failed = True
+        self._demand = False
+        if not task.cancelled() and task.exception() is not None:
+            log.error("the streaming scheduler died", exc_info=task.exception())
         for s in list(self.streams.values()):
-            s.closed = True
-            s.updates.put_nowait(None)
+            s.closed = s.failed = True
+            s.updates.put_nowait(StreamUpdate(partial="", last=True, error="the streaming decoder stopped; reconnect",
+                                              fatal=True))
         self.streams.clear()
         self._count_live()
 
@@ -290,7 +357,8 @@ class StreamDecoder:
     def _step(self, batch: list[Stream], frames):
         with self.engine.exclusive(priority=STREAM):
             for s, frame in zip(batch, frames):
-                if frame.is_first and s.biasing is not None:
+                # (a stream retried alone after a failed step may have its tree in already)
+                if frame.is_first and s.biasing is not None and s.biasing.multi_model_id is None:
                     s.biasing.multi_model_id = register(self._multi_model, [s.boosting])[0]
                     self.boosted += 1
             try:
@@ -327,12 +395,6 @@ class StreamDecoder:
         if not (s.closed and not frame.is_last):  # an aborted stream gets nothing more
             s.updates.put_nowait(update)
 
-    def _reset_after_failure(self, s: Stream) -> None:
-        self.abort(s)
-        with contextlib.suppress(Exception):
-            self._free_aborted()
-        s.updates.put_nowait(None)  # the reader sees the stream ended abnormally
-
 
 # ---------------------------------------------------------------------------------------------
 # the pipeline (built by Engine.stream_pipeline, once per config)
@@ -348,7 +410,8 @@ def build_pipeline(engine: Engine, config: StreamConfig):
     - its encoder output (compute dtype) would reach the fp32 joint with autocast off (NeMo's
       CUDA-graph decoder disables it): it is cast to the joint's dtype, as the offline path does.
     It also resets the model's decoding strategy: the engine's offline set-up is re-applied
-    afterwards (the stateful pipeline keeps its own decoding computer)."""
+    afterwards, and the pipeline decodes through the decoding object built for it, never the
+    model's offline one (each decoding computer replays only the graphs it captured itself)."""
     from nemo.collections.asr.inference.factory.buffered_pipeline_builder import BufferedPipelineBuilder
     from nemo.collections.asr.inference.model_wrappers.rnnt_inference_wrapper import RNNTInferenceWrapper
     from nemo.collections.asr.inference.pipelines.buffered_rnnt_pipeline import BufferedRNNTPipeline
@@ -386,13 +449,17 @@ def build_pipeline(engine: Engine, config: StreamConfig):
             self.compute_dtype = engine.dtype
             with restore_tensors_outside(model, model.encoder):
                 super().__post_init__()
+            # the decoding object NeMo's set-up just made, kept: the pipeline's decoding computer
+            # (and its CUDA graphs) belong to it, while the model's own ``decoding`` is replaced by
+            # the engine's offline set-up right after (Engine.reconfigure)
+            self.own_decoding = model.decoding
 
         def encode(self, *args, **kwargs):
             encoded, encoded_len = super().encode(*args, **kwargs)
             return encoded.to(engine.decode_dtype), encoded_len
 
         def decode(self, encoded, encoded_len, partial_hypotheses):
-            return self.asr_model.decoding.rnnt_decoder_predictions_tensor(
+            return self.own_decoding.rnnt_decoder_predictions_tensor(
                 encoded.to(engine.decode_dtype), encoded_len, return_hypotheses=True,
                 partial_hypotheses=partial_hypotheses)
 

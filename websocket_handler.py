@@ -81,6 +81,7 @@ connection_log.addFilter(_RedactTokens())
 MIN_RATE, MAX_RATE = 8000, 48000
 CLOSE_TRY_AGAIN_LATER = 1013  # over capacity / still loading
 CLOSE_GOING_AWAY = 1001  # the server is shutting down (after the stream's last final and done)
+CLOSE_INTERNAL_ERROR = 1011  # the worker cannot decode any more (a lost GPU): reconnect elsewhere
 MAX_BACKLOG_S = 10.0  # undecoded audio per stream before we stop reading from its socket
 
 
@@ -134,7 +135,20 @@ class ASRServer:
 
     @property
     def ready(self) -> bool:
-        return self.decoder is not None and not self.decoder.failed and bool(self.engine and self.engine.ready)
+        return (self.decoder is not None and not self.decoder.failed and bool(self.engine and self.engine.ready)
+                and not self.unhealthy)
+
+    @property
+    def unhealthy(self) -> str:
+        """Why this worker cannot serve any more ("" while it can): a lost GPU, or a streaming
+        scheduler that died. Not "loading": the platform must replace it, not wait for it."""
+        if lifecycle.LIFECYCLE.poisoned:
+            return "GPU failed"
+        if self.engine is not None and self.engine.lost:
+            return "GPU failed"
+        if self.decoder is not None and self.decoder.failed:
+            return "streaming decoder stopped"
+        return ""
 
     @property
     def auth_required(self) -> bool:
@@ -158,6 +172,10 @@ class ASRServer:
         if self.draining:
             metrics.REFUSALS.labels("draining").inc()
             await ws.close(CLOSE_TRY_AGAIN_LATER, "server is shutting down, try again")
+            return
+        if self.unhealthy:
+            metrics.REFUSALS.labels("unhealthy").inc()
+            await ws.close(CLOSE_INTERNAL_ERROR, "this worker cannot decode; reconnect to another")
             return
         if not self.ready:
             metrics.REFUSALS.labels("loading").inc()
@@ -413,6 +431,8 @@ class Session:
             return  # shutting down: the stream is being flushed, later audio is not decoded
         if self.stream is None:
             raise ASRError(NOT_STARTED, "audio before start: send {\"action\": \"start\"} first")
+        if self.stream.failed:
+            return  # its error was sent once; audio until the client's stop is dropped quietly
         decoder, stream = self.server.decoder, self.stream
         limit = self.server.settings.max_audio_seconds
         if (stream.samples_in + len(data) // 2 * SAMPLE_RATE / self.sample_rate) / SAMPLE_RATE > limit:
@@ -456,26 +476,22 @@ class Session:
             pass  # the connection loop sees it too and cleans up
         except Exception:  # noqa: BLE001 - a bug here must not leave the client waiting silently
             log.exception("session %s: sending results failed", self.id)
-            with contextlib.suppress(Exception):
-                await self.error(INTERNAL_ERROR, "sending results failed; start again")
-            self._forget(stream)
-
-    def _forget(self, stream) -> None:
-        """The stream is gone (decoder failure): the session may start afresh."""
-        if self.stream is stream:
             self.server.decoder.abort(stream)
-            self.stream = self.reader = None
+            stream.failed = True  # as a failed step: told once, audio dropped, done on stop
+            with contextlib.suppress(Exception):
+                await self.error(INTERNAL_ERROR, "sending results failed; send stop, then start again")
 
     async def _relay(self, stream) -> None:
         last_partial, last_sent_at = "", 0.0
         utterance_start = 0.0
         while True:
-            update: StreamUpdate | None = await stream.updates.get()
-            if update is None:  # the decoder failed this stream
+            update: StreamUpdate = await stream.updates.get()
+            if update.error:  # the decoder failed this stream: one error, then done on stop
                 metrics.error(INTERNAL_ERROR)
                 self.outcome = INTERNAL_ERROR
-                await self.error(INTERNAL_ERROR, "decoding failed for this stream; start again")
-                self._forget(stream)
+                await self.error(INTERNAL_ERROR, update.error)
+                if update.fatal:  # the worker is going away: nothing more can be decoded here
+                    await self.ws.close(CLOSE_INTERNAL_ERROR, "the worker failed; reconnect")
                 return
             if update.final is not None:
                 if update.final:
@@ -550,7 +566,8 @@ def main() -> None:
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run_server(s, args.host, args.port))
     if lifecycle.LIFECYCLE.draining:
-        lifecycle.exit_now(0)  # drained (not waiting for a model still loading, nor the teardown)
+        # drained (not waiting for a model still loading, nor the teardown); non-zero after a lost GPU
+        lifecycle.exit_now(lifecycle.LIFECYCLE.exit_code)
 
 
 if __name__ == "__main__":
