@@ -13,6 +13,10 @@ if ! "$PY" -c "import nemo.collections.asr" 2>/dev/null; then
         "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
             --target /tmp/site "$ROOT"/.whl/*.whl >&2 || exit 1
         export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+        # The versions there now (carried first) against the specifiers of what is carried: logs what
+        # still conflicts; the import check below decides.
+        "$PY" "$ROOT/bench/gpu_packages.py" runtime /tmp/site 2>&1 | while IFS= read -r line; do log "$line"; done \
+            || log "specifier check did not run"
     else
         log "installing requirements.txt from the package index"
         "$PY" -m pip install -q -r "$ROOT/requirements.txt" >&2 || exit 1

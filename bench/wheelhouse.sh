@@ -14,7 +14,7 @@
 #   bash bench/wheelhouse.sh --refresh  # recompute that list first (see below), then download
 #   bash bench/wheelhouse.sh --check    # only check what is in .whl/ (tags, sizes, budget)
 #
-# .whl/ is git-ignored: name it in the device tool's `carry` (23 MiB now; carry + tree <= 64 MiB).
+# .whl/ is git-ignored: name it in the device tool's `carry` (24 MiB now; carry + tree <= 64 MiB).
 #
 # The list is what is actually imported, not the declared dependency closure of
 # nemo_toolkit[asr] (far too big to carry): --refresh runs a probe in this machine's Python
@@ -24,13 +24,16 @@
 # pipeline over a real WebSocket), the RunPod worker on test_input.json, imports the other
 # bench/*.py, decodes WAV/FLAC through audio_utils, and maps the imports to distributions (see
 # refresh() below). Distributions the GPU machine already has (GPU_HAS below) are left out: a
-# second torch or numpy in /tmp/site would shadow the system ones.
+# second torch or numpy in /tmp/site would shadow the system ones. Except where its version violates
+# a specifier of the worker's or of a carried package (bench/gpu_packages.py; lightning: NeMo 3.0
+# needs <=2.4.0): those are added to the list at the version installed here.
 #
 # Idempotent: wheels already in .whl/ at the pinned version are kept, other versions and
 # packages not on the list are removed. Fails if a wheel is not installable on CPython 3.12
-# manylinux x86-64, if one is a package the GPU machine has, or if the total is over
-# WHEEL_BUDGET_MIB (default 30). A package with no such wheel on the index is built here from
-# its sdist only if that is pure Python.
+# manylinux x86-64, if one is a package the GPU machine has in a version that fits, if one it
+# has in a version that does not is missing, or if the total is over WHEEL_BUDGET_MIB (default
+# 30). A package with no such wheel on the index is built here from its sdist only if that is
+# pure Python.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -39,30 +42,9 @@ DEST="$ROOT/.whl"
 PY="${PYTHON:-python3}"
 BUDGET_MIB="${WHEEL_BUDGET_MIB:-30}"
 
-# Python distributions installed on the GPU machine (x86-64, Python 3.12.3): never carried.
-GPU_HAS="absl-py accelerate aiofiles aiohappyeyeballs aiohttp aiosignal annotated-doc anyio attrs
-botorch build certifi charset-normalizer chex click cloudpickle cmake colorama contourpy coverage
-cuda-bindings cuda-core cuda-pathfinder cuda-toolkit cupy-cuda13x cycler cython diffrax e3nn einops
-equinox etils execnet filelock flatbuffers flax fonttools formulaic frozenlist fsspec gpytorch grpcio
-h11 h5py hf-xet httpcore httpx huggingface-hub humanize hypothesis idna imageio iniconfig
-interface-meta jax jax-cuda13-pjrt jax-cuda13-plugin jaxlib jaxtyping jinja2 joblib kiwisolver
-lazy-loader lightning lightning-utilities linear-operator lineax llvmlite lxml markdown
-markdown-it-py markupsafe matplotlib mdurl meson ml-dtypes mpi4py mpmath msgpack multidict
-multipledispatch mypy-extensions nanobind narwhals networkx ninja numba numba-cuda numpy numpyro
-nvidia-cublas nvidia-cuda-cupti nvidia-cuda-nvrtc nvidia-cuda-runtime nvidia-cudnn-cu13
-nvidia-cufft nvidia-cufile nvidia-curand nvidia-cusolver nvidia-cusparse nvidia-cusparselt-cu13
-nvidia-ml-py nvidia-nccl-cu13 nvidia-nvjitlink nvidia-nvshmem-cu13 nvidia-nvtx onnx onnx-ir
-onnxruntime onnxscript opencv-python-headless optax opt-einsum opt-einsum-fx optimistix
-orbax-checkpoint packaging pandas pathspec patsy peft pillow pip pluggy portalocker
-prometheus-client propcache protobuf psutil pyarrow pybind11 py-cpuinfo pygments pyparsing
-pyproject-hooks pyre-extensions pytest pytest-benchmark pytest-cov pytest-mock pytest-timeout
-pytest-xdist python-dateutil pytorch-lightning pyyaml regex requests rich sacrebleu safetensors
-scikit-build-core scikit-image scikit-learn scipy seaborn sentencepiece sentence-transformers
-setuptools shellingham simplejson six sortedcontainers statsmodels sympy tabulate tensorboard
-tensorboard-data-server tensorstore threadpoolctl tifffile tiktoken timm tokenizers toolz torch
-torchaudio torchdiffeq torch-geometric torchmetrics torchvision tqdm transformers treescope triton
-typer typing-extensions typing-inspect urllib3 uvloop wadler-lindig werkzeug wheel wrapt xarray
-xxhash yarl zipp"
+# Python distributions installed on the GPU machine (x86-64, Python 3.12.3), with the versions known:
+# bench/gpu_packages.py. Not carried, unless the machine's version violates a specifier of what is.
+GPU_HAS="$("$PY" "$ROOT/bench/gpu_packages.py" names)"
 export GPU_HAS
 
 # The target: CPython 3.12 on glibc x86-64.
@@ -78,7 +60,7 @@ case "${1:-}" in
   "") ;;
   --refresh) mode=refresh ;;
   --check) mode=check ;;
-  -h|--help) sed -n '2,33p' "$0"; exit 0 ;;
+  -h|--help) sed -n '2,36p' "$0"; exit 0 ;;
   *) echo "usage: $0 [--refresh|--check]" >&2; exit 2 ;;
 esac
 
@@ -348,9 +330,22 @@ EOF
   verify="$(OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 "$PY" "$probe" "$ROOT" verify "$plan" 2>"$WORK/err")" || {
     tail -40 "$WORK/err" >&2; echo "probe failed with the unpicked distributions hidden: a needed one was dropped" >&2; return 1; }
   verify="$(grep '^PROBE-RESULT ' <<<"$verify" | cut -d' ' -f2-)"
-  "$PY" - "$REQ" "$out" "$verify" <<'EOF'
+  "$PY" - "$REQ" "$out" "$verify" "$ROOT/bench" <<'EOF'
 import json, sys
+from importlib import metadata
 req, r, v = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
+sys.path.insert(0, sys.argv[4])
+import gpu_packages
+from packaging.specifiers import SpecifierSet
+# the GPU machine's packages that a carried one's specifier excludes in the machine's version
+must = {}
+for c in gpu_packages.conflicts(carried=[n for n, _, _ in r["carried"]]):
+    must.setdefault(c.name, []).append(c)
+for n, cs in must.items():
+    here = metadata.version(n)
+    if not all(SpecifierSet(c.spec).contains(here, prereleases=True) for c in cs):
+        sys.exit(f"{n} {here} here violates " + ", ".join(f"{c.by}'s {c.spec}" for c in cs)
+                 + ": install one that fits, then refresh again")
 with open(req, "w") as f:
     f.write("# Wheels carried to the GPU machine; bench/wheelhouse.sh downloads them into .whl/.\n"
             "# Written by `bash bench/wheelhouse.sh --refresh` (its probe: see the script), versions as\n"
@@ -358,15 +353,21 @@ with open(req, "w") as f:
             "# name==version  # the first import that needs it\n")
     for n, ver, where in r["carried"]:
         f.write(f"{n}=={ver}  # {where}\n")
+    if must:
+        f.write("\n# The GPU machine has these, but in a version that a specifier of the above excludes\n"
+                "# (bench/gpu_packages.py): carried at the version installed here, which fits.\n")
+    for n, cs in sorted(must.items()):
+        why = "; ".join(f"{c.by} needs {c.spec}" for c in cs)
+        f.write(f"{n}=={metadata.version(n)}  # there: {cs[0].have}; {why}\n")
     f.write("\n# Loaded on the probe's machine but not carried; the probe passed again with them hidden:\n"
             "# - optional imports (try/except ImportError, availability checks) from the code above:\n")
     for n, ver, where in r["optional"]:
         f.write(f"#   {n}=={ver}  ({', '.join(where)})\n")
     f.write("# - imported only by packages the GPU machine already has (its versions bring their own):\n")
     f.write("#   " + " ".join(f"{n}=={ver}" for n, ver in r["gpu_side"]) + "\n")
-print(f"probe: {len(r['carried'])} to carry, {len(r['optional'])} optional, {len(r['gpu_side'])} only "
-      f"imported by the GPU machine's own packages; {len(v['hidden_hits'])} imports hidden in the second run "
-      f"-> {req}", file=sys.stderr)
+print(f"probe: {len(r['carried'])} to carry, and {len(must)} the GPU machine has in a version excluded; "
+      f"{len(r['optional'])} optional, {len(r['gpu_side'])} only imported by the GPU machine's own packages; "
+      f"{len(v['hidden_hits'])} imports hidden in the second run -> {req}", file=sys.stderr)
 EOF
 }
 
@@ -441,13 +442,18 @@ sync_wheels() {
   return $fail
 }
 
-check() {  # every wheel installable on cp312 manylinux x86-64, none the GPU machine has, the budget
-  "$PY" - "$DEST" "$REQ" "$BUDGET_MIB" <<'EOF'
+# every wheel installable on cp312 manylinux x86-64; none the GPU machine has, unless its version there
+# violates a specifier of the carried wheels (their own metadata), and then that one is there, in a
+# version that fits; the budget
+check() {
+  "$PY" - "$DEST" "$REQ" "$BUDGET_MIB" "$ROOT/bench" <<'EOF'
 import os, sys
 from pathlib import Path
 from packaging import tags
 from packaging.utils import canonicalize_name, parse_wheel_filename
 dest, req, budget = Path(sys.argv[1]), sys.argv[2], float(sys.argv[3])
+sys.path.insert(0, sys.argv[4])
+import gpu_packages as gp
 plats = [f"manylinux_2_{n}_x86_64" for n in range(35, 16, -1)] + ["manylinux2014_x86_64", "manylinux1_x86_64", "linux_x86_64"]
 ok_tags = set(tags.cpython_tags((3, 12), abis=["cp312", "abi3", "none"], platforms=plats))
 ok_tags |= set(tags.compatible_tags((3, 12), "cp312", plats))
@@ -464,11 +470,27 @@ for p in sorted(dest.glob("*.whl")):
     rows.append((size, p.name))
     if not (wtags & ok_tags):
         bad.append(f"{p.name}: not installable on CPython 3.12 manylinux x86-64")
-    if name in gpu:
-        bad.append(f"{p.name}: the GPU machine has {name} already (it would shadow it)")
     if name in seen:
         bad.append(f"{p.name}: a second version of {name}")
     seen.add(name)
+requires, carried = gp.wheel_requires(dest), gp.wheel_versions(dest)
+must = {}  # the GPU machine's packages that a carried one's specifier excludes in the machine's version
+for c in gp.conflicts(gp.GPU_VERSIONS, carried, requires):
+    must.setdefault(c.name, []).append(c)
+for name in sorted((seen & gpu) - set(must)):
+    bad.append(f"{name} {carried[name]}: the GPU machine has {name}, in a version no specifier excludes "
+               "(it would shadow it)")
+for name, cs in sorted(must.items()):
+    if name in carried:
+        print(f"carried over the GPU machine's: {name} {carried[name]} ({'; '.join(map(str, cs))})")
+    else:
+        bad.append(f"not carried: {'; '.join(map(str, cs))}: add {name} to {os.path.basename(req)}")
+for c in gp.conflicts({**gp.GPU_VERSIONS, **carried}, carried, requires):  # with the wheels installed
+    if c.name in carried:
+        bad.append(f"the carried {c}")
+n_unknown = len(gp.unknown(gp.GPU_VERSIONS, carried, requires))
+print(f"{n_unknown} specifiers bound GPU packages of unknown version (python3 bench/gpu_packages.py report; "
+      "bench/gpu_env.sh checks them there)")
 missing = sorted(want - seen)
 if missing:
     bad.append("no wheel for: " + ", ".join(missing))
