@@ -2,6 +2,7 @@
 
     bash bench/gpu_check.sh [OUT_DIR] [PART ...]          # the one command (installs what is missing)
     python bench/gpu_check.py --out FILE [--parts correctness full] [--budget-s 330] [--cpu-smoke]
+        [--full-model PATH]
 
 Parts (docs/PERFORMANCE.md, "GPU check", says what to carry and how long each runs):
 - ``correctness`` (tiny test model, ~1 min): versions (torch, CUDA, driver, NeMo); offline on the
@@ -10,16 +11,23 @@ Parts (docs/PERFORMANCE.md, "GPU check", says what to carry and how long each ru
   in that precision (no failed step, WER); offline output identical before and after streaming;
   CUDA-graph mode and the number of decoder re-captures over mixed batches after warmup; CUDA OOM
   recovery (injected).
-- ``full`` (full-size random-weight model built in memory, ~3-4 min): peak memory of full
-  attention at 5/10/20 min (fitted to a + K*T^2, the constant behind the full-attention limit),
-  a real OOM recovered by local attention, attention switch time, batch RTFx at batch 1/16/64 in
-  bf16 vs fp32, streaming step time at 1/32/128 streams, torch.compile on/off (if time is left).
+- ``full`` (full-size random-weight model, ~3-4 min; built in memory and saved to ``--full-model``
+  for the worker check and the real-OOM process, or loaded from there when present): peak memory
+  of full attention at 5/10/20 min (fitted to a + K*T^2, the constant behind the full-attention
+  limit), a real OOM recovered by local attention, attention switch time, batch RTFx at batch
+  1/16/64 in bf16 vs fp32, streaming step time at 1/32/128 streams, torch.compile on/off (if time
+  is left).
+
+The sections that can poison the CUDA context (``oom_injected``, ``real_oom``: on the first H200
+an injected OOM left an illegal memory access that failed every later section) run last, each in
+its own process (``--section NAME``, its result merged back with ``process_s``, its start-up
+included), so a crash there leaves every other figure standing.
 
 Every section is guarded: a failure is recorded as {"error": ...} and the next section runs; a
 section that would overrun ``--budget-s`` is recorded as skipped. The JSON file is rewritten after
 every section, so a run stopped at its time limit still leaves what it measured.
 ``--cpu-smoke``: the same sections on CPU (bf16 forced) with the tiny model standing in for the
-full one and small sizes; CUDA-only figures are {"skipped": "needs CUDA"} (tests/test_gpu_check.py).
+full one and small sizes; CUDA-only figures are {"skipped": "needs CUDA"} (tests/test_bench_smoke.py).
 """
 
 from __future__ import annotations
@@ -28,10 +36,14 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import json
 import logging
+import os
 import platform
+import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -41,6 +53,7 @@ from _paths import ROOT  # run as a script: puts the repository on sys.path
 TINY = ROOT / "tests" / "assets" / "tiny_parakeet.nemo"
 # clips per correctness section and the mixed batch sizes of the CUDA-graph section (--cpu-smoke: fewer)
 SIZES = {"clips": 8, "batches": (1, 3, 8, 2, 5)}
+ISOLATED = {"oom_injected": 30, "real_oom": 75}  # sections run in their own process: ~seconds each needs
 log = logging.getLogger("gpu_check")
 
 
@@ -141,6 +154,16 @@ def same_state(a: dict, b: dict) -> list[str]:
     return [n for n in a if n not in b or a[n].dtype != b[n].dtype or not bool((a[n] == b[n]).all())]
 
 
+def tiny_engine(device: str):
+    from asr_engine import Engine, load_model
+    from settings import Settings
+
+    model = load_model(str(TINY), device=device)
+    precision = "bf16" if device == "cpu" else "auto"  # CPU smoke: force the GPU's precision path
+    return Engine(Settings(model="tiny", device=device, precision=precision, max_batch_size=8,
+                           ws_max_sessions=2 if device == "cpu" else 8), model=model)
+
+
 def correctness(ctx: dict, device: str) -> dict:
     import torch
 
@@ -153,10 +176,8 @@ def correctness(ctx: dict, device: str) -> dict:
     cpu = Engine(Settings(model="tiny", device="cpu", precision="fp32", warmup=False), model=cpu_model)
     cpu_texts = [t.text for t in cpu.transcribe_batch([u.audio for u in utts])]
     del cpu, cpu_model
-    model = load_model(str(TINY), device=device)
-    precision = "bf16" if device == "cpu" else "auto"  # CPU smoke: force the GPU's precision path
-    engine = Engine(Settings(model="tiny", device=device, precision=precision, max_batch_size=8,
-                             ws_max_sessions=2 if device == "cpu" else 8), model=model)
+    engine = tiny_engine(device)
+    model = engine.model
     ctx["engine"] = engine
     seen, handle = joint_input_dtypes(model)
     try:
@@ -288,11 +309,41 @@ def oom_injected(ctx: dict) -> dict:
 
 # ---------------------------------------------------------------------------------------------
 # full-size model
-def build_full_model(ctx: dict, device: str, smoke: bool) -> dict:
+def full_engine(model, device: str, smoke: bool):
+    from asr_engine import Engine
+    from settings import Settings
+
+    return Engine(Settings(model="full", device=device, precision="bf16" if smoke else "auto",
+                           max_batch_size=64, warmup=False, ws_max_sessions=128), model=model)
+
+
+def full_model(path: Path | None, device: str) -> tuple:
+    """The full-size random model and its description: loaded from ``path`` when it is there,
+    else built (~35 s on an H200) and saved there (~20 s) for the worker check and real_oom."""
+    if path is not None and path.exists():
+        from asr_engine import load_model
+
+        meta = path.with_suffix(".json")
+        info = json.loads(meta.read_text()) if meta.exists() else {}
+        return load_model(str(path), device=device), {**info, "loaded_from": str(path)}
+    import build_full
+
+    model, info = build_full.build(5.0)
+    if path is not None:
+        t = time.monotonic()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".partial.nemo")  # a run cut short leaves no half-written model
+        model.save_to(str(tmp))
+        tmp.replace(path)
+        path.with_suffix(".json").write_text(json.dumps(info, indent=2) + "\n")
+        info.update(saved_to=str(path), save_s=round(time.monotonic() - t, 1))
+    return model, info
+
+
+def build_full_model(ctx: dict, device: str, smoke: bool, path: Path | None = None) -> dict:
     import torch
 
-    from asr_engine import Engine, load_model
-    from settings import Settings
+    from asr_engine import load_model
 
     previous = ctx.pop("engine", None)
     if torch.cuda.is_available():
@@ -302,16 +353,12 @@ def build_full_model(ctx: dict, device: str, smoke: bool) -> dict:
         model = previous.model if previous is not None else load_model(str(TINY), device="cpu")
         info = {"stand_in": "tiny model (--cpu-smoke)"}
     else:
-        import build_full
-
-        model, info = build_full.build(5.0)
+        model, info = full_model(path, device)
     model = model.to(device).eval()
-    info["build_s"] = round(time.monotonic() - t, 1)
+    info["build_s"] = round(time.monotonic() - t - info.get("save_s", 0.0), 1)
     t = time.monotonic()
-    engine = Engine(Settings(model="full", device=device, precision="bf16" if smoke else "auto",
-                             max_batch_size=64, warmup=False, ws_max_sessions=128), model=model)
+    ctx["full"] = full_engine(model, device, smoke)
     info["engine_s"] = round(time.monotonic() - t, 1)
-    ctx["full"] = engine
     return info
 
 
@@ -500,21 +547,92 @@ def compile_on_off(ctx: dict) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
+# sections in their own process
+def isolated(name: str, limit_s: float, smoke: bool, full_path: Path | None) -> dict:
+    """Run one section as ``gpu_check.py --section NAME`` and return its result: a CUDA error or
+    crash there dies with that process. Its log is replayed to stderr; a process that died without
+    a result leaves its exit code and log tail."""
+    fd, part = tempfile.mkstemp(prefix=f"gpu_check_{name}_", suffix=".json")
+    os.close(fd)
+    part = Path(part)
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--section", name, "--out", str(part),
+           "--budget-s", str(limit_s)] + (["--cpu-smoke"] if smoke else [])
+    if full_path is not None:
+        cmd += ["--full-model", str(full_path)]
+    t = time.monotonic()
+    with tempfile.TemporaryFile("w+") as logf:
+        try:
+            rc = subprocess.run(cmd, stdout=logf, stderr=subprocess.STDOUT, timeout=limit_s).returncode
+        except subprocess.TimeoutExpired:
+            rc = None
+        logf.seek(0)
+        log_text = logf.read()
+    sys.stderr.write(log_text[-20000:])
+    try:
+        res = json.loads(part.read_text())["sections"][name] if part.stat().st_size else None
+    except (OSError, ValueError, KeyError):
+        res = None
+    finally:
+        part.unlink(missing_ok=True)
+        part.with_suffix(".tmp").unlink(missing_ok=True)  # a child killed while writing
+    if res is None:
+        why = f"timed out after {limit_s:.0f} s" if rc is None else f"exited with {rc} and no result"
+        res = {"error": f"section process {why}", "log_tail": log_text[-2000:]}
+    res["process_s"] = round(time.monotonic() - t, 1)
+    return res
+
+
+def run_section(name: str, check: Check, device: str, smoke: bool, full_path: Path | None) -> None:
+    """The child side of ``isolated``: set up what the section needs, then run it alone."""
+    def section():
+        t = time.monotonic()
+        ctx: dict = {}
+        if name == "oom_injected":
+            ctx["engine"] = tiny_engine(device)
+        else:
+            if smoke:
+                from asr_engine import load_model
+
+                model = load_model(str(TINY), device=device)
+            else:
+                model, _info = full_model(full_path, device)
+            ctx["full"] = full_engine(model.to(device).eval(), device, smoke)
+        setup_s = time.monotonic() - t
+        t = time.monotonic()
+        res = {"oom_injected": oom_injected, "real_oom": real_oom}[name](ctx)
+        res.setdefault("seconds", round(time.monotonic() - t, 2))
+        res["setup_s"] = round(setup_s, 1)
+        return res
+
+    check.run(name, section)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, required=True, help="the JSON file to write")
     ap.add_argument("--parts", nargs="+", default=["correctness", "full"], choices=["correctness", "full"])
     ap.add_argument("--budget-s", type=float, default=330.0, help="stop starting sections after this")
     ap.add_argument("--cpu-smoke", action="store_true", help="CPU, bf16 forced, tiny sizes (tests)")
+    ap.add_argument("--full-model", type=Path,
+                    help="the full-size model's file: loaded when present, else built and saved there")
+    ap.add_argument("--section", choices=sorted(ISOLATED), help=argparse.SUPPRESS)  # isolated(): the child
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     import torch
 
+    import lifecycle
+
+    # a lost GPU in an in-process section must be recorded, not end the check (the worker part
+    # sees the worker's own exit)
+    lifecycle.LIFECYCLE.exit_on_overrun = False
     smoke = args.cpu_smoke
     if smoke:
         SIZES.update(clips=4, batches=(1, 3, 2))
     device = "cpu" if smoke else "cuda"
     check = Check(args.out, args.budget_s)
+    if args.section:
+        run_section(args.section, check, device, smoke, args.full_model)
+        return
     check.result["mode"] = "cpu-smoke" if smoke else "gpu"
     info = check.run("versions", versions)
     if not smoke and not torch.cuda.is_available():
@@ -522,24 +640,38 @@ def main() -> None:
         check.save()
         print(json.dumps(check.result["fatal"]))
         sys.exit(1)
+    # figures first; the sections that can poison the CUDA context last, each in its own process
+    risky = [n for n, part in (("oom_injected", "correctness"), ("real_oom", "full")) if part in args.parts]
+    reserve = sum(ISOLATED[n] for n in risky)
     ctx: dict = {}
     if "correctness" in args.parts:
         check.run("offline", correctness, ctx, device)
         if "engine" in ctx:
             check.run("streaming", streaming, ctx)
             check.run("cuda_graphs", cuda_graphs, ctx)
-            check.run("oom_injected", oom_injected, ctx)
     if "full" in args.parts:
-        check.run("full_model", build_full_model, ctx, device, smoke, need_s=60)
+        check.run("full_model", build_full_model, ctx, device, smoke, args.full_model, need_s=60)
         if "full" in ctx:
             check.run("memory", memory, ctx, [0.1, 0.2, 0.4] if smoke else [5, 10, 20], need_s=30)
-            check.run("real_oom", real_oom, ctx, need_s=30)
             check.run("attention_switch", attention_switch, ctx, need_s=5)
             check.run("batch_rtfx", batch_rtfx, ctx, [1, 2] if smoke else [1, 16, 64],
                       ["bf16", "fp32"], need_s=40)
             check.run("stream_steps", stream_steps, ctx, [1, 2] if smoke else [1, 32, 128], 2.0 if smoke else 6.0,
                       need_s=40)
-            check.run("compile", compile_on_off, ctx, need_s=150)
+            check.run("compile", compile_on_off, ctx, need_s=150 + reserve)
+    ctx.clear()  # the section processes get the GPU memory this one held
+    if torch.cuda.is_available():
+        gc.collect()
+        torch.cuda.empty_cache()
+    for name in risky:
+        if name == "real_oom" and not torch.cuda.is_available():
+            check.run(name, lambda: {"skipped": "needs CUDA"})  # not worth a process start on CPU
+        elif name == "real_oom" and {"error", "skipped"} & set(check.result["sections"].get("full_model", {})):
+            check.run(name, lambda: {"skipped": "no full-size model (see full_model)"})
+        else:
+            # a hung section process must not eat the next one's time
+            limit = max(min(check.left(), 4 * ISOLATED[name]), 10.0)
+            check.run(name, lambda n=name, s=limit: isolated(n, s, smoke, args.full_model), need_s=ISOLATED[name])
     check.result["versions"] = info
     check.save()
     errors = [k for k, v in check.result["sections"].items() if isinstance(v, dict) and "error" in v]

@@ -122,17 +122,25 @@ def test_hotword_bench_reports_costs_and_rates():
         assert 0 <= a["fix_rate"] <= 1 and 0 <= a["harm_rate"] <= 1 and a["fixed"] <= a["wrong"], a
 
 
-def test_gpu_check_cpu_safe_parts_in_bf16(tmp_path):
-    """bench/gpu_check.sh's sections on CPU (GPU_CHECK_CPU=1: bf16 forced, the tiny model standing
-    in for the full one): one JSON and nothing else in the output folder, correctness holds."""
+def _gpu_check(tmp_path, *parts):
+    """bench/gpu_check.sh on CPU (GPU_CHECK_CPU=1): one JSON and nothing else in the output folder."""
     import os
 
-    env = {**os.environ, "GPU_CHECK_CPU": "1"}
-    out = subprocess.run(["bash", "bench/gpu_check.sh", str(tmp_path)], cwd=ROOT, env=env, capture_output=True,
-                         text=True, timeout=900)
+    out_dir = tmp_path / "out"
+    env = {**os.environ, "GPU_CHECK_CPU": "1", "GPU_CHECK_LOGS": str(tmp_path / "logs")}
+    out = subprocess.run(["bash", "bench/gpu_check.sh", str(out_dir), *parts], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert [p.name for p in tmp_path.iterdir()] == ["gpu_check.json"]
-    res = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert [p.name for p in out_dir.iterdir()] == ["gpu_check.json"]
+    res = json.loads((out_dir / "gpu_check.json").read_text())
+    assert res["command"]["parts"] == list(parts) and res["command"]["total_s"] >= 0
+    return res
+
+
+def test_gpu_check_cpu_safe_parts_in_bf16(tmp_path):
+    """bench/gpu_check.sh's engine sections on CPU (bf16 forced, the tiny model standing in for the
+    full one): correctness holds; the OOM injection ran in its own process."""
+    res = _gpu_check(tmp_path, "correctness", "full")
     sec = res["sections"]
     errors = {k: v["error"] for k, v in sec.items() if "error" in v}
     assert not errors, errors
@@ -147,9 +155,39 @@ def test_gpu_check_cpu_safe_parts_in_bf16(tmp_path):
     assert st["joint_input_dtypes"] == ["torch.float32"] and st["wer_vs_ref"] <= 0.2
     assert sec["cuda_graphs"]["recaptures_after_warmup"] == 0
     assert sec["oom_injected"]["ooms_raised"] >= 1 and sec["oom_injected"]["recovered_identical"]
+    assert sec["oom_injected"]["process_s"] >= sec["oom_injected"]["seconds"]
+    assert list(sec)[-2:] == ["oom_injected", "real_oom"]  # the risky sections after every figure
     assert sec["attention_switch"]["enter_and_leave_s"]
     rows = sec["batch_rtfx"]["rows"]
     assert {r["dtype"] for r in rows} == {"torch.bfloat16", "torch.float32"} and all(r["rtfx"] > 0 for r in rows)
     assert all(r["failed"] == 0 and r["frames_per_step"] >= 1 for r in sec["stream_steps"]["rows"])
     for cuda_only in ("memory", "real_oom", "compile"):
         assert sec[cuda_only] == {"skipped": "needs CUDA", "seconds": sec[cuda_only]["seconds"]}
+
+
+def test_gpu_check_worker_part_drives_the_real_worker(tmp_path):
+    """The `worker` part on CPU: rp_handler.py in load-balancer and queue mode (and the CUDA-graphs
+    variant, a no-op on CPU), tiny model, 2 real-time WebSocket streams, driven from another
+    process; every worker exits 0 on SIGTERM."""
+    from tests.helpers import SAMPLE_TEXT
+
+    res = _gpu_check(tmp_path, "worker")
+    w = res["worker"]
+    assert w["mode"] == "cpu-smoke" and w["reference"] == SAMPLE_TEXT
+    assert "skipped" in w["models"]["full"]
+    tiny = w["models"]["tiny"]
+    assert set(tiny["started_together"]) == {"load_balancer", "queue", "load_balancer_graphs_on"}
+    lb, q, graphs = tiny["load_balancer"], tiny["queue"], tiny["load_balancer_graphs_on"]
+    assert graphs["env"] == {"CUDA_GRAPHS": "1"} and graphs["streams"]["ok"] == 2, graphs.get("streams")
+    assert 0 < lb["ready"]["ready_s"] and 0 < q["ready"]["ready_s"]
+    assert lb["openai"]["status"] == 200 and lb["openai"]["text"] == SAMPLE_TEXT, lb["openai"]
+    st = lb["streams"]
+    assert st["streams"] == 2 and st["ok"] == 2 and st["done"] == 2 and st["with_final"] == 2, st
+    assert not st["errors"] and st["wer_mean"] <= 0.2, st
+    assert st["final_latency_p50_s"] is not None and st["final_latency_p50_s"] <= st["final_latency_p95_s"] < 10, st
+    assert lb["alive_after_streams"] and lb["after"]["ping"] == 200
+    assert any(k.startswith("asr_requests") for k in lb["after"]["metrics"]), lb["after"]["metrics"]
+    assert q["runsync"]["status"] == "COMPLETED" and q["runsync"]["text"] == SAMPLE_TEXT, q["runsync"]
+    for mode in (lb, q, graphs):
+        assert mode["sigterm"]["exit_code"] == 0 and not mode["sigterm"].get("killed"), mode["sigterm"]
+        assert mode["log_tail"] and mode["log_errors"] == [], mode["log_errors"]

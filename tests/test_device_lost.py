@@ -50,7 +50,7 @@ def speech():
 def no_exit(monkeypatch):
     """A poisoned in-process worker must not end the test process: the drain's watchdog is
     disarmed, and the process-wide lifecycle is reset afterwards."""
-    monkeypatch.setattr(lifecycle.Lifecycle, "_arm_watchdog", lambda self, timeout_s: None)
+    monkeypatch.setattr(lifecycle.LIFECYCLE, "exit_on_overrun", False)
     yield
     lifecycle.LIFECYCLE.reset()
 
