@@ -74,7 +74,7 @@ class Engine:
         """``settings`` come from the caller (``Settings.from_env()`` in the entry points);
         ``model``: an already loaded model (tests, benchmarks), else ``settings.model`` is loaded."""
         self.settings = s = settings
-        self.model_name = s.model
+        self.model_name = s.model_id  # what responses name (never a path)
         self.model = model if model is not None else load_model(s.model, s.device or None, s.model_cache_dir)
         self.device = next(self.model.parameters()).device
         self.dtype = hardware.compute_dtype(self.device, s.precision)

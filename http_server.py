@@ -59,9 +59,13 @@ class Connection:
 
 
 def offered_tokens(request: web.Request) -> list[str]:
-    """Tokens the client offers: ``Authorization: Bearer`` and/or ``?token=`` (either may match;
-    a proxy may put its own credentials in the header)."""
-    offered = list(request.query.getall("token", []))
+    """Tokens the client offers: one ``Authorization: Bearer`` and/or one ``?token=`` (either may
+    match: a proxy may put its own credentials in the header). A request that repeats ``token``
+    offers nothing: one request is at most two guesses."""
+    query = request.query.getall("token", [])  # parsed: ``%74oken`` is ``token`` here too
+    if len(query) > 1:
+        return []
+    offered = list(query)
     auth = request.headers.get("Authorization", "")
     if auth[:7].lower() == "bearer ":
         offered.append(auth[7:].strip())
@@ -155,11 +159,11 @@ class Listener:
 
 
 class _RequestLog(AbstractAccessLogger):
-    """One DEBUG line per request ("GET /path?query 101"): health checks would flood INFO. The
-    logger given to ``serve`` redacts tokens (websocket_handler)."""
+    """One DEBUG line per request ("GET /path 101"): health checks would flood INFO. The path
+    only, never the query: a token may be in it under any spelling the parser accepts."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        self.logger.debug("%s %s %s", request.method, request.path_qs, response.status)
+        self.logger.debug("%s %s %s", request.method, request.path, response.status)
 
 
 async def serve(server, host: str, port: int, *, http_api: bool = False,

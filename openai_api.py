@@ -239,7 +239,7 @@ async def models(request: web.Request) -> web.Response:
     server = request.app[SERVER_KEY]
     if not authorized(request, server.settings.http_api_token):
         return APIError(401, "Incorrect API key provided", code="invalid_api_key").response()
-    model = {"id": server.settings.model, "object": "model", "created": 0, "owned_by": "nvidia"}
+    model = {"id": server.settings.model_id, "object": "model", "created": 0, "owned_by": "nvidia"}
     asked = request.match_info.get("model")
     if asked is None:
         return web.json_response({"object": "list", "data": [model]})

@@ -56,7 +56,8 @@ class Settings:
     ws_auth_token: str = ""  # "" = no auth
     api_token: str = ""  # the HTTP API's bearer token; "" = WS_AUTH_TOKEN's (see http_api_token)
     ws_max_sessions: int = 64
-    ws_idle_timeout_s: float = 60.0  # no message from the client for this long closes the session
+    ws_idle_timeout_s: float = 60.0  # no valid message from the client for this long closes the session
+    ws_start_timeout_s: float = 15.0  # a session that has not started a stream by then is closed
     ws_max_message_bytes: int = 1 << 20
     stream_step_s: float = 0.48  # STREAM_CHUNK_S: audio decoded per streaming step (NeMo rounds to 80 ms frames)
     stream_left_s: float = 1.6  # left context re-encoded each step
@@ -96,6 +97,22 @@ class Settings:
         return self.api_token or self.ws_auth_token
 
     @property
+    def stream_token(self) -> str:
+        """What a WebSocket session requires: WS_AUTH_TOKEN, else API_TOKEN (a token set for the
+        HTTP API alone must not leave the WebSocket open), else nothing."""
+        return self.ws_auth_token or self.api_token
+
+    @property
+    def model_id(self) -> str:
+        """The served model's public name: a Hugging Face id as it is, a local file or folder by its
+        name alone. Responses carry this, never a path of the machine."""
+        name = self.model.rstrip("/\\")
+        if name.endswith(".nemo") or name.startswith((".", "/", "~")) or os.path.exists(name):
+            base = os.path.basename(name)
+            return base[: -len(".nemo")] if base.endswith(".nemo") else base
+        return name
+
+    @property
     def decode_budget_bytes(self) -> int:
         """The decode memory budget: DECODE_MEMORY_BYTES, else a share of the memory this process
         may use (the container's cgroup limit when there is one, else physical RAM)."""
@@ -132,7 +149,8 @@ ENV: dict[str, tuple[str, ...]] = {
     "decode_memory_bytes": ("DECODE_MEMORY_BYTES",), "decode_memory_fraction": ("DECODE_MEMORY_FRACTION",),
     "ws_host": ("WS_HOST",), "ws_port": ("WS_PORT", "PORT"), "port_health": ("PORT_HEALTH",),
     "ws_auth_token": ("WS_AUTH_TOKEN",), "api_token": ("API_TOKEN",), "ws_max_sessions": ("WS_MAX_SESSIONS",),
-    "ws_idle_timeout_s": ("WS_IDLE_TIMEOUT_S",), "ws_max_message_bytes": ("WS_MAX_MESSAGE_BYTES",),
+    "ws_idle_timeout_s": ("WS_IDLE_TIMEOUT_S",), "ws_start_timeout_s": ("WS_START_TIMEOUT_S",),
+    "ws_max_message_bytes": ("WS_MAX_MESSAGE_BYTES",),
     "stream_step_s": ("STREAM_CHUNK_S",), "stream_left_s": ("STREAM_LEFT_S",), "stream_right_s": ("STREAM_RIGHT_S",),
     "stream_eou_ms": ("STREAM_EOU_MS",), "live_batch_pass_s": ("LIVE_BATCH_PASS_S",),
     "live_min_window_s": ("LIVE_MIN_WINDOW_S",), "drain_timeout_s": ("DRAIN_TIMEOUT_S",),
@@ -158,5 +176,7 @@ def _parse(f: dataclasses.Field, raw: str):
 
 
 def configure_logging(settings: Settings) -> None:
-    """The one logging set-up, for every entry point (worker, WebSocket server, model bake)."""
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
+    """The one logging set-up, for every entry point (worker, WebSocket server, model bake).
+    ``force``: the RunPod SDK configures the root logger when it is imported (at INFO), which
+    would otherwise make LOG_LEVEL a no-op under rp_handler.py."""
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(name)s %(message)s", force=True)

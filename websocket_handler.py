@@ -152,10 +152,10 @@ class ASRServer:
 
     @property
     def auth_required(self) -> bool:
-        return bool(self.settings.ws_auth_token) or self.require_token or bool(self.job_tokens)
+        return bool(self.settings.stream_token) or self.require_token or bool(self.job_tokens)
 
     def token_ok(self, given: list[str]) -> bool:
-        valid = ([self.settings.ws_auth_token] if self.settings.ws_auth_token else []) + sorted(self.job_tokens)
+        valid = ([self.settings.stream_token] if self.settings.stream_token else []) + sorted(self.job_tokens)
         return any(hmac.compare_digest(g.encode(), v.encode()) for g in given for v in valid)
 
     def grant_token(self) -> str:
@@ -213,8 +213,9 @@ class ASRServer:
         """Said at start when anyone who can reach this address may stream without a token."""
         if self.auth_required or _is_loopback(host):
             return None
-        return (f"listening on {host or 'all interfaces'} without WS_AUTH_TOKEN: anyone who can reach this port "
-                "can stream audio to this worker; set WS_AUTH_TOKEN (or WS_HOST=127.0.0.1)")
+        return (f"listening on {host or 'all interfaces'} without a token: any program that can reach this port "
+                "can stream audio and post files to this worker (web pages of other origins are refused, other "
+                "clients are not); set API_TOKEN or WS_AUTH_TOKEN")
 
     async def close_sessions(self, code: int, reason: str) -> None:
         for session in list(self.sessions.values()):
@@ -350,24 +351,30 @@ class Session:
     async def run(self) -> None:
         await self.send({"type": "welcome", "message": "Parakeet real-time ASR: send {\"action\": \"start\"}",
                          "session_id": self.id})
-        idle = self.server.settings.ws_idle_timeout_s
+        s = self.server.settings
+        # Only valid messages count as activity: junk every few seconds must not hold a slot. A
+        # session that never starts a stream gets the (shorter) start deadline.
+        last_valid = time.monotonic()
         while True:
+            limit = s.ws_idle_timeout_s if self.streams else min(s.ws_idle_timeout_s, s.ws_start_timeout_s)
             try:
-                msg = await self.ws.recv(timeout=idle)
+                msg = await self.ws.recv(timeout=max(0.01, last_valid + limit - time.monotonic()))
             except TimeoutError:
                 if self.closing or (self.stream is not None and not self.stream.closed
                                     and self.stream.pending_n >= self.server.decoder.frame_samples):
-                    continue  # the server owes this client results (a slow or draining server): not idle
+                    last_valid = time.monotonic()  # the server owes this client results: not idle
+                    continue
                 self.outcome = IDLE_TIMEOUT
+                why = (f"no valid message for {limit:g} s" if self.streams
+                       else f"no stream started within {limit:g} s")
                 with contextlib.suppress(ConnectionClosed):
-                    await self.error(IDLE_TIMEOUT, f"no message for {idle:g} s, closing the session")
+                    await self.error(IDLE_TIMEOUT, f"{why}, closing the session")
                     await self.ws.close(1000, "idle timeout")
                 return
             except ConnectionClosed:
                 if self.stream is not None and not self.closing:
                     self.outcome = "client_gone"  # mid-utterance, without stop
                 return
-            self.server.mark_active()
             try:
                 if isinstance(msg, bytes):
                     await self.on_audio(msg)
@@ -376,6 +383,9 @@ class Session:
             except ASRError as e:  # a recoverable client mistake: the connection stays open
                 metrics.error(e.code)
                 await self.error(e.code, e.message)
+                continue
+            last_valid = time.monotonic()
+            self.server.mark_active()
 
     async def on_text(self, raw: str) -> None:
         msg = parse_message(raw)

@@ -43,7 +43,7 @@ class WorkerThread:
     """One worker's event loop in a thread, as in production: the WebSocket server (``url``) and
     the RunPod job handler (``run_jobs``) on the same loop and the same engine."""
 
-    def __init__(self, engine, settings=None):
+    def __init__(self, engine, settings=None, http_api: bool = False):
         import asyncio
         import threading
 
@@ -59,7 +59,7 @@ class WorkerThread:
 
         async def start():
             self.server = ASRServer(self.settings, engine)
-            self.listener = await self.server.serve("127.0.0.1", 0)
+            self.listener = await self.server.serve("127.0.0.1", 0, http_api=http_api)
             self.port = self.listener.port
             self.url = f"ws://127.0.0.1:{self.port}"
 

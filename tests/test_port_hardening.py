@@ -1,0 +1,135 @@
+"""The public port under hostile clients (docs/SECURITY.md, "The public port"): tokens, logs,
+idle and start deadlines, model ids. Each test reproduces an attack against a real server on
+loopback and checks it now does no harm, while a normal client is still served."""
+
+import asyncio
+import json
+import logging
+import subprocess
+import sys
+import time
+
+import aiohttp
+import pytest
+import websockets
+
+from asr_engine import Engine
+from settings import Settings
+from tests.helpers import ROOT, SAMPLE_TEXT, WorkerThread, requires_model
+
+pytestmark = requires_model
+SECRET = "s3cret-token"
+
+
+@pytest.fixture(scope="module")
+def api_only_worker(tiny_model):
+    """API_TOKEN set, WS_AUTH_TOKEN not; short idle and start deadlines."""
+    settings = Settings(model="tests/assets/tiny_parakeet.nemo", api_token=SECRET, warmup=False,
+                        ws_idle_timeout_s=2.0, ws_start_timeout_s=1.0)
+    w = WorkerThread(Engine(settings, model=tiny_model), http_api=True)
+    yield w
+    w.stop()
+
+
+async def status_of_upgrade(url: str, headers=None) -> int:
+    try:
+        async with websockets.connect(url, additional_headers=headers or {}) as ws:
+            await ws.recv()
+            return 101
+    except websockets.InvalidStatus as exc:
+        return exc.response.status_code
+
+
+def test_api_token_alone_protects_the_websocket_too(api_only_worker):
+    w = api_only_worker
+    assert asyncio.run(status_of_upgrade(w.url + "/")) == 401
+    assert asyncio.run(status_of_upgrade(f"{w.url}/?token={SECRET}")) == 101
+    assert asyncio.run(status_of_upgrade(w.url + "/", {"Authorization": f"Bearer {SECRET}"})) == 101
+
+
+def test_one_token_per_request_repeated_guesses_are_refused(api_only_worker):
+    w = api_only_worker
+    guesses = "&".join(f"token=g{k}" for k in range(50)) + f"&token={SECRET}"
+    assert asyncio.run(status_of_upgrade(f"{w.url}/?{guesses}")) == 401
+
+    async def models(query):
+        async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{w.port}/v1/models?{query}") as r:
+            return r.status, await r.json()
+
+    assert asyncio.run(models(guesses))[0] == 401
+    status, body = asyncio.run(models(f"token={SECRET}"))
+    assert status == 200
+    # the model's id, never the path of its file on this machine
+    assert [m["id"] for m in body["data"]] == ["tiny_parakeet"]
+
+
+def test_an_encoded_token_name_is_honoured_and_never_logged(api_only_worker, caplog):
+    w = api_only_worker
+    with caplog.at_level(logging.DEBUG):
+        assert asyncio.run(status_of_upgrade(f"{w.url}/?%74oken={SECRET}")) == 101
+        time.sleep(0.2)  # the request log is written when the response ends
+    assert any("GET /" in r.getMessage() for r in caplog.records if r.name.startswith("websocket"))
+    # (the test's own client library logs what it sends: only the server's records count)
+    assert not any(SECRET in r.getMessage() for r in caplog.records if not r.name.startswith("websockets."))
+
+
+def test_junk_frames_do_not_hold_a_session_and_a_session_that_never_starts_is_closed(api_only_worker):
+    w = api_only_worker
+
+    async def junk_sender():
+        async with websockets.connect(f"{w.url}/?token={SECRET}") as ws:
+            await ws.recv()  # welcome
+            await ws.send(json.dumps({"action": "start"}))
+            assert json.loads(await ws.recv())["type"] == "started"
+            await ws.send(json.dumps({"action": "stop"}))
+            assert json.loads(await ws.recv())["type"] == "done"
+            t0 = time.monotonic()
+            errors = []
+            try:
+                while time.monotonic() - t0 < 10:
+                    await ws.send("junk")  # invalid JSON every 0.3 s: not activity
+                    errors.append(json.loads(await ws.recv()).get("code"))
+                    await asyncio.sleep(0.3)
+            except websockets.ConnectionClosed as closed:
+                return time.monotonic() - t0, errors, closed.rcvd
+            return time.monotonic() - t0, errors, None
+
+    took, errors, close = asyncio.run(junk_sender())
+    assert took < 4.0, took  # WS_IDLE_TIMEOUT_S=2 holds despite the junk
+    assert set(errors) == {"invalid_json"} and close.code == 1000 and close.reason == "idle timeout", (errors, close)
+
+    async def never_starts():
+        async with websockets.connect(f"{w.url}/?token={SECRET}") as ws:
+            t0 = time.monotonic()
+            msgs = []
+            try:
+                async for raw in ws:
+                    msgs.append(json.loads(raw))
+            except websockets.ConnectionClosed:
+                pass
+            return time.monotonic() - t0, msgs
+
+    took, msgs = asyncio.run(never_starts())
+    assert took < 2.5 and msgs[-1]["code"] == "idle_timeout" and "no stream started" in msgs[-1]["message"], msgs
+
+
+def test_a_normal_client_is_served_meanwhile(api_only_worker, speech_files):
+    import openai
+
+    w = api_only_worker
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{w.port}/v1", api_key=SECRET, max_retries=0)
+    with open(speech_files["wav"], "rb") as f:
+        out = client.audio.transcriptions.with_raw_response.create(model="parakeet", file=f)
+    assert out.headers["openai-model"] == "tiny_parakeet"
+    import jiwer
+
+    assert jiwer.wer(SAMPLE_TEXT, out.parse().text) <= 0.15
+
+
+def test_log_level_is_honoured_after_the_runpod_sdk_configured_logging():
+    code = ("import runpod, logging\n"
+            "from settings import Settings, configure_logging\n"
+            "configure_logging(Settings(log_level='WARNING'))\n"
+            "print(logging.getLogger().getEffectiveLevel())")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip().splitlines()[-1] == str(logging.WARNING), out.stderr[-2000:]
