@@ -77,6 +77,45 @@ def authorized(request: web.Request, token: str) -> bool:
     return not token or any(hmac.compare_digest(given.encode(), token.encode()) for given in offered_tokens(request))
 
 
+def _host_name(host: str) -> str:
+    """A Host header's name, lowercase, without its port ("[::1]:80" -> "[::1]")."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host.split("]", 1)[0] + "]"
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+@web.middleware
+async def origin_and_host_guard(request: web.Request, handler):
+    """Without a token, the port must not serve other web sites' pages (a cross-origin WebSocket
+    or form POST needs no preflight) nor answer names it does not own (DNS rebinding turns a
+    foreign page into a same-origin one). With a token the token decides: a page without it
+    gets nothing anyway. Health checks are exempt (the platform calls them by address)."""
+    server = request.app[SERVER_KEY]
+    settings = server.settings
+    if request.path in ("/ping", "/health") or settings.stream_token or server.require_token:
+        return await handler(request)
+    host = _host_name(request.host or "")
+    if not settings.host_allowed(host):
+        metrics.REFUSALS.labels("host").inc()
+        return _refuse(request, 421, f"this server does not answer to the name '{host[:80]}' (ALLOWED_HOSTS)")
+    origin = request.headers.get("Origin")
+    if origin is not None:
+        own = {h.lower() for h in (request.host, request.headers.get("X-Forwarded-Host")) if h}
+        netloc = origin.lower().split("://", 1)[-1]
+        if netloc not in own and origin.lower().rstrip("/") not in settings.allowed_origins:
+            metrics.REFUSALS.labels("origin").inc()
+            return _refuse(request, 403, "requests from other web sites are refused (ALLOWED_ORIGINS)")
+    return await handler(request)
+
+
+def _refuse(request: web.Request, status: int, message: str) -> web.Response:
+    if request.path.startswith("/v1/"):  # the OpenAI routes answer in OpenAI's error shape
+        return web.json_response({"error": {"message": message, "type": "invalid_request_error", "param": None,
+                                             "code": "forbidden"}}, status=status)
+    return web.Response(status=status, text=message + "\n")
+
+
 # ---------------------------------------------------------------------------------------------
 # routes
 async def ping(request: web.Request) -> web.Response:
@@ -118,17 +157,42 @@ async def metrics_page(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": metrics.CONTENT_TYPE})
 
 
+def _inline_hashes(html: str, tag: str) -> str:
+    """CSP source expressions for the page's inline ``<tag>`` blocks (their exact text, hashed)."""
+    import base64
+    import hashlib
+    import re
+
+    blocks = re.findall(rf"<{tag}>(.*?)</{tag}>", html, flags=re.S)
+    return " ".join(f"'sha256-{base64.b64encode(hashlib.sha256(b.encode()).digest()).decode()}'" for b in blocks)
+
+
+_PAGE = DEMO_PAGE.read_text(encoding="utf-8")
+_SCRIPT_SRC, _STYLE_SRC = _inline_hashes(_PAGE, "script"), _inline_hashes(_PAGE, "style")
+
+
+def page_headers(request: web.Request) -> dict[str, str]:
+    """The page runs only its own script (by hash; its audio worklet is a blob: module), talks
+    only to this server's WebSocket and those in PAGE_CONNECT_SRC, and cannot be framed."""
+    host = request.host
+    connect = " ".join(["'self'", f"ws://{host}", f"wss://{host}", *request.app[SERVER_KEY].settings.page_connect_src])
+    csp = (f"default-src 'none'; script-src {_SCRIPT_SRC} blob:; style-src {_STYLE_SRC}; connect-src {connect}; "
+           "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+    return {"Content-Security-Policy": csp, "X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY",
+            "Referrer-Policy": "no-referrer", "Cache-Control": "no-cache"}
+
+
 async def page(request: web.Request) -> web.StreamResponse:
     """``GET /``: the microphone page, unless the request is the WebSocket upgrade."""
     if _is_upgrade(request):
         return await websocket(request)
-    return web.FileResponse(DEMO_PAGE, headers={"Cache-Control": "no-cache"})
+    return web.Response(text=_PAGE, content_type="text/html", headers=page_headers(request))
 
 
 def build_app(server, *, http_api: bool = False) -> web.Application:
     """``/ping`` and the WebSocket upgrade on any path; with ``http_api`` also the microphone page
     at ``/`` and ``POST /v1/audio/transcriptions``."""
-    app = web.Application()
+    app = web.Application(middlewares=[origin_and_host_guard])
     app[SERVER_KEY] = server
     app.router.add_get("/ping", ping)
     app.router.add_get("/health", ping)

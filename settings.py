@@ -55,6 +55,11 @@ class Settings:
     port_health: int = 0  # load-balancing mode: GET /ping also on this port (0 = only on ws_port)
     ws_auth_token: str = ""  # "" = no auth
     api_token: str = ""  # the HTTP API's bearer token; "" = WS_AUTH_TOKEN's (see http_api_token)
+    # without a token: the Host names the port answers to (loopback names and RunPod's own names
+    # for this pod or endpoint are always allowed) and browser origins besides the page's own
+    allowed_hosts: tuple[str, ...] = field(default_factory=tuple)
+    allowed_origins: tuple[str, ...] = field(default_factory=tuple)
+    page_connect_src: tuple[str, ...] = field(default_factory=tuple)  # other WebSocket URLs the page may use
     ws_max_sessions: int = 64
     ws_idle_timeout_s: float = 60.0  # no valid message from the client for this long closes the session
     ws_start_timeout_s: float = 15.0  # a session that has not started a stream by then is closed
@@ -74,6 +79,8 @@ class Settings:
     generator_handler: bool = False  # RunPod: the generator handler form (see rp_handler.py)
     # set by RunPod in a worker (read-only facts about where we run)
     runpod_public_ip: str = ""  # the pod's public address, for the websocket job's ws_url
+    runpod_pod_id: str = ""  # its proxy name is <pod id>-<port>.proxy.runpod.net
+    runpod_endpoint_id: str = ""  # a load-balancing endpoint answers at <endpoint id>.api.runpod.ai
     runpod_public_ws_port: int = 0  # RUNPOD_TCP_PORT_<ws_port>: the public port mapped to ws_port
     runpod_progress_url: str = ""  # RUNPOD_WEBHOOK_POST_OUTPUT: progress updates are posted there
     runpod_stream_url: str = ""  # RUNPOD_WEBHOOK_POST_STREAM: the job's /stream channel
@@ -95,6 +102,25 @@ class Settings:
     def http_api_token(self) -> str:
         """What ``POST /v1/audio/transcriptions`` requires: API_TOKEN, else WS_AUTH_TOKEN, else nothing."""
         return self.api_token or self.ws_auth_token
+
+    def host_allowed(self, host: str) -> bool:
+        """Is ``host`` (a Host header's name, port removed, lowercase) one this worker answers to
+        without a token? Loopback names, ALLOWED_HOSTS, and RunPod's names for this pod/endpoint."""
+        import ipaddress
+
+        if host == "localhost" or host.endswith(".localhost") or host in self.allowed_hosts:
+            return True
+        if host and host in (self.runpod_public_ip,):
+            return True
+        if self.runpod_pod_id and host.startswith(f"{self.runpod_pod_id.lower()}-") \
+                and host.endswith(".proxy.runpod.net"):
+            return True
+        if self.runpod_endpoint_id and host == f"{self.runpod_endpoint_id.lower()}.api.runpod.ai":
+            return True
+        try:
+            return ipaddress.ip_address(host.strip("[]")).is_loopback
+        except ValueError:
+            return False
 
     @property
     def stream_token(self) -> str:
@@ -156,6 +182,9 @@ ENV: dict[str, tuple[str, ...]] = {
     "live_min_window_s": ("LIVE_MIN_WINDOW_S",), "drain_timeout_s": ("DRAIN_TIMEOUT_S",),
     "memory_high_water": ("MEMORY_HIGH_WATER",), "log_level": ("LOG_LEVEL",), "worker_mode": ("WORKER_MODE",),
     "generator_handler": ("RUNPOD_GENERATOR_HANDLER",), "runpod_public_ip": ("RUNPOD_PUBLIC_IP",),
+    "runpod_pod_id": ("RUNPOD_POD_ID",), "runpod_endpoint_id": ("RUNPOD_ENDPOINT_ID",),
+    "allowed_hosts": ("ALLOWED_HOSTS",), "allowed_origins": ("ALLOWED_ORIGINS",),
+    "page_connect_src": ("PAGE_CONNECT_SRC",),
     "runpod_public_ws_port": (),  # named after ws_port: see from_env
     "runpod_progress_url": ("RUNPOD_WEBHOOK_POST_OUTPUT",), "runpod_stream_url": ("RUNPOD_WEBHOOK_POST_STREAM",),
 }

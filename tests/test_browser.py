@@ -56,10 +56,13 @@ def test_the_page_streams_the_microphone_and_shows_partials_and_finals(lb_worker
             page.add_init_script(RECORDER)
             errors = []
             page.on("pageerror", lambda e: errors.append(str(e)))
+            # the page runs under its Content-Security-Policy: any violation is a failure
+            page.on("console", lambda m: errors.append(m.text) if "Content Security Policy" in m.text else None)
             page.goto(url + "/")
             page.fill("#token", token)
             page.click("#start")
-            page.wait_for_function("document.getElementById('state').textContent === 'streaming'", timeout=30000)
+            # (selectors, not string predicates: those are eval'd, which the page's CSP forbids)
+            page.wait_for_selector("#state:text-is('streaming')", timeout=30000)
             started = page.evaluate("performance.now()")
             level = 0.0
             deadline = time.time() + seconds + 1.0  # the fake microphone plays the file once, in real time
@@ -74,7 +77,7 @@ def test_the_page_streams_the_microphone_and_shows_partials_and_finals(lb_worker
             if not shot.exists():
                 page.screenshot(path=str(shot))
             page.click("#stop")
-            page.wait_for_function("document.getElementById('state').textContent === 'done'", timeout=60000)
+            page.wait_for_selector("#state:text-is('done')", timeout=60000)
             transcript = page.inner_text("#transcript").strip()
             latency = page.inner_text("#latency")
             log = page.evaluate("window.__log")

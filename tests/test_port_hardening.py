@@ -133,3 +133,66 @@ def test_log_level_is_honoured_after_the_runpod_sdk_configured_logging():
             "print(logging.getLogger().getEffectiveLevel())")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.stdout.strip().splitlines()[-1] == str(logging.WARNING), out.stderr[-2000:]
+
+
+# ---------------------------------------------------------------------------------------------
+# without a token: other web sites' pages and foreign Host names are refused
+@pytest.fixture(scope="module")
+def open_worker(tiny_model):
+    settings = Settings(model="tiny", warmup=False, allowed_origins=("https://app.example",))
+    w = WorkerThread(Engine(settings, model=tiny_model), http_api=True)
+    yield w
+    w.stop()
+
+
+def http(port: int, method: str, path: str, headers=None, data=None):
+    async def go():
+        async with aiohttp.ClientSession() as s, s.request(method, f"http://127.0.0.1:{port}{path}",
+                                                           headers=headers or {}, data=data) as r:
+            return r.status, await r.text()
+
+    return asyncio.run(go())
+
+
+def test_a_foreign_origin_is_refused_for_the_websocket_and_the_post(open_worker, speech_files):
+    w = open_worker
+    assert asyncio.run(status_of_upgrade(w.url + "/", {"Origin": "https://evil.example"})) == 403
+    form = aiohttp.FormData()
+    form.add_field("file", open(speech_files["wav"], "rb").read(), filename="a.wav")
+    form.add_field("model", "parakeet")
+    status, body = http(w.port, "POST", "/v1/audio/transcriptions", {"Origin": "https://evil.example"}, form)
+    assert status == 403 and json.loads(body)["error"]["code"] == "forbidden"
+    # the page's own origin, an allowed one, and clients that send no Origin (not browsers) are served
+    assert asyncio.run(status_of_upgrade(w.url + "/", {"Origin": f"http://127.0.0.1:{w.port}"})) == 101
+    assert asyncio.run(status_of_upgrade(w.url + "/", {"Origin": "https://app.example"})) == 101
+    assert asyncio.run(status_of_upgrade(w.url + "/")) == 101
+
+
+def test_foreign_host_names_are_refused_but_health_checks_answer(open_worker):
+    w = open_worker
+    for path in ("/v1/models", "/metrics", "/"):
+        status, _ = http(w.port, "GET", path, {"Host": "rebound.evil.example"})
+        assert status == 421, path
+    assert http(w.port, "GET", "/ping", {"Host": "10.1.2.3:8765"})[0] == 200
+    assert http(w.port, "GET", "/v1/models", {"Host": f"localhost:{w.port}"})[0] == 200
+
+
+def test_the_page_is_served_with_a_csp_that_names_its_own_script_and_socket(open_worker):
+    import base64
+    import hashlib
+    import re
+
+    w = open_worker
+
+    async def get():
+        async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{w.port}/") as r:
+            return r.headers, await r.text()
+
+    headers, html = asyncio.run(get())
+    csp = headers["Content-Security-Policy"]
+    script = re.search(r"<script>(.*?)</script>", html, flags=re.S).group(1)
+    digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
+    assert f"'sha256-{digest}'" in csp and "'unsafe-inline'" not in csp
+    assert f"connect-src 'self' ws://127.0.0.1:{w.port} wss://127.0.0.1:{w.port}" in csp
+    assert "frame-ancestors 'none'" in csp and "default-src 'none'" in csp
+    assert headers["X-Content-Type-Options"] == "nosniff" and headers["Referrer-Policy"] == "no-referrer"
