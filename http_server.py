@@ -192,7 +192,7 @@ async def page(request: web.Request) -> web.StreamResponse:
 def build_app(server, *, http_api: bool = False) -> web.Application:
     """``/ping`` and the WebSocket upgrade on any path; with ``http_api`` also the microphone page
     at ``/`` and ``POST /v1/audio/transcriptions``."""
-    app = web.Application(middlewares=[origin_and_host_guard])
+    app = web.Application(middlewares=[track_requests, origin_and_host_guard])
     app[SERVER_KEY] = server
     app.router.add_get("/ping", ping)
     app.router.add_get("/health", ping)
@@ -206,6 +206,99 @@ def build_app(server, *, http_api: bool = False) -> web.Application:
         app.router.add_get("/", page)
     app.router.add_get("/{path:.*}", websocket)
     return app
+
+
+# ---------------------------------------------------------------------------------------------
+# connections: deadlines and a cap, below the routes (a socket that never sends a request never
+# reaches a handler, so no middleware could time it out)
+_BUSY = b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+SWEEP_S = 1.0  # how often idle connections are checked
+
+
+class _GuardedServer(web.Server):
+    """aiohttp's connection manager, plus: over ``max_connections`` a new connection is answered
+    503 and closed at once (before any parsing, so descriptors are not exhausted), and a
+    connection with no request in progress is closed once it has been idle past its deadline:
+    ``header_timeout_s`` before its first request is complete, ``keepalive_timeout_s`` between
+    requests. A request in progress (an upload, a WebSocket session) is the handlers' to bound."""
+
+    def guard(self, limits) -> None:
+        self.limits = limits
+        self.idle_since: dict = {}  # RequestHandler -> loop time it last became idle
+        self.served: dict = {}  # RequestHandler -> requests started on it
+        self.busy: set = set()  # RequestHandlers with a request in progress
+        self.sweeper: asyncio.Task | None = None
+
+    def connection_made(self, handler, transport) -> None:
+        if len(self.connections) >= self.limits.connection_cap:
+            metrics.REFUSALS.labels("connections").inc()
+            transport.write(_BUSY)
+            transport.close()
+            return
+        super().connection_made(handler, transport)
+        self.idle_since[handler] = self._loop.time()
+        if self.sweeper is None:
+            self.sweeper = self._loop.create_task(self._sweep(), name="http-idle-sweeper")
+
+    def connection_lost(self, handler, exc=None) -> None:
+        super().connection_lost(handler, exc)
+        self.idle_since.pop(handler, None)
+        self.served.pop(handler, None)
+        self.busy.discard(handler)
+
+    def request_started(self, handler) -> None:
+        self.busy.add(handler)
+        self.served[handler] = self.served.get(handler, 0) + 1
+
+    def request_ended(self, handler) -> None:
+        self.busy.discard(handler)
+        if handler in self.idle_since:
+            self.idle_since[handler] = self._loop.time()
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_S)
+            now = self._loop.time()
+            for handler, since in list(self.idle_since.items()):
+                if handler in self.busy:
+                    continue
+                limit = self.limits.keepalive_timeout_s if self.served.get(handler) else self.limits.header_timeout_s
+                if now - since > limit:
+                    transport = self._connections.get(handler)
+                    self.idle_since.pop(handler, None)
+                    if transport is not None:
+                        metrics.REFUSALS.labels("idle_connection").inc()
+                        transport.close()
+
+    async def shutdown(self, timeout=None) -> None:
+        if self.sweeper is not None:
+            self.sweeper.cancel()
+        await super().shutdown(timeout)
+
+
+class _GuardedRunner(web.AppRunner):
+    def __init__(self, app: web.Application, limits, **kwargs):
+        super().__init__(app, **kwargs)
+        self._limits = limits
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        server.__class__ = _GuardedServer  # aiohttp builds it inside Application; only behaviour is added
+        server.guard(self._limits)
+        return server
+
+
+@web.middleware
+async def track_requests(request: web.Request, handler):
+    """Tell the connection manager a request is in progress (its idle deadline does not apply)."""
+    server = request.protocol._manager if request.protocol is not None else None
+    if not isinstance(server, _GuardedServer):
+        return await handler(request)
+    server.request_started(request.protocol)
+    try:
+        return await handler(request)
+    finally:
+        server.request_ended(request.protocol)
 
 
 @dataclass
@@ -232,9 +325,13 @@ class _RequestLog(AbstractAccessLogger):
 
 async def serve(server, host: str, port: int, *, http_api: bool = False,
                 request_log: logging.Logger | None = None) -> Listener:
-    """Start listening (``port=0`` picks a free port)."""
-    runner = web.AppRunner(build_app(server, http_api=http_api), shutdown_timeout=5.0,
-                           access_log_class=_RequestLog, access_log=request_log)
+    """Start listening (``port=0`` picks a free port). ``handler_cancellation``: a client that
+    goes away cancels its request's handler, so its decoding and transcription stop (its temp
+    files and ffmpeg go with them) instead of running to the end for nobody."""
+    s = server.settings
+    runner = _GuardedRunner(build_app(server, http_api=http_api), s, shutdown_timeout=5.0,
+                            access_log_class=_RequestLog, access_log=request_log, handler_cancellation=True,
+                            keepalive_timeout=s.keepalive_timeout_s)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     try:

@@ -61,6 +61,12 @@ class Settings:
     allowed_origins: tuple[str, ...] = field(default_factory=tuple)
     page_connect_src: tuple[str, ...] = field(default_factory=tuple)  # other WebSocket URLs the page may use
     ws_max_sessions: int = 64
+    # the HTTP port's connections (http_server.py): a request head must be complete this long
+    # after connecting, an idle keep-alive connection is closed after this long, and beyond
+    # max_connections a new connection gets 503 at once (0: half the descriptor limit)
+    header_timeout_s: float = 10.0
+    keepalive_timeout_s: float = 30.0
+    max_connections: int = 0
     ws_idle_timeout_s: float = 60.0  # no valid message from the client for this long closes the session
     ws_start_timeout_s: float = 15.0  # a session that has not started a stream by then is closed
     ws_max_message_bytes: int = 1 << 20
@@ -123,6 +129,17 @@ class Settings:
             return False
 
     @property
+    def connection_cap(self) -> int:
+        """MAX_CONNECTIONS, else half the process's descriptor limit: the other half stays for
+        model files, temp files, ffmpeg pipes and the health check."""
+        if self.max_connections > 0:
+            return self.max_connections
+        import resource
+
+        soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        return max(64, (soft if soft > 0 else 1024) // 2)
+
+    @property
     def stream_token(self) -> str:
         """What a WebSocket session requires: WS_AUTH_TOKEN, else API_TOKEN (a token set for the
         HTTP API alone must not leave the WebSocket open), else nothing."""
@@ -183,6 +200,8 @@ ENV: dict[str, tuple[str, ...]] = {
     "memory_high_water": ("MEMORY_HIGH_WATER",), "log_level": ("LOG_LEVEL",), "worker_mode": ("WORKER_MODE",),
     "generator_handler": ("RUNPOD_GENERATOR_HANDLER",), "runpod_public_ip": ("RUNPOD_PUBLIC_IP",),
     "runpod_pod_id": ("RUNPOD_POD_ID",), "runpod_endpoint_id": ("RUNPOD_ENDPOINT_ID",),
+    "header_timeout_s": ("HEADER_TIMEOUT_S",),
+    "keepalive_timeout_s": ("KEEPALIVE_TIMEOUT_S",), "max_connections": ("MAX_CONNECTIONS",),
     "allowed_hosts": ("ALLOWED_HOSTS",), "allowed_origins": ("ALLOWED_ORIGINS",),
     "page_connect_src": ("PAGE_CONNECT_SRC",),
     "runpod_public_ws_port": (),  # named after ws_port: see from_env

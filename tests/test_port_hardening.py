@@ -196,3 +196,56 @@ def test_the_page_is_served_with_a_csp_that_names_its_own_script_and_socket(open
     assert f"connect-src 'self' ws://127.0.0.1:{w.port} wss://127.0.0.1:{w.port}" in csp
     assert "frame-ancestors 'none'" in csp and "default-src 'none'" in csp
     assert headers["X-Content-Type-Options"] == "nosniff" and headers["Referrer-Policy"] == "no-referrer"
+
+
+# ---------------------------------------------------------------------------------------------
+# connections: deadlines and a cap, below the routes
+@pytest.fixture(scope="module")
+def tight_worker(tiny_model):
+    settings = Settings(model="tiny", warmup=False, header_timeout_s=1.0, keepalive_timeout_s=1.5, max_connections=20)
+    w = WorkerThread(Engine(settings, model=tiny_model), http_api=True)
+    yield w
+    w.stop()
+
+
+def test_silent_and_slow_header_sockets_are_closed_and_the_cap_answers_fast(tight_worker):
+    import socket
+
+    w = tight_worker
+
+    def closed_within(sock, seconds) -> bool:
+        sock.settimeout(seconds)
+        try:
+            return sock.recv(1024) == b""
+        except (TimeoutError, ConnectionResetError):
+            return False
+
+    silent = socket.create_connection(("127.0.0.1", w.port))
+    slow = socket.create_connection(("127.0.0.1", w.port))
+    slow.sendall(b"GET /ping HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # never the blank line
+    t0 = time.monotonic()
+    assert closed_within(silent, 4.0) and closed_within(slow, 4.0)
+    assert time.monotonic() - t0 < 4.0
+    # over the cap: an immediate 503, not a hang and not a dead port; the held sockets die by deadline
+    held = [socket.create_connection(("127.0.0.1", w.port)) for _ in range(20)]
+    extra = socket.create_connection(("127.0.0.1", w.port))
+    extra.settimeout(2.0)
+    assert extra.recv(1024).startswith(b"HTTP/1.1 503")
+    for s in held + [silent, slow, extra]:
+        s.close()
+    time.sleep(0.5)
+    assert http(w.port, "GET", "/ping")[0] == 200  # a normal client is served again
+
+
+def test_an_idle_keepalive_connection_is_closed_after_its_response(tight_worker):
+    import socket
+
+    w = tight_worker
+    sock = socket.create_connection(("127.0.0.1", w.port))
+    sock.sendall(b"GET /ping HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    sock.settimeout(5)
+    assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+    t0 = time.monotonic()
+    assert sock.recv(1024) == b""  # closed by the server while idle
+    assert time.monotonic() - t0 < 4.0
+    sock.close()
