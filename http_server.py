@@ -200,9 +200,7 @@ def build_app(server, *, http_api: bool = False) -> web.Application:
     if http_api:
         import openai_api  # the HTTP API only where it is served
 
-        app.router.add_post(openai_api.ROUTE, openai_api.transcriptions)
-        app.router.add_get("/v1/models", openai_api.models)
-        app.router.add_get("/v1/models/{model:.+}", openai_api.models)
+        openai_api.add_routes(app, server.settings)
         app.router.add_get("/", page)
     app.router.add_get("/{path:.*}", websocket)
     return app

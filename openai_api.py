@@ -13,6 +13,7 @@ exceptions (``BadRequestError``, ``AuthenticationError``, ...).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import tempfile
@@ -20,7 +21,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from aiohttp import BodyPartReader, web
+from aiohttp import BodyPartReader, MultipartReader, web
 
 import audio_utils
 import hardware
@@ -64,6 +65,86 @@ READ_SIZE = 256 * 1024
 # our error codes -> HTTP status; OpenAI's clients map 400 to BadRequestError, 413 to APIStatusError
 STATUS = {INVALID_INPUT: 400, INVALID_AUDIO: 400, UNSUPPORTED_FORMAT: 400, AUDIO_TOO_LONG: 400,
           AUDIO_TOO_LARGE: 413}
+
+
+UPLOADS_KEY = web.AppKey("uploads", object)  # the app's UploadBudget (add_routes)
+
+
+def add_routes(app: web.Application, settings) -> None:
+    """The OpenAI-compatible routes, and the upload budget they share."""
+    app[UPLOADS_KEY] = UploadBudget(settings.max_uploads, settings.spool_budget)
+    app.router.add_post(ROUTE, transcriptions)
+    app.router.add_get("/v1/models", models)
+    app.router.add_get("/v1/models/{model:.+}", models)
+
+
+class ClientGone(Exception):
+    """The client went away mid-upload: nobody to answer (logged and counted as cancelled)."""
+
+
+class UploadBudget:
+    """What all uploads in flight may hold together: at most ``max_uploads`` at once (more get
+    429 at once) and ``max_bytes`` spooled to disk in all (an upload that would pass it gets 503)."""
+
+    def __init__(self, max_uploads: int, max_bytes: int):
+        self.max_uploads, self.max_bytes = max_uploads, max_bytes
+        self.active = 0
+        self.spooled = 0
+
+    def begin(self) -> None:
+        if self.active >= self.max_uploads:
+            metrics.REFUSALS.labels("uploads").inc()
+            raise APIError(429, f"{self.max_uploads} uploads are already in progress on this worker; retry shortly",
+                           kind="rate_limit_error", code="too_many_uploads")
+        self.active += 1
+
+    def end(self, spooled: int) -> None:
+        self.active -= 1
+        self.spooled -= spooled
+
+    def reserve(self, n: int) -> None:
+        if self.spooled + n > self.max_bytes:
+            metrics.REFUSALS.labels("spool").inc()
+            raise APIError(503, "this worker holds too much uploaded audio right now; retry shortly",
+                           kind="server_error", code="server_busy")
+        self.spooled += n
+
+
+class _CountedBody:
+    """The request body as the multipart parser reads it: every byte counts against the request's
+    limit (preamble, boundaries and part headers too, with or without Content-Length), and no
+    read may wait longer than ``stall_s`` for the client (a stalled upload is a 408)."""
+
+    def __init__(self, stream, limit: int, stall_s: float):
+        self._stream, self.limit, self.stall_s, self.n = stream, limit, stall_s, 0
+
+    def __getattr__(self, name):  # at_eof and the rest: the stream's own
+        return getattr(self._stream, name)
+
+    def _count(self, data: bytes) -> bytes:
+        self.n += len(data)
+        if self.n > self.limit:
+            raise APIError(413, f"the request is larger than the {self.limit} byte limit (MAX_AUDIO_BYTES + form)",
+                           param="file", code=AUDIO_TOO_LARGE)
+        return data
+
+    async def _wait(self, aw):
+        try:
+            async with asyncio.timeout(self.stall_s):
+                return await aw
+        except TimeoutError:
+            raise APIError(408, f"the upload stalled: no data for {self.stall_s:g} s (UPLOAD_STALL_S)",
+                           code="upload_timeout") from None
+
+    async def readline(self, *args, **kwargs) -> bytes:
+        return self._count(await self._wait(self._stream.readline(*args, **kwargs)))
+
+    async def read(self, n: int = -1) -> bytes:
+        return self._count(await self._wait(self._stream.read(n)))
+
+    def unread_data(self, data: bytes) -> None:
+        self.n -= len(data)
+        self._stream.unread_data(data)
 
 
 class APIError(Exception):
@@ -154,16 +235,40 @@ def _hotwords(phrases: list[str], boost: str | None) -> Hotwords | None:
                        code=INVALID_INPUT) from None
 
 
-async def read_form(request: web.Request, max_bytes: int, spool: Path) -> dict[str, list[str]]:
-    """Read the multipart form: the ``file`` part goes to ``spool`` (at most ``max_bytes``), the
-    text fields come back by name."""
+async def read_form(request: web.Request, max_bytes: int, spool: Path, budget: UploadBudget,
+                    stall_s: float, timeout_s: float) -> tuple[dict[str, list[str]], int]:
+    """Read the multipart form within ``timeout_s``: the ``file`` part goes to ``spool`` (at most
+    ``max_bytes``, reserved in ``budget`` as it is written), the text fields come back by name;
+    also the bytes spooled. A form the parser cannot read is a 400, a client gone ``ClientGone``."""
     if request.content_type != "multipart/form-data":
         raise APIError(415, f"Content-Type must be multipart/form-data, not '{request.content_type}'")
     if request.content_length is not None and request.content_length > max_bytes + FORM_OVERHEAD:
         raise _too_large(max_bytes)
+    spooled = [0]
+    try:
+        async with asyncio.timeout(timeout_s):
+            body = _CountedBody(request.content, max_bytes + FORM_OVERHEAD, stall_s)
+            fields = await _read_parts(MultipartReader(request.headers, body), max_bytes, spool, budget, spooled)
+    except (APIError, asyncio.CancelledError):
+        raise
+    except TimeoutError:
+        raise APIError(408, f"the upload took longer than {timeout_s:g} s (UPLOAD_TIMEOUT_S)",
+                       code="upload_timeout") from None
+    except ConnectionError:
+        raise ClientGone from None
+    except OSError:
+        raise  # this server's disk: a server error
+    except Exception as exc:  # noqa: BLE001 - whatever the parser raises, the form is the client's
+        # (the parser's own message may quote the client's bytes: only its kind is told back)
+        raise APIError(400, f"the multipart form could not be read ({type(exc).__name__}): check the boundary, "
+                            "the part headers and the closing boundary") from None
+    return fields, spooled[0]
+
+
+async def _read_parts(reader: MultipartReader, max_bytes: int, spool: Path, budget: UploadBudget,
+                      spooled: list[int]) -> dict[str, list[str]]:
     fields: dict[str, list[str]] = {}
     parts = text_bytes = 0
-    reader = await request.multipart()
     async for part in reader:
         parts += 1
         if parts > MAX_PARTS:
@@ -180,6 +285,8 @@ async def read_form(request: web.Request, max_bytes: int, spool: Path) -> dict[s
                     size += len(chunk)
                     if size > max_bytes:
                         raise _too_large(max_bytes)
+                    budget.reserve(len(chunk))
+                    spooled[0] += len(chunk)
                     out.write(chunk)
         else:  # a text field: read in chunks, all of them together capped (never buffered whole)
             raw = bytearray()
@@ -294,18 +401,21 @@ async def _transcriptions(request: web.Request, record: metrics.JobRecord) -> we
             metrics.REFUSALS.labels("loading").inc()
             raise APIError(503, "The model is still loading; retry shortly", kind="server_error",
                            code="model_loading")
-        with server.http_request(), tempfile.TemporaryDirectory(prefix="openai-upload-") as tmp:
-            spool = Path(tmp) / "audio"
-            fields = await read_form(request, settings.max_audio_bytes, spool)
-            req = parse_fields(fields)
-            engine = server.engine
-            with engine.request_arriving():  # requests that arrive together share a forward pass
-                # the worker-wide decode memory budget and decode pool, as RunPod jobs use
-                audio = await run_in(DECODE_POOL, audio_utils.decode_audio, spool, settings.max_audio_seconds,
-                                     None, server.decode_budget)
-            record.audio_s = audio.duration
-            transcript = await engine.transcribe(audio.samples, hotwords=req.hotwords)
-            return render(transcript, req, engine.model_name)
+        budget = request.app[UPLOADS_KEY]
+        budget.begin()
+        spooled = 0
+        try:
+            with server.http_request(), tempfile.TemporaryDirectory(prefix="openai-upload-") as tmp:
+                spool = Path(tmp) / "audio"
+                fields, spooled = await read_form(request, settings.max_audio_bytes, spool, budget,
+                                                  settings.upload_stall_s, settings.upload_timeout_s)
+                return await _transcribe_upload(server, request, fields, spool, record)
+        finally:
+            budget.end(spooled)
+    except ClientGone:
+        record.fail("cancelled")
+        log.info("the client went away during its upload")
+        return web.Response(status=499)  # nobody reads it
     except APIError:
         raise
     except ASRError as exc:
@@ -321,3 +431,18 @@ async def _transcriptions(request: web.Request, record: metrics.JobRecord) -> we
         log.exception("transcription request failed")
         raise APIError(500, "the request failed unexpectedly; it has been logged", kind="server_error",
                        code=INTERNAL_ERROR) from None
+
+
+async def _transcribe_upload(server, request: web.Request, fields: dict, spool: Path,
+                             record: metrics.JobRecord) -> web.Response:
+    """The form is read: decode the spooled audio and transcribe it."""
+    settings = server.settings
+    req = parse_fields(fields)
+    engine = server.engine
+    with engine.request_arriving():  # requests that arrive together share a forward pass
+        # the worker-wide decode memory budget and decode pool, as RunPod jobs use
+        audio = await run_in(DECODE_POOL, audio_utils.decode_audio, spool, settings.max_audio_seconds,
+                             None, server.decode_budget)
+    record.audio_s = audio.duration
+    transcript = await engine.transcribe(audio.samples, hotwords=req.hotwords)
+    return render(transcript, req, engine.model_name)

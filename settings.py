@@ -67,6 +67,13 @@ class Settings:
     header_timeout_s: float = 10.0
     keepalive_timeout_s: float = 30.0
     max_connections: int = 0
+    # uploads to POST /v1/audio/transcriptions (openai_api.py): no data for upload_stall_s, or
+    # not done in upload_timeout_s, is a 408; at most max_uploads at once (429), and all of them
+    # together hold at most spool_budget_bytes on disk (503; 0: 4 x MAX_AUDIO_BYTES)
+    upload_stall_s: float = 30.0
+    upload_timeout_s: float = 900.0
+    max_uploads: int = 32
+    spool_budget_bytes: int = 0
     ws_idle_timeout_s: float = 60.0  # no valid message from the client for this long closes the session
     ws_start_timeout_s: float = 15.0  # a session that has not started a stream by then is closed
     ws_max_message_bytes: int = 1 << 20
@@ -127,6 +134,11 @@ class Settings:
             return ipaddress.ip_address(host.strip("[]")).is_loopback
         except ValueError:
             return False
+
+    @property
+    def spool_budget(self) -> int:
+        """Bytes all uploads in flight may spool to disk together."""
+        return self.spool_budget_bytes if self.spool_budget_bytes > 0 else 4 * self.max_audio_bytes
 
     @property
     def connection_cap(self) -> int:
@@ -200,7 +212,9 @@ ENV: dict[str, tuple[str, ...]] = {
     "memory_high_water": ("MEMORY_HIGH_WATER",), "log_level": ("LOG_LEVEL",), "worker_mode": ("WORKER_MODE",),
     "generator_handler": ("RUNPOD_GENERATOR_HANDLER",), "runpod_public_ip": ("RUNPOD_PUBLIC_IP",),
     "runpod_pod_id": ("RUNPOD_POD_ID",), "runpod_endpoint_id": ("RUNPOD_ENDPOINT_ID",),
-    "header_timeout_s": ("HEADER_TIMEOUT_S",),
+    "header_timeout_s": ("HEADER_TIMEOUT_S",), "upload_stall_s": ("UPLOAD_STALL_S",),
+    "upload_timeout_s": ("UPLOAD_TIMEOUT_S",), "max_uploads": ("MAX_CONCURRENT_UPLOADS",),
+    "spool_budget_bytes": ("SPOOL_BUDGET_BYTES",),
     "keepalive_timeout_s": ("KEEPALIVE_TIMEOUT_S",), "max_connections": ("MAX_CONNECTIONS",),
     "allowed_hosts": ("ALLOWED_HOSTS",), "allowed_origins": ("ALLOWED_ORIGINS",),
     "page_connect_src": ("PAGE_CONNECT_SRC",),

@@ -249,3 +249,125 @@ def test_an_idle_keepalive_connection_is_closed_after_its_response(tight_worker)
     assert sock.recv(1024) == b""  # closed by the server while idle
     assert time.monotonic() - t0 < 4.0
     sock.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# uploads: bounded in time, number, bytes and disk; malformed forms are the client's 400
+@pytest.fixture(scope="module")
+def upload_worker(tiny_model):
+    settings = Settings(model="tiny", warmup=False, upload_stall_s=1.0, max_uploads=2, max_audio_bytes=1_000_000,
+                        spool_budget_bytes=1_500_000)
+    w = WorkerThread(Engine(settings, model=tiny_model), http_api=True)
+    yield w
+    w.stop()
+
+
+def raw_post(port: int, head_extra: bytes, body: bytes, *, wait: float = 10.0, close_after_send: bool = False):
+    """POST /v1/audio/transcriptions with a hand-made body; (status, body text) or None if the
+    server closed without an answer."""
+    import socket
+
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.sendall(b"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: 127.0.0.1\r\n" + head_extra + b"\r\n" + body)
+    if close_after_send:
+        sock.close()
+        return None
+    sock.settimeout(wait)
+    data = b""
+    try:
+        while b"\r\n\r\n" not in data or len(data) < data.index(b"\r\n\r\n") + 4 + _length(data):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        sock.close()
+    if not data:
+        return None
+    return int(data.split(b" ", 2)[1]), data.split(b"\r\n\r\n", 1)[1].decode(errors="replace")
+
+
+def _length(data: bytes) -> int:
+    for line in data.split(b"\r\n\r\n", 1)[0].split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            return int(line.split(b":", 1)[1])
+    return 0
+
+
+def form(boundary: bytes, payload: bytes, closing: bool = True) -> bytes:
+    body = (b"--" + boundary + b"\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\n\r\n"
+            + payload + b"\r\n")
+    return body + (b"--" + boundary + b"--\r\n" if closing else b"")
+
+
+@pytest.mark.parametrize("case", ["no_boundary", "empty_boundary", "long_boundary", "wrong_boundary",
+                                  "no_closing_boundary", "bad_transfer_encoding", "nul_in_name"])
+def test_malformed_forms_are_the_clients_400_in_openai_shape(upload_worker, case):
+    w = upload_worker
+    b = b"XyZ"
+    body = form(b, b"RIFF....")
+    ctype = b"multipart/form-data; boundary=XyZ"
+    if case == "no_boundary":
+        ctype = b"multipart/form-data"
+    elif case == "empty_boundary":
+        ctype = b"multipart/form-data; boundary="
+    elif case == "long_boundary":
+        ctype = b"multipart/form-data; boundary=" + b"b" * 80
+    elif case == "wrong_boundary":
+        ctype = b"multipart/form-data; boundary=other"
+    elif case == "no_closing_boundary":
+        body = form(b, b"RIFF....", closing=False)
+    elif case == "bad_transfer_encoding":
+        body = body.replace(b"\r\n\r\nRIFF", b"\r\nContent-Transfer-Encoding: rot13\r\n\r\nRIFF")
+    elif case == "nul_in_name":
+        body = body.replace(b"a.wav", b"a\x00.wav")
+    status, text = raw_post(w.port, b"Content-Type: " + ctype + b"\r\nContent-Length: %d\r\n" % len(body), body)
+    assert 400 <= status < 500, (status, text)
+    assert json.loads(text)["error"]["type"] == "invalid_request_error"
+
+
+def test_a_stalled_upload_times_out_and_uploads_are_bounded_in_number(upload_worker):
+    import socket
+
+    w = upload_worker
+    head = (b"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: multipart/form-data; boundary=XyZ\r\nContent-Length: 500000\r\n\r\n")
+    stalled = []
+    for _ in range(2):  # two uploads that stop sending: they hold both upload slots
+        s = socket.create_connection(("127.0.0.1", w.port))
+        s.sendall(head + b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a\"\r\n\r\nabc")
+        stalled.append(s)
+    time.sleep(0.3)
+    body = form(b"XyZ", b"x" * 100)
+    status, text = raw_post(w.port, b"Content-Type: multipart/form-data; boundary=XyZ\r\n"
+                                    b"Content-Length: %d\r\n" % len(body), body)
+    assert status == 429 and json.loads(text)["error"]["code"] == "too_many_uploads"
+    for s in stalled:  # each answered 408 after UPLOAD_STALL_S without data, and closed
+        s.settimeout(5)
+        assert s.recv(65536).startswith(b"HTTP/1.1 408")
+        s.close()
+
+
+def test_bytes_before_the_first_part_count_and_the_spool_budget_holds(upload_worker):
+    w = upload_worker
+    # 3 MB of preamble, chunked (no Content-Length): refused once past the limit, not read to the end
+    preamble = b"p" * 3_000_000
+    body = preamble + b"\r\n" + form(b"XyZ", b"x")
+    chunked = b"%x\r\n" % len(body) + body + b"\r\n0\r\n\r\n"
+    status, text = raw_post(w.port, b"Content-Type: multipart/form-data; boundary=XyZ\r\n"
+                                     b"Transfer-Encoding: chunked\r\n", chunked)
+    assert status in (400, 413) and "ppp" not in text, (status, text[:300])  # refused early, nothing echoed
+    # an upload holding 900 kB on disk (stalled before its end) and a second one of 900 kB pass
+    # the 1.5 MB spool budget together: the second is refused with 503
+    import socket
+
+    held = socket.create_connection(("127.0.0.1", w.port))
+    held.sendall(b"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                 b"Content-Type: multipart/form-data; boundary=XyZ\r\nContent-Length: 990000\r\n\r\n"
+                 + form(b"XyZ", b"y" * 900_000, closing=False)[:-2])
+    time.sleep(0.3)
+    body = form(b"XyZ", b"z" * 900_000)
+    status, text = raw_post(w.port, b"Content-Type: multipart/form-data; boundary=XyZ\r\n"
+                                    b"Content-Length: %d\r\n" % len(body), body)
+    held.close()
+    assert status == 503 and json.loads(text)["error"]["code"] == "server_busy", (status, text[:300])
