@@ -110,7 +110,7 @@ class JobRecord:
         JOBS_RUNNING.dec()
         if exc_type is not None and self.code is None:
             self.code = "cancelled" if exc_type.__name__ == "CancelledError" else "internal_error"
-        outcome = "ok" if self.code is None else "error"
+        outcome = "ok" if self.code is None else "cancelled" if self.code == "cancelled" else "error"
         REQUESTS.labels(self.kind, outcome).inc()
         if self.code and self.code != "cancelled":
             error(self.code)

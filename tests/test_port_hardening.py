@@ -371,3 +371,43 @@ def test_bytes_before_the_first_part_count_and_the_spool_budget_holds(upload_wor
                                     b"Content-Length: %d\r\n" % len(body), body)
     held.close()
     assert status == 503 and json.loads(text)["error"]["code"] == "server_busy", (status, text[:300])
+
+
+def test_work_of_a_client_that_went_away_is_cancelled_and_counted_as_such(upload_worker, speech_files,
+                                                                          monkeypatch, caplog):
+    import glob
+    import socket
+    import tempfile as tf
+
+    w = upload_worker
+    started, cancelled = [], []
+
+    async def slow_transcribe(samples, **kwargs):  # a long transcription: the client leaves during it
+        started.append(time.monotonic())
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            cancelled.append(time.monotonic())
+            raise
+
+    monkeypatch.setattr(w.engine, "transcribe", slow_transcribe)
+    audio = open(speech_files["wav"], "rb").read()
+    body = (b"--XyZ\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nparakeet\r\n"
+            + form(b"XyZ", audio))
+    sock = socket.create_connection(("127.0.0.1", w.port))
+    sock.sendall(b"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                 b"Content-Type: multipart/form-data; boundary=XyZ\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    deadline = time.monotonic() + 20
+    while not started:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    with caplog.at_level(logging.INFO, logger="asr.events"):
+        sock.close()
+        while not cancelled:
+            assert time.monotonic() < deadline, "the abandoned request's work was not cancelled"
+            time.sleep(0.05)
+        time.sleep(0.3)
+    assert cancelled[0] - started[0] < 60
+    events = [json.loads(r.getMessage()) for r in caplog.records if r.name == "asr.events"]
+    assert any(e.get("kind") == "openai" and e["outcome"] == "cancelled" for e in events), events
+    assert not glob.glob(f"{tf.gettempdir()}/openai-upload-*")  # its spooled upload is gone

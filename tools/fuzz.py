@@ -7,8 +7,10 @@
 
 Targets: ``decode`` (decode_audio on real files of every supported format, mutated), ``base64``,
 ``request`` (the job-input parser), ``url`` (the URL policy, with the address the client would
-really connect to as the oracle), ``ws`` (the WebSocket message parser) and ``openai`` (the OpenAI
-route's form fields: only its coded 4xx errors, and a request that honours OpenAI's rules).
+really connect to as the oracle), ``ws`` (the WebSocket message parser), ``openai`` (the OpenAI
+route's form fields: only its coded 4xx errors, and a request that honours OpenAI's rules) and
+``multipart`` (the route's form reader on raw, mutated multipart bodies: a 4xx or a form, never
+anything else).
 Each finding is written to ``tests/fuzz_corpus/<target>/`` (kept in git: tests replay it).
 Built on hypothesis: strategies generate and mutate, its shrinker makes findings small.
 """
@@ -215,6 +217,62 @@ CONFUSABLES = "。．｡︒０１２３４５６７８９①②③⑦⑧⓪𝟏�
 URL_ALPHABET = "0123456789abcdefx.:[]@/%-_ftpshlocaAZ" + CONFUSABLES
 
 
+def check_multipart(case) -> None:
+    """The upload reader on a raw body: it returns the form, or refuses with a 4xx APIError."""
+    import asyncio
+    import types
+
+    from aiohttp.base_protocol import BaseProtocol
+    from aiohttp.streams import StreamReader
+    from multidict import CIMultiDict
+
+    import openai_api
+
+    ctype, body = case[0], case[1].encode("latin-1")  # (a JSON-friendly pair: findings are saved as JSON)
+
+    async def run():
+        loop = asyncio.get_running_loop()
+        stream = StreamReader(BaseProtocol(loop), 2 ** 16, loop=loop)
+        stream.feed_data(body)
+        stream.feed_eof()
+        request = types.SimpleNamespace(content_type=ctype.split(";")[0].strip().lower(), content_length=len(body),
+                                        headers=CIMultiDict({"Content-Type": ctype}), content=stream)
+        with tempfile.TemporaryDirectory() as tmp:
+            budget = openai_api.UploadBudget(4, 1 << 22)
+            try:
+                await openai_api.read_form(request, 1 << 20, Path(tmp) / "audio", budget, 2.0, 5.0)
+            except openai_api.APIError as e:
+                assert 400 <= e.status < 500, (e.status, e.message)
+
+    asyncio.run(run())
+
+
+def multipart_cases():
+    boundary = st.sampled_from(["XyZ", "----b", "a" * 70, "a" * 71, "", "x y", "é"]) | st.text(max_size=12)
+    headers = st.lists(st.sampled_from([
+        'Content-Disposition: form-data; name="file"; filename="a.wav"', 'Content-Disposition: form-data; name="model"',
+        'Content-Disposition: form-data; name="file"; filename*=UTF-8\'\'%E2%82%AC.wav', "Content-Disposition: x",
+        "Content-Transfer-Encoding: base64", "Content-Transfer-Encoding: rot13", "Content-Encoding: gzip",
+        "Content-Type: text/plain; charset=utf-99", "X: " + "h" * 9000, 'Content-Disposition: form-data; name="a\x00"',
+    ]), max_size=4)
+    payload = st.binary(max_size=300)
+
+    def body(b, parts, preamble, closing, cut):
+        raw = preamble
+        for hs, data in parts:
+            raw += b"--" + b.encode("utf-8", "replace") + b"\r\n" + "\r\n".join(hs).encode("utf-8", "replace")
+            raw += b"\r\n\r\n" + data + b"\r\n"
+        if closing:
+            raw += b"--" + b.encode("utf-8", "replace") + b"--\r\n"
+        return (raw[:cut] if cut is not None else raw).decode("latin-1")
+
+    bodies = st.builds(body, boundary, st.lists(st.tuples(headers, payload), max_size=4), st.binary(max_size=40),
+                       st.booleans(), st.none() | st.integers(0, 600))
+    ctype = st.builds(lambda b, extra: f"multipart/form-data; boundary={b}{extra}", boundary,
+                      st.sampled_from(["", "; charset=utf-8", '"', "; boundary=other"]))
+    return st.tuples(ctype | st.just("multipart/form-data"), bodies)
+
+
 def url_cases():
     host = st.one_of(
         st.text(alphabet=URL_ALPHABET, min_size=1, max_size=24),
@@ -347,6 +405,7 @@ def targets(seeds: dict[str, bytes] | None = None) -> dict[str, Target]:
         "url": Target("url", url_cases(), check_url, 300),
         "ws": Target("ws", ws_cases(), check_ws, 300),
         "openai": Target("openai", openai_cases(), check_openai, 300),
+        "multipart": Target("multipart", multipart_cases(), check_multipart, 300),
     }
 
 
