@@ -223,6 +223,7 @@ def test_silent_and_slow_header_sockets_are_closed_and_the_cap_answers_fast(tigh
     silent = socket.create_connection(("127.0.0.1", w.port))
     slow = socket.create_connection(("127.0.0.1", w.port))
     slow.sendall(b"GET /ping HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # never the blank line
+    assert http(w.port, "GET", "/v1/models")[0] == 200  # a normal client is served while they hang on
     t0 = time.monotonic()
     assert closed_within(silent, 4.0) and closed_within(slow, 4.0)
     assert time.monotonic() - t0 < 4.0
