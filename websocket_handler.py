@@ -83,6 +83,7 @@ CLOSE_TRY_AGAIN_LATER = 1013  # over capacity / still loading
 CLOSE_GOING_AWAY = 1001  # the server is shutting down (after the stream's last final and done)
 CLOSE_INTERNAL_ERROR = 1011  # the worker cannot decode any more (a lost GPU): reconnect elsewhere
 MAX_BACKLOG_S = 10.0  # undecoded audio per stream before we stop reading from its socket
+CUT_MARGIN_S = 1.0  # a drain ends a stream still being decoded this long before its deadline (Session.cut_off)
 
 
 class ASRServer:
@@ -249,7 +250,10 @@ class ASRServer:
         log.info("draining %d session(s) and %d HTTP request(s), at most %.1f s", len(sessions),
                  self._http_in_flight, timeout_s)
         if sessions:
-            flushes = [asyncio.ensure_future(s.shutdown("server shutting down")) for s in sessions]
+            # a stream the server is too far behind to flush in time is ended with what it has,
+            # shortly before the deadline, so that it still gets its last final and done
+            cut_at = deadline - min(CUT_MARGIN_S, 0.25 * max(0.1, timeout_s))
+            flushes = [asyncio.ensure_future(s.shutdown("server shutting down", cut_at)) for s in sessions]
             done, pending = await asyncio.wait(flushes, timeout=max(0.1, deadline - time.monotonic()))
             for f in pending:
                 f.cancel()
@@ -330,6 +334,9 @@ class Session:
         self.reader: asyncio.Task | None = None
         self.control = asyncio.Lock()  # start/stop/shutdown one at a time
         self.closing = False  # the server is shutting this session down: audio is ignored
+        self.partial = ""  # the stream's latest partial (its unfinished utterance), for cut_off
+        self.cut_due = False  # the drain's deadline is near: a stream still being decoded is ended now
+        self.truncated = False  # cut_off ended the current stream before its audio was all decoded
         self.t0 = time.monotonic()
         self.audio_s = 0.0  # seconds of audio received over all of this session's streams
         self.streams = 0
@@ -459,24 +466,54 @@ class Session:
         self.server.decoder.push(self.stream, self.audio_in.flush())
         stream, reader = self.stream, self.reader
         self.server.decoder.finish(stream)
+        if self.cut_due:
+            self.cut_off()
         if reader is not None:
             await asyncio.gather(reader, return_exceptions=True)  # it sends the remaining finals
         self.stream = self.reader = None
         self.audio_s += stream.samples_in / SAMPLE_RATE
-        await self.send({"type": "done", "text": " ".join(t for t in self.finals if t),
-                         "duration": round(stream.samples_in / SAMPLE_RATE, 3)})
+        done = {"type": "done", "text": " ".join(t for t in self.finals if t),
+                "duration": round(stream.samples_in / SAMPLE_RATE, 3)}
+        if self.truncated:  # the drain's deadline came first: audio after the last final was not decoded
+            done["truncated"] = True
+            self.truncated = False
+        await self.send(done)
 
-    async def shutdown(self, reason: str) -> None:
+    async def shutdown(self, reason: str, cut_at: float | None = None) -> None:
         """The server drains: an open stream is finished as if the client had sent stop (its
-        last final, then ``done``), then the connection closes with 1001."""
+        last final, then ``done``), then the connection closes with 1001. ``cut_at``
+        (time.monotonic()): if the stream's last step has not come by then, it is ended with
+        what it has (``cut_off``) - also a stop the client sent before the drain."""
         self.closing = True
         self.outcome = "shutdown"
-        async with self.control:
-            if self.stream is not None:
-                with contextlib.suppress(ConnectionClosed):
-                    await self.stop()
+        timer = None
+        if cut_at is not None:
+            timer = asyncio.get_running_loop().call_later(max(0.0, cut_at - time.monotonic()), self.cut_off)
+        try:
+            async with self.control:
+                if self.stream is not None:
+                    with contextlib.suppress(ConnectionClosed):
+                        await self.stop()
+        finally:
+            if timer is not None:
+                timer.cancel()
         with contextlib.suppress(Exception):
             await self.ws.close(CLOSE_GOING_AWAY, reason)
+
+    def cut_off(self) -> None:
+        """The drain's deadline is near and the stream's last step has not come (the server is
+        behind real time, e.g. a CPU shared with batch passes): stop decoding it and end it now,
+        its current partial as its last final, so that the relay sends that final and ``stop``
+        its ``done`` (``"truncated": true``) before the close."""
+        self.cut_due = True
+        stream = self.stream
+        if stream is None or stream.closed:
+            return  # no stream, or its last update is already queued (decoded, failed or aborted)
+        lag = stream.pending_n / SAMPLE_RATE
+        self.server.decoder.abort(stream)  # a step in flight delivers nothing for it any more
+        self.truncated = True
+        stream.updates.put_nowait(StreamUpdate(partial="", final=self.partial, end=stream.samples_done / SAMPLE_RATE,
+                                               last=True, lag=lag))
 
     async def relay_updates(self, stream) -> None:
         """Send this stream's partials and finals, in order, until its last step."""
@@ -496,6 +533,7 @@ class Session:
         utterance_start = 0.0
         while True:
             update: StreamUpdate = await stream.updates.get()
+            self.partial = update.partial
             if update.error:  # the decoder failed this stream: one error, then done on stop
                 metrics.error(INTERNAL_ERROR)
                 self.outcome = INTERNAL_ERROR

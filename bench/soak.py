@@ -56,6 +56,18 @@ TOKEN = "soak-token"
 SR = 16000
 
 
+def http_session():
+    """The driver's HTTP client: a fresh connection per request. The RunPod SDK's local API is
+    uvicorn, which closes a keep-alive connection idle for 5 s (its default ``timeout_keep_alive``);
+    a pooled connection reused just then (``--hostile-every 5``, or a client loop too busy to see
+    the server's FIN) carries the request onto a closed socket: ``ClientOSError(104, 'Connection
+    reset by peer')`` or ``ServerDisconnectedError``, a failure of the client, not of the worker
+    (tests/test_soak_findings.py)."""
+    import aiohttp
+
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -406,8 +418,6 @@ class Soak:
         return res
 
     async def run(self) -> dict:
-        import aiohttp
-
         self.out.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix="soak-"))
         fs_holder = {}
@@ -415,9 +425,7 @@ class Soak:
         fs_holder["port"] = files.port
         mat = make_material(work, files.port, sentences=self.args.sentences)
         self.start_worker(files.port)
-        # a fresh connection per request: uvicorn closes idle keep-alive connections after 5 s, and
-        # a request sent on one just as it closes dies with "connection reset" (a client race)
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
+        async with http_session() as http:  # a fresh connection per request (see http_session)
             ws_job = await self.start_websocket_job(http)
             self.t0 = time.monotonic()
             self.deadline = self.t0 + self.args.seconds
@@ -568,14 +576,15 @@ async def stream_session(url: str, audio: np.ndarray, mode: str) -> dict:
 
 async def stream_until_closed(url: str, audio: np.ndarray) -> dict:
     """Send ``audio`` in real time without ``stop``, then read until the server closes: what a
-    client sees when the worker drains."""
+    client sees when the worker drains. ``errors`` (their codes) and ``close_reason`` say why a
+    stream ended without its ``done`` (e.g. ``idle_timeout`` / "idle timeout" with close 1000)."""
     from websockets.exceptions import ConnectionClosed
 
     from client import ASRWebSocketClient, pcm16_bytes
 
     pcm = pcm16_bytes(audio)
     frame = int(0.1 * SR) * 2
-    out = {"finals": [], "done": None, "close_code": None}
+    out = {"finals": [], "done": None, "close_code": None, "close_reason": None, "errors": []}
     async with ASRWebSocketClient(url, TOKEN) as c:
         await c.start(SR, chunk_duration=0.0)
         t0 = time.monotonic()
@@ -593,8 +602,11 @@ async def stream_until_closed(url: str, audio: np.ndarray) -> dict:
                     out["finals"].append(msg["text"])
                 elif msg.get("type") == "done":
                     out["done"] = msg
+                elif msg.get("type") == "error":
+                    out["errors"].append(msg.get("code"))
         except ConnectionClosed as exc:
             out["close_code"] = exc.rcvd.code if exc.rcvd else None
+            out["close_reason"] = exc.rcvd.reason if exc.rcvd else None
         task.cancel()
     return out
 
