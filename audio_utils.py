@@ -433,9 +433,17 @@ async def _decode_ffmpeg(source: bytes | Path, demuxer: str, max_seconds: float,
         if proc is not None and proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):  # it exited just now
                 proc.kill()
-            await asyncio.shield(proc.wait())
+            # its pipes are read to their end too: a cancelled read leaves stdout paused, and the
+            # process's wait() only returns once every pipe has closed (it would hang for good)
+            await asyncio.shield(asyncio.gather(proc.wait(), _drain(proc.stdout), _drain(proc.stderr)))
         if tmp is not None:
             tmp.unlink(missing_ok=True)
+
+
+async def _drain(stream) -> None:
+    with contextlib.suppress(Exception):
+        while stream is not None and await stream.read(1 << 20):
+            pass
 
 
 async def _collect(proc, out: PcmBuffer) -> str:

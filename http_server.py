@@ -20,6 +20,24 @@ from aiohttp.abc import AbstractAccessLogger
 
 import metrics
 
+
+class _ClientErrorsInOneLine(logging.Filter):
+    """aiohttp logs a malformed request head with a full traceback at ERROR: anyone could flood
+    the logs with them. One INFO line instead (the client's fault, not the server's)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from aiohttp.http_exceptions import HttpProcessingError
+
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.msg, record.args = f"malformed request from a client ({type(exc).__name__})", None
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+logging.getLogger("aiohttp.server").addFilter(_ClientErrorsInOneLine())
+
 PING_INTERVAL_S = 20.0  # WebSocket pings keep idle proxies from dropping the connection
 DEMO_PAGE = Path(__file__).resolve().parent / "static" / "index.html"
 SERVER_KEY = web.AppKey("asr_server")  # the app's ASRServer, for the route handlers

@@ -14,6 +14,7 @@ exceptions (``BadRequestError``, ``AuthenticationError``, ...).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import tempfile
@@ -39,7 +40,6 @@ from errors import (
 from formatting import to_srt, to_vtt
 from hotwords import HotwordError, Hotwords, parse_hotwords
 from http_server import SERVER_KEY, authorized
-from scheduling import DECODE_POOL, run_in
 from transcript import Transcript
 
 log = logging.getLogger("openai_api")
@@ -91,23 +91,35 @@ class UploadBudget:
         self.active = 0
         self.spooled = 0
 
-    def begin(self) -> None:
+    @contextlib.contextmanager
+    def upload(self):
+        """One upload's share: a slot, and the bytes it reserves (``Upload.reserve``), all given
+        back when it ends, however it ends."""
         if self.active >= self.max_uploads:
             metrics.REFUSALS.labels("uploads").inc()
             raise APIError(429, f"{self.max_uploads} uploads are already in progress on this worker; retry shortly",
                            kind="rate_limit_error", code="too_many_uploads")
         self.active += 1
+        ticket = Upload(self)
+        try:
+            yield ticket
+        finally:
+            self.active -= 1
+            self.spooled -= ticket.reserved
 
-    def end(self, spooled: int) -> None:
-        self.active -= 1
-        self.spooled -= spooled
+
+class Upload:
+    def __init__(self, budget: UploadBudget):
+        self.budget, self.reserved = budget, 0
 
     def reserve(self, n: int) -> None:
-        if self.spooled + n > self.max_bytes:
+        b = self.budget
+        if b.spooled + n > b.max_bytes:
             metrics.REFUSALS.labels("spool").inc()
             raise APIError(503, "this worker holds too much uploaded audio right now; retry shortly",
                            kind="server_error", code="server_busy")
-        self.spooled += n
+        b.spooled += n
+        self.reserved += n
 
 
 class _CountedBody:
@@ -235,20 +247,19 @@ def _hotwords(phrases: list[str], boost: str | None) -> Hotwords | None:
                        code=INVALID_INPUT) from None
 
 
-async def read_form(request: web.Request, max_bytes: int, spool: Path, budget: UploadBudget,
-                    stall_s: float, timeout_s: float) -> tuple[dict[str, list[str]], int]:
+async def read_form(request: web.Request, max_bytes: int, spool: Path, upload: Upload,
+                    stall_s: float, timeout_s: float) -> dict[str, list[str]]:
     """Read the multipart form within ``timeout_s``: the ``file`` part goes to ``spool`` (at most
-    ``max_bytes``, reserved in ``budget`` as it is written), the text fields come back by name;
-    also the bytes spooled. A form the parser cannot read is a 400, a client gone ``ClientGone``."""
+    ``max_bytes``, reserved in ``upload`` as it is written), the text fields come back by name.
+    A form the parser cannot read is a 400, a client gone ``ClientGone``."""
     if request.content_type != "multipart/form-data":
         raise APIError(415, f"Content-Type must be multipart/form-data, not '{request.content_type}'")
     if request.content_length is not None and request.content_length > max_bytes + FORM_OVERHEAD:
         raise _too_large(max_bytes)
-    spooled = [0]
     try:
         async with asyncio.timeout(timeout_s):
             body = _CountedBody(request.content, max_bytes + FORM_OVERHEAD, stall_s)
-            fields = await _read_parts(MultipartReader(request.headers, body), max_bytes, spool, budget, spooled)
+            return await _read_parts(MultipartReader(request.headers, body), max_bytes, spool, upload)
     except (APIError, asyncio.CancelledError):
         raise
     except TimeoutError:
@@ -262,11 +273,9 @@ async def read_form(request: web.Request, max_bytes: int, spool: Path, budget: U
         # (the parser's own message may quote the client's bytes: only its kind is told back)
         raise APIError(400, f"the multipart form could not be read ({type(exc).__name__}): check the boundary, "
                             "the part headers and the closing boundary") from None
-    return fields, spooled[0]
 
 
-async def _read_parts(reader: MultipartReader, max_bytes: int, spool: Path, budget: UploadBudget,
-                      spooled: list[int]) -> dict[str, list[str]]:
+async def _read_parts(reader: MultipartReader, max_bytes: int, spool: Path, upload: Upload) -> dict[str, list[str]]:
     fields: dict[str, list[str]] = {}
     parts = text_bytes = 0
     async for part in reader:
@@ -285,8 +294,7 @@ async def _read_parts(reader: MultipartReader, max_bytes: int, spool: Path, budg
                     size += len(chunk)
                     if size > max_bytes:
                         raise _too_large(max_bytes)
-                    budget.reserve(len(chunk))
-                    spooled[0] += len(chunk)
+                    upload.reserve(len(chunk))
                     out.write(chunk)
         else:  # a text field: read in chunks, all of them together capped (never buffered whole)
             raw = bytearray()
@@ -401,17 +409,12 @@ async def _transcriptions(request: web.Request, record: metrics.JobRecord) -> we
             metrics.REFUSALS.labels("loading").inc()
             raise APIError(503, "The model is still loading; retry shortly", kind="server_error",
                            code="model_loading")
-        budget = request.app[UPLOADS_KEY]
-        budget.begin()
-        spooled = 0
-        try:
-            with server.http_request(), tempfile.TemporaryDirectory(prefix="openai-upload-") as tmp:
-                spool = Path(tmp) / "audio"
-                fields, spooled = await read_form(request, settings.max_audio_bytes, spool, budget,
-                                                  settings.upload_stall_s, settings.upload_timeout_s)
-                return await _transcribe_upload(server, request, fields, spool, record)
-        finally:
-            budget.end(spooled)
+        with (request.app[UPLOADS_KEY].upload() as upload, server.http_request(),
+              tempfile.TemporaryDirectory(prefix="openai-upload-") as tmp):
+            spool = Path(tmp) / "audio"
+            fields = await read_form(request, settings.max_audio_bytes, spool, upload, settings.upload_stall_s,
+                                     settings.upload_timeout_s)
+            return await _transcribe_upload(server, request, fields, spool, record)
     except ClientGone:
         record.fail("cancelled")
         log.info("the client went away during its upload")
@@ -440,9 +443,9 @@ async def _transcribe_upload(server, request: web.Request, fields: dict, spool: 
     req = parse_fields(fields)
     engine = server.engine
     with engine.request_arriving():  # requests that arrive together share a forward pass
-        # the worker-wide decode memory budget and decode pool, as RunPod jobs use
-        audio = await run_in(DECODE_POOL, audio_utils.decode_audio, spool, settings.max_audio_seconds,
-                             None, server.decode_budget)
+        # the decode path and worker-wide decode memory budget RunPod jobs use: cancellable (a
+        # client gone kills its ffmpeg)
+        audio = await audio_utils.decode_audio_async(spool, settings.max_audio_seconds, None, server.decode_budget)
     record.audio_s = audio.duration
     transcript = await engine.transcribe(audio.samples, hotwords=req.hotwords)
     return render(transcript, req, engine.model_name)

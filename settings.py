@@ -149,7 +149,7 @@ class Settings:
         import resource
 
         soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        return max(64, (soft if soft > 0 else 1024) // 2)
+        return max(64, min(4096, (soft if soft > 0 else 1024) // 2))
 
     @property
     def stream_token(self) -> str:

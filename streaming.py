@@ -121,6 +121,7 @@ class StreamDecoder:
         self._demand = False
         self.engine.lock.stream_demand = self.has_demand
         if self._task is None:
+            self.failed = False  # (a benchmark may stop and start one decoder again)
             self._task = asyncio.get_running_loop().create_task(self._run(), name="stream-scheduler")
             self._task.add_done_callback(self._on_scheduler_exit)
 
@@ -137,7 +138,7 @@ class StreamDecoder:
         """A new stream; ``boosting``: its hotwords (``engine.hotword_trees.boosting``), or None.
         ``ASRError(internal_error)`` once the decoder can no longer decode (a lost GPU, a dead
         scheduler): a stream nobody would ever step must not be opened."""
-        if self.failed or (self._task is not None and self._task.done()):
+        if self.failed or self.engine.lost or (self._task is not None and self._task.done()):
             raise ASRError(INTERNAL_ERROR, "this worker cannot decode streams any more; reconnect to another")
         s = Stream(next(_STREAM_IDS), asyncio.Queue(), boosting=boosting)
         if boosting is not None:

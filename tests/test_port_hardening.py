@@ -412,3 +412,18 @@ def test_work_of_a_client_that_went_away_is_cancelled_and_counted_as_such(upload
     events = [json.loads(r.getMessage()) for r in caplog.records if r.name == "asr.events"]
     assert any(e.get("kind") == "openai" and e["outcome"] == "cancelled" for e in events), events
     assert not glob.glob(f"{tf.gettempdir()}/openai-upload-*")  # its spooled upload is gone
+
+
+def test_a_malformed_request_head_is_one_log_line_not_a_traceback(upload_worker, caplog):
+    import socket
+
+    w = upload_worker
+    with caplog.at_level(logging.DEBUG, logger="aiohttp.server"):
+        s = socket.create_connection(("127.0.0.1", w.port))
+        s.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nBad Header Without Colon\r\n\r\n")
+        s.settimeout(5)
+        assert s.recv(1024).split(b" ")[1] == b"400"
+        s.close()
+        time.sleep(0.2)
+    records = [r for r in caplog.records if r.name == "aiohttp.server"]
+    assert records and all(r.exc_info is None and r.levelno <= logging.INFO for r in records), records

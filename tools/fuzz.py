@@ -240,9 +240,11 @@ def check_multipart(case) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             budget = openai_api.UploadBudget(4, 1 << 22)
             try:
-                await openai_api.read_form(request, 1 << 20, Path(tmp) / "audio", budget, 2.0, 5.0)
+                with budget.upload() as upload:
+                    await openai_api.read_form(request, 1 << 20, Path(tmp) / "audio", upload, 2.0, 5.0)
             except openai_api.APIError as e:
                 assert 400 <= e.status < 500, (e.status, e.message)
+            assert budget.spooled == 0 and budget.active == 0  # everything given back
 
     asyncio.run(run())
 
