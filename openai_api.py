@@ -18,6 +18,7 @@ import contextlib
 import logging
 import math
 import tempfile
+import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,8 +128,9 @@ class _CountedBody:
     limit (preamble, boundaries and part headers too, with or without Content-Length), and no
     read may wait longer than ``stall_s`` for the client (a stalled upload is a 408)."""
 
-    def __init__(self, stream, limit: int, stall_s: float):
+    def __init__(self, stream, limit: int, stall_s: float, min_rate: float = 0.0):
         self._stream, self.limit, self.stall_s, self.n = stream, limit, stall_s, 0
+        self.min_rate, self.t0 = min_rate, time.monotonic()
 
     def __getattr__(self, name):  # at_eof and the rest: the stream's own
         return getattr(self._stream, name)
@@ -138,6 +140,12 @@ class _CountedBody:
         if self.n > self.limit:
             raise APIError(413, f"the request is larger than the {self.limit} byte limit (MAX_AUDIO_BYTES + form)",
                            param="file", code=AUDIO_TOO_LARGE)
+        elapsed = time.monotonic() - self.t0
+        # a byte now and then keeps every read under the stall limit: past a grace period the
+        # upload must also keep an average rate
+        if self.min_rate and elapsed > self.stall_s and self.n < self.min_rate * elapsed:
+            raise APIError(408, f"the upload is slower than {self.min_rate:g} bytes/s (UPLOAD_MIN_RATE)",
+                           code="upload_timeout")
         return data
 
     async def _wait(self, aw):
@@ -248,7 +256,7 @@ def _hotwords(phrases: list[str], boost: str | None) -> Hotwords | None:
 
 
 async def read_form(request: web.Request, max_bytes: int, spool: Path, upload: Upload,
-                    stall_s: float, timeout_s: float) -> dict[str, list[str]]:
+                    stall_s: float, timeout_s: float, min_rate: float = 0.0) -> dict[str, list[str]]:
     """Read the multipart form within ``timeout_s``: the ``file`` part goes to ``spool`` (at most
     ``max_bytes``, reserved in ``upload`` as it is written), the text fields come back by name.
     A form the parser cannot read is a 400, a client gone ``ClientGone``."""
@@ -258,7 +266,7 @@ async def read_form(request: web.Request, max_bytes: int, spool: Path, upload: U
         raise _too_large(max_bytes)
     try:
         async with asyncio.timeout(timeout_s):
-            body = _CountedBody(request.content, max_bytes + FORM_OVERHEAD, stall_s)
+            body = _CountedBody(request.content, max_bytes + FORM_OVERHEAD, stall_s, min_rate)
             return await _read_parts(MultipartReader(request.headers, body), max_bytes, spool, upload)
     except (APIError, asyncio.CancelledError):
         raise
@@ -413,7 +421,7 @@ async def _transcriptions(request: web.Request, record: metrics.JobRecord) -> we
               tempfile.TemporaryDirectory(prefix="openai-upload-") as tmp):
             spool = Path(tmp) / "audio"
             fields = await read_form(request, settings.max_audio_bytes, spool, upload, settings.upload_stall_s,
-                                     settings.upload_timeout_s)
+                                     settings.upload_timeout_s, settings.upload_min_rate)
             return await _transcribe_upload(server, request, fields, spool, record)
     except ClientGone:
         record.fail("cancelled")

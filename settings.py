@@ -72,6 +72,7 @@ class Settings:
     # together hold at most spool_budget_bytes on disk (503; 0: 4 x MAX_AUDIO_BYTES)
     upload_stall_s: float = 30.0
     upload_timeout_s: float = 900.0
+    upload_min_rate: float = 16384.0  # bytes/s an upload must average once past upload_stall_s (0: none)
     max_uploads: int = 32
     spool_budget_bytes: int = 0
     ws_idle_timeout_s: float = 60.0  # no valid message from the client for this long closes the session
@@ -213,7 +214,8 @@ ENV: dict[str, tuple[str, ...]] = {
     "generator_handler": ("RUNPOD_GENERATOR_HANDLER",), "runpod_public_ip": ("RUNPOD_PUBLIC_IP",),
     "runpod_pod_id": ("RUNPOD_POD_ID",), "runpod_endpoint_id": ("RUNPOD_ENDPOINT_ID",),
     "header_timeout_s": ("HEADER_TIMEOUT_S",), "upload_stall_s": ("UPLOAD_STALL_S",),
-    "upload_timeout_s": ("UPLOAD_TIMEOUT_S",), "max_uploads": ("MAX_CONCURRENT_UPLOADS",),
+    "upload_timeout_s": ("UPLOAD_TIMEOUT_S",), "upload_min_rate": ("UPLOAD_MIN_RATE",),
+    "max_uploads": ("MAX_CONCURRENT_UPLOADS",),
     "spool_budget_bytes": ("SPOOL_BUDGET_BYTES",),
     "keepalive_timeout_s": ("KEEPALIVE_TIMEOUT_S",), "max_connections": ("MAX_CONNECTIONS",),
     "allowed_hosts": ("ALLOWED_HOSTS",), "allowed_origins": ("ALLOWED_ORIGINS",),

@@ -427,3 +427,28 @@ def test_a_malformed_request_head_is_one_log_line_not_a_traceback(upload_worker,
         time.sleep(0.2)
     records = [r for r in caplog.records if r.name == "aiohttp.server"]
     assert records and all(r.exc_info is None and r.levelno <= logging.INFO for r in records), records
+
+
+def test_a_drip_fed_upload_is_refused_by_its_average_rate(tiny_model):
+    import socket
+
+    settings = Settings(model="tiny", warmup=False, upload_stall_s=1.0, upload_min_rate=2000.0)
+    w = WorkerThread(Engine(settings, model=tiny_model), http_api=True)
+    try:
+        s = socket.create_connection(("127.0.0.1", w.port))
+        s.sendall(b"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                  b"Content-Type: multipart/form-data; boundary=XyZ\r\nContent-Length: 100000\r\n\r\n"
+                  b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a\"\r\n\r\n")
+        s.settimeout(0.1)
+        t0, answer = time.monotonic(), b""
+        while not answer and time.monotonic() - t0 < 10:
+            s.sendall(b"x" * 100)  # 100 bytes every 0.3 s: no read ever stalls 1 s
+            try:
+                answer = s.recv(65536)
+            except TimeoutError:
+                pass
+            time.sleep(0.2)
+        assert answer.split(b" ")[1] == b"408" and time.monotonic() - t0 < 5, answer[:200]
+        s.close()
+    finally:
+        w.stop()
