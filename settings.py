@@ -72,7 +72,7 @@ class Settings:
     # together hold at most spool_budget_bytes on disk (503; 0: 4 x MAX_AUDIO_BYTES)
     upload_stall_s: float = 30.0
     upload_timeout_s: float = 900.0
-    upload_min_rate: float = 16384.0  # bytes/s an upload must average once past upload_stall_s (0: none)
+    upload_min_rate: float = 4096.0  # bytes/s an upload must average once past upload_stall_s (0: none)
     max_uploads: int = 32
     spool_budget_bytes: int = 0
     ws_idle_timeout_s: float = 60.0  # no valid message from the client for this long closes the session
