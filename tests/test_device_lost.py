@@ -284,3 +284,42 @@ def test_real_worker_with_a_lost_gpu_in_offline_decoding_answers_503_and_exits_n
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_real_queue_worker_with_a_lost_gpu_fails_the_job_and_exits_nonzero(tmp_path, speech):
+    """Queue mode (the RunPod SDK's local API): the job fails with internal_error, and once its
+    answer is out the process exits with code 3 so the platform replaces it."""
+    import base64
+
+    from tests.helpers import write_wav
+
+    api_port = free_port()
+    env = {**os.environ, "PARAKEET_MODEL": str(TINY_MODEL), "DEVICE": "cpu", "PYTHONUNBUFFERED": "1",
+           "INJECT_DEVICE_ERROR": "offline",
+           "PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "fault_injection"), os.environ.get("PYTHONPATH", "")])}
+    env.pop("WORKER_MODE", None)
+    log_path = tmp_path / "queue.log"
+    proc = subprocess.Popen([sys.executable, "rp_handler.py", "--rp_serve_api", "--rp_api_host", "127.0.0.1",
+                             "--rp_api_port", str(api_port)], cwd=ROOT, env=env, stdout=open(log_path, "w"),
+                            stderr=subprocess.STDOUT)
+    try:
+        audio = base64.b64encode(write_wav(tmp_path / "s.wav", speech).read_bytes()).decode()
+        body = json.dumps({"input": {"audio_base64": audio}}).encode()
+        deadline = time.time() + 240
+        while True:
+            assert proc.poll() is None, log_path.read_text()[-3000:]
+            assert time.time() < deadline, "the queue worker did not get ready"
+            try:
+                req = urllib.request.Request(f"http://127.0.0.1:{api_port}/runsync", data=body,
+                                             headers={"Content-Type": "application/json"})
+                with urllib.request.urlopen(req, timeout=60) as r:
+                    out = json.loads(r.read())
+                break
+            except (OSError, urllib.error.URLError):
+                time.sleep(0.5)
+        assert out["status"] == "FAILED" and out["error"].startswith(errors.INTERNAL_ERROR), out
+        assert "CUDA" not in out["error"]
+        assert wait_exit(proc, log_path, lifecycle.POISON_DRAIN_S + 5) == lifecycle.EXIT_DEVICE_LOST
+    finally:
+        if proc.poll() is None:
+            proc.kill()
