@@ -574,10 +574,11 @@ async def stream_session(url: str, audio: np.ndarray, mode: str) -> dict:
     return res
 
 
-async def stream_until_closed(url: str, audio: np.ndarray) -> dict:
+async def stream_until_closed(url: str, audio: np.ndarray, token: str = TOKEN, on_sent=None) -> dict:
     """Send ``audio`` in real time without ``stop``, then read until the server closes: what a
     client sees when the worker drains. ``errors`` (their codes) and ``close_reason`` say why a
-    stream ended without its ``done`` (e.g. ``idle_timeout`` / "idle timeout" with close 1000)."""
+    stream ended without its ``done`` (e.g. ``idle_timeout`` / "idle timeout" with close 1000).
+    ``on_sent()``: called 0.5 s after the last audio was sent (e.g. to send the SIGTERM)."""
     from websockets.exceptions import ConnectionClosed
 
     from client import ASRWebSocketClient, pcm16_bytes
@@ -585,7 +586,7 @@ async def stream_until_closed(url: str, audio: np.ndarray) -> dict:
     pcm = pcm16_bytes(audio)
     frame = int(0.1 * SR) * 2
     out = {"finals": [], "done": None, "close_code": None, "close_reason": None, "errors": []}
-    async with ASRWebSocketClient(url, TOKEN) as c:
+    async with ASRWebSocketClient(url, token) as c:
         await c.start(SR, chunk_duration=0.0)
         t0 = time.monotonic()
 
@@ -593,6 +594,9 @@ async def stream_until_closed(url: str, audio: np.ndarray) -> dict:
             for k, i in enumerate(range(0, len(pcm), frame)):
                 await c.send_audio(pcm[i : i + frame])
                 await asyncio.sleep(max(0.0, t0 + (k + 1) * 0.1 - time.monotonic()))
+            if on_sent is not None:
+                await asyncio.sleep(0.5)
+                on_sent()
 
         task = asyncio.create_task(sender())
         try:

@@ -21,7 +21,6 @@ One worker serves the module; the drain test ends it, so it runs last.
 
 import asyncio
 import base64
-import json
 import os
 import random
 import signal
@@ -42,43 +41,6 @@ DRAIN_TIMEOUT_S = 8  # the websocket job's drain budget is 2 s less: 6 s, far sh
 IDLE_TIMEOUT_S = 4  # shorter than the drain: an idle timer that counts during the drain closes 1000
 SLOW_STEP_S = 1.5  # each streaming step, once the flag file exists: ~3x slower than real time
 
-SLOW_STEPS = '''
-import importlib.abc, importlib.util, os, sys, time
-
-FLAG, DELAY = os.environ["SLOW_STEP_FLAG"], float(os.environ["SLOW_STEP_S"])
-NAME = "nemo.collections.asr.inference.pipelines.buffered_rnnt_pipeline"
-
-
-def _patch(module):
-    real = module.BufferedRNNTPipeline.transcribe_step
-
-    def transcribe_step(self, frames):
-        if os.path.exists(FLAG):
-            time.sleep(DELAY)
-        return real(self, frames)
-
-    module.BufferedRNNTPipeline.transcribe_step = transcribe_step
-
-
-class _PatchOnImport(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name != NAME:
-            return None
-        sys.meta_path.remove(self)
-        spec = importlib.util.find_spec(name)
-        run = spec.loader.exec_module
-
-        def exec_module(module):
-            run(module)
-            _patch(module)
-
-        spec.loader.exec_module = exec_module
-        return spec
-
-
-sys.meta_path.insert(0, _PatchOnImport())
-'''
-
 
 def _wait_port(port, proc, log_path, timeout=300):
     deadline = time.time() + timeout
@@ -95,13 +57,13 @@ def _wait_port(port, proc, log_path, timeout=300):
 @pytest.fixture(scope="module")
 def worker(tmp_path_factory):
     d = tmp_path_factory.mktemp("findings")
-    (d / "sitecustomize.py").write_text(SLOW_STEPS)
     api, ws = free_port(), free_port()
     env = {**os.environ, "PARAKEET_MODEL": str(TINY_MODEL), "DEVICE": "cpu", "WS_HOST": "127.0.0.1",
            "WS_PORT": str(ws), "WS_AUTH_TOKEN": TOKEN, "PYTHONUNBUFFERED": "1", "UVICORN_LOG_LEVEL": "warning",
            "DRAIN_TIMEOUT_S": str(DRAIN_TIMEOUT_S), "WS_IDLE_TIMEOUT_S": str(IDLE_TIMEOUT_S),
-           "SLOW_STEP_FLAG": str(d / "slow"), "SLOW_STEP_S": str(SLOW_STEP_S),
-           "PYTHONPATH": os.pathsep.join([str(d), str(ROOT), os.environ.get("PYTHONPATH", "")])}
+           "INJECT_DEVICE_ERROR": "slow_stream", "SLOW_STEP_FLAG": str(d / "slow"), "SLOW_STEP_S": str(SLOW_STEP_S),
+           "PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "fault_injection"), str(ROOT),
+                                          os.environ.get("PYTHONPATH", "")])}
     log_path = d / "worker.log"
     log = open(log_path, "w")
     proc = subprocess.Popen([sys.executable, "rp_handler.py", "--rp_serve_api", "--rp_api_host", "127.0.0.1",
@@ -157,41 +119,6 @@ def test_hostile_jobs_through_the_soak_client_get_their_code_even_past_the_keepa
 
 # ---------------------------------------------------------------------------------------------
 # (a) the drain under overload: last final, done, 1001 - within the drain budget
-async def _stream_until_closed(url, audio, on_sent):
-    from websockets.exceptions import ConnectionClosed
-
-    from client import ASRWebSocketClient, pcm16_bytes
-
-    pcm = pcm16_bytes(audio)
-    out = {"finals": [], "done": None, "errors": [], "close_code": None, "close_reason": None}
-    async with ASRWebSocketClient(url, TOKEN) as c:
-        await c.start(16000, chunk_duration=0.0)
-
-        async def read():
-            try:
-                while True:
-                    msg = json.loads(await c.ws.recv())
-                    if msg.get("type") == "transcription" and msg["is_final"]:
-                        out["finals"].append(msg["text"])
-                    elif msg.get("type") == "done":
-                        out["done"] = msg
-                    elif msg.get("type") == "error":
-                        out["errors"].append(msg.get("code"))
-            except ConnectionClosed as exc:
-                out["close_code"] = exc.rcvd.code if exc.rcvd else None
-                out["close_reason"] = exc.rcvd.reason if exc.rcvd else None
-
-        reader = asyncio.create_task(read())
-        t0 = time.monotonic()
-        for k, i in enumerate(range(0, len(pcm), 3200)):  # real time, 0.1 s frames, no stop (as the soak)
-            await c.send_audio(pcm[i: i + 3200])
-            await asyncio.sleep(max(0.0, t0 + (k + 1) * 0.1 - time.monotonic()))
-        await asyncio.sleep(0.5)
-        on_sent()
-        await asyncio.wait_for(reader, DRAIN_TIMEOUT_S + 15)
-    return out
-
-
 def test_sigterm_with_a_stream_far_behind_real_time_still_sends_final_done_and_1001(worker):
     rng = random.Random(14)
     a = synth.synthesize("green river open window", "en", "en-us", rng, augment=False)
@@ -220,7 +147,9 @@ def test_sigterm_with_a_stream_far_behind_real_time_still_sends_final_done_and_1
                 t_sig["t"] = time.monotonic()
                 proc.send_signal(signal.SIGTERM)
 
-            stream = await _stream_until_closed(f"ws://127.0.0.1:{worker['ws_port']}", audio, sigterm)
+            # the soak's own drain-phase client: real time, 0.1 s frames, no stop
+            stream = await asyncio.wait_for(_soak().stream_until_closed(
+                f"ws://127.0.0.1:{worker['ws_port']}", audio, TOKEN, sigterm), DRAIN_TIMEOUT_S + 60)
             return stream, await asyncio.wait_for(job_task, DRAIN_TIMEOUT_S + 15)
 
     stream, job = asyncio.run(scenario())

@@ -2,7 +2,9 @@
 start-up when its folder is on PYTHONPATH. ``INJECT_DEVICE_ERROR`` chooses the fault:
 
 - ``stream``: the first streaming step (NeMo's pipeline ``transcribe_step``) raises;
-- ``offline``: the first batch forward pass after the engine is warm raises.
+- ``offline``: the first batch forward pass after the engine is warm raises;
+- ``slow_stream``: not an error but overload: every streaming step sleeps ``SLOW_STEP_S`` seconds
+  while the file ``SLOW_STEP_FLAG`` exists (a server far behind real time).
 
 The error is torch's own ``AcceleratorError`` with the message a real H200 gave for an illegal
 memory access, so the worker meets exactly what a poisoned CUDA context raises. Nothing happens
@@ -16,7 +18,8 @@ import sys
 
 MODE = os.environ.get("INJECT_DEVICE_ERROR", "")
 MESSAGE = "CUDA error: an illegal memory access was encountered"
-TARGETS = {"stream": "nemo.collections.asr.inference.pipelines.buffered_rnnt_pipeline", "offline": "asr_engine"}
+PIPELINE = "nemo.collections.asr.inference.pipelines.buffered_rnnt_pipeline"
+TARGETS = {"stream": PIPELINE, "slow_stream": PIPELINE, "offline": "asr_engine"}
 
 
 def _raise():
@@ -26,7 +29,19 @@ def _raise():
 
 
 def _patch(module) -> None:
-    if MODE == "stream":
+    if MODE == "slow_stream":
+        import time
+
+        real_step = module.BufferedRNNTPipeline.transcribe_step
+        flag, delay = os.environ["SLOW_STEP_FLAG"], float(os.environ["SLOW_STEP_S"])
+
+        def slow_step(self, frames):
+            if os.path.exists(flag):
+                time.sleep(delay)
+            return real_step(self, frames)
+
+        module.BufferedRNNTPipeline.transcribe_step = slow_step
+    elif MODE == "stream":
         def transcribe_step(self, frames):
             _raise()
 
