@@ -231,13 +231,6 @@ def streaming(ctx: dict) -> dict:
             "ok": failed == 0 and not changed}
 
 
-def decoding_computers(engine) -> list:
-    offline = engine.model.decoding.decoding.decoding_computer
-    comps = [getattr(offline, "computer", offline)]  # unwrapped: hotwords.PerUtteranceBiasing wraps it
-    comps += [p.decoding_computer for p in engine._stream_pipelines.values() if p.decoding_computer is not None]
-    return comps
-
-
 @contextlib.contextmanager
 def count_recaptures(computers):
     """Count NeMo's CUDA-graph (re)initialisations of the given label-looping computers."""
@@ -262,7 +255,7 @@ def cuda_graphs(ctx: dict) -> dict:
     import numpy as np
 
     engine = ctx["engine"]
-    comps = decoding_computers(engine)
+    comps = engine.decoding_computers()
     utts = clips(SIZES['clips'])
     rng = np.random.default_rng(1)
     with count_recaptures(comps) as n:
