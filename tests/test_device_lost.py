@@ -273,13 +273,14 @@ def test_real_worker_with_a_lost_gpu_in_offline_decoding_answers_503_and_exits_n
     try:
         wav = write_wav(tmp_path / "speech.wav", speech)
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0)
-        t0 = time.monotonic()
         with pytest.raises(openai.APIStatusError) as info:
             client.audio.transcriptions.create(model="parakeet", file=open(wav, "rb"))
+        t_err = time.monotonic()  # the client has its error: /ping must say so within a second
         err = info.value
         assert err.status_code == 503 and err.body["code"] == errors.INTERNAL_ERROR, err.body
         assert "CUDA" not in json.dumps(err.body)
-        assert ping_or_none(port) in (503, None) and time.monotonic() - t0 < 5.0
+        status = ping_or_none(port)
+        assert status in (503, None) and time.monotonic() - t_err < 1.0, status
         assert wait_exit(proc, log_path, lifecycle.POISON_DRAIN_S + 5) == lifecycle.EXIT_DEVICE_LOST
     finally:
         if proc.poll() is None:
