@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from constants import SAMPLE_RATE
+from parakeet_worker.config.constants import SAMPLE_RATE
 
 
 class TranscriptionError(RuntimeError):
@@ -169,7 +169,7 @@ async def stream_file_to_websocket(websocket_url: str, audio_file: str | Path, c
                                    frame_seconds: float = 0.1, hotwords: list[str] | None = None) -> str:
     """Decode any audio file, stream it as 16 kHz PCM16 (paced in real time unless ``realtime``
     is false), print partials and finals, return the final transcript (the server's ``done``)."""
-    from audio_utils import decode_audio
+    from parakeet_worker.audio.decode import decode_audio
 
     audio = decode_audio(Path(audio_file), max_seconds=24 * 3600.0).samples
     pcm = pcm16_bytes(audio)
@@ -231,7 +231,7 @@ async def _until_done(client: ASRWebSocketClient, sender: asyncio.Task, after_st
 
 
 def main(argv: list[str] | None = None) -> int:
-    from errors import ASRError
+    from parakeet_worker.config.errors import ASRError
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)

@@ -6,18 +6,18 @@
 ``{"action": "websocket"}`` starts the real-time WebSocket server in this worker (on the same
 engine) and keeps the job alive while clients stream (websocket_job.py); ``WORKER_MODE=load_balancer``
 runs only that server, for RunPod load-balancing endpoints. The input and output contract is in
-docs/PROTOCOL.md; the input schema and its rules in job_schema.py.
+docs/PROTOCOL.md; the input schema and its rules in serving/job_schema.py.
 
 Every failure becomes ``{"error": "<code>: <message>"}`` (the job is marked FAILED); the worker
 itself never dies on a bad job. Several jobs run at once (``concurrency_modifier``, fewer when
 memory runs high) so that the engine's dynamic batcher can put them in one forward pass.
 
-SIGTERM/SIGINT (lifecycle.py): the SDK stops taking jobs and waits for the running ones; a
+SIGTERM/SIGINT (runtime/lifecycle.py): the SDK stops taking jobs and waits for the running ones; a
 websocket job flushes its streams and ends with ``reason: "shutdown"``; the process exits 0 within
 ``DRAIN_TIMEOUT_S``. A lost GPU (a non-OOM CUDA error): every job fails with ``internal_error``
 and ``"refresh_worker": true`` (RunPod then replaces the worker), and once the jobs in flight
 have answered the process exits with ``lifecycle.EXIT_DEVICE_LOST``. Each job writes one
-structured log line (metrics.py).
+structured log line (runtime/metrics.py).
 """
 
 from __future__ import annotations
@@ -31,22 +31,23 @@ import time
 import runpod
 import torch
 
-import audio_utils
-import fetch
-import hardware
-import lifecycle
-import metrics
-from asr_engine import Engine
-from errors import INTERNAL_ERROR, OUT_OF_MEMORY, ASRError
-from formatting import job_output
-from job_schema import Request, parse_request
-from progress import ProgressReporter, post_progress
-from scheduling import DECODE_POOL, run_in
-from settings import Settings, configure_logging
+from parakeet_worker.audio import decode as audio_utils
+from parakeet_worker.audio import fetch
+from parakeet_worker.audio.budget import DecodeBudget
+from parakeet_worker.audio.formats import decode_base64
+from parakeet_worker.config.errors import INTERNAL_ERROR, OUT_OF_MEMORY, ASRError
+from parakeet_worker.config.logs import configure_logging
+from parakeet_worker.config.settings import Settings
+from parakeet_worker.engine.engine import Engine
+from parakeet_worker.runtime import hardware, lifecycle, metrics
+from parakeet_worker.runtime.scheduling import DECODE_POOL, run_in
+from parakeet_worker.serving.formatting import job_output
+from parakeet_worker.serving.job_schema import Request, parse_request
+from parakeet_worker.serving.progress import ProgressReporter, post_progress
 
 log = logging.getLogger("rp_handler")
 SETTINGS = Settings.from_env()
-DECODE_BUDGET = audio_utils.DecodeBudget(SETTINGS.decode_budget_bytes)  # shared by every job
+DECODE_BUDGET = DecodeBudget(SETTINGS.decode_budget_bytes)  # shared by every job
 _engine: Engine | None = None
 _in_flight = 0  # handler calls not yet returned: a lost GPU's exit waits for their answers
 DEVICE_LOST_ERROR = {"error": f"{INTERNAL_ERROR}: this worker's GPU failed; retry the job (the worker is replaced)",
@@ -67,7 +68,7 @@ async def fetch_audio(req: Request, engine: Engine) -> audio_utils.DecodedAudio:
     s = SETTINGS
     if req.audio_base64 is not None:
         with engine.request_arriving():  # jobs that arrive together are batched together
-            data = await run_in(DECODE_POOL, audio_utils.decode_base64, req.audio_base64, s.max_audio_bytes)
+            data = await run_in(DECODE_POOL, decode_base64, req.audio_base64, s.max_audio_bytes)
             return await audio_utils.decode_audio_async(data, s.max_audio_seconds, req.format, DECODE_BUDGET)
     policy = fetch.DownloadPolicy(s.max_audio_bytes, s.download_timeout_s, s.max_redirects,
                                   s.allow_private_urls, s.allowed_url_hosts)
@@ -99,7 +100,7 @@ async def _handle(job: dict, record: metrics.JobRecord) -> dict:
     try:
         req = parse_request(job.get("input"))
         if req.action == "websocket":
-            from websocket_job import websocket_job  # the WebSocket stack only where it is used
+            from parakeet_worker.serving.websocket_job import websocket_job  # the WebSocket stack only where it is used
 
             record.kind = "websocket_job"
             summary = await websocket_job(job, req, SETTINGS, get_engine)
@@ -140,7 +141,7 @@ async def generator_handler(job: dict):
         yield {"error": str(exc)}
         return
     if req.action == "websocket":
-        from websocket_job import serve_websocket
+        from parakeet_worker.serving.websocket_job import serve_websocket
 
         async for message in serve_websocket(job, req, SETTINGS, get_engine):
             yield dict(DEVICE_LOST_ERROR) if lifecycle.LIFECYCLE.poisoned else message
@@ -154,22 +155,9 @@ def concurrency_modifier(current: int) -> int:
     while draining, none (the SDK also stops taking jobs itself)."""
     if lifecycle.LIFECYCLE.draining:
         return 1
-    if memory_fraction() > SETTINGS.memory_high_water:
+    if hardware.memory_used_fraction(_engine.device if _engine else None) > SETTINGS.memory_high_water:
         return max(1, current - 1)
     return min(max(1, SETTINGS.max_batch_size), current + 1)
-
-
-def memory_fraction() -> float:
-    """Used fraction of the memory that limits batch jobs: the GPU's on a GPU, else the
-    machine's (or the container's cgroup limit, which psutil reports as the machine's)."""
-    import torch
-
-    if torch.cuda.is_available() and _engine is not None and _engine.device.type == "cuda":
-        free, total = torch.cuda.mem_get_info(_engine.device)
-        return 1.0 - free / total
-    import psutil
-
-    return psutil.virtual_memory().percent / 100.0
 
 
 def _exit_after_device_lost() -> None:
@@ -196,7 +184,7 @@ def main() -> None:
     if SETTINGS.worker_mode == "load_balancer":
         # RunPod load-balancing endpoint: traffic goes straight to our WebSocket server on PORT,
         # health checks to GET /ping on PORT_HEALTH (204 while loading, 200 when warm)
-        from websocket_handler import run_server
+        from parakeet_worker.serving.app import run_server
 
         asyncio.run(run_server(SETTINGS, SETTINGS.ws_host, SETTINGS.ws_port))  # until drained
         lifecycle.exit_now(lifecycle.LIFECYCLE.exit_code)  # non-zero after a lost GPU

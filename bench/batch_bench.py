@@ -35,7 +35,7 @@ from _paths import ROOT  # run as a script: puts the repository on sys.path
 
 
 def clips_for(n: int, seed: int) -> list:
-    import synth
+    from tools.test_model import synth
 
     return synth.make_utterances("en", synth.train_voices("en"), n, seed)
 
@@ -90,8 +90,9 @@ def main() -> None:
     import torch
 
     import rp_handler
-    from asr_engine import Engine, load_model
-    from settings import Settings
+    from parakeet_worker.config.settings import Settings
+    from parakeet_worker.engine.engine import Engine
+    from parakeet_worker.engine.model_loader import load_model
 
     clips = clips_for(args.n, args.seed)
     audio = [u.audio for u in clips]

@@ -60,7 +60,7 @@ log = logging.getLogger("gpu_check")
 def clips(n: int = 8, seed: int = 5150):
     """The speech every section uses (bench/prepare_audio.py speaks the same for a machine
     without espeak-ng)."""
-    import synth
+    from tools.test_model import synth
 
     return synth.make_utterances("en", synth.train_voices("en"), n, seed, augment=False)
 
@@ -118,7 +118,7 @@ class Check:
 def versions() -> dict:
     import torch
 
-    import hardware
+    from parakeet_worker.runtime import hardware
 
     info = {"python": platform.python_version(), "torch": torch.__version__, "torch_cuda": torch.version.cuda,
             "driver": hardware.nvidia_driver_version() or None, "cuda_available": torch.cuda.is_available()}
@@ -155,8 +155,9 @@ def same_state(a: dict, b: dict) -> list[str]:
 
 
 def tiny_engine(device: str):
-    from asr_engine import Engine, load_model
-    from settings import Settings
+    from parakeet_worker.config.settings import Settings
+    from parakeet_worker.engine.engine import Engine
+    from parakeet_worker.engine.model_loader import load_model
 
     model = load_model(str(TINY), device=device)
     precision = "bf16" if device == "cpu" else "auto"  # CPU smoke: force the GPU's precision path
@@ -167,8 +168,9 @@ def tiny_engine(device: str):
 def correctness(ctx: dict, device: str) -> dict:
     import torch
 
-    from asr_engine import Engine, load_model
-    from settings import Settings
+    from parakeet_worker.config.settings import Settings
+    from parakeet_worker.engine.engine import Engine
+    from parakeet_worker.engine.model_loader import load_model
 
     utts = clips(SIZES['clips'])
     refs = [u.text for u in utts]
@@ -199,7 +201,7 @@ def correctness(ctx: dict, device: str) -> dict:
 
 def run_streams(engine, audios):
     """Stream each signal at once (faster than real time); (final texts, failed streams, steps)."""
-    from streaming import StreamDecoder
+    from parakeet_worker.engine.streaming import StreamDecoder
 
     async def run():
         dec = StreamDecoder(engine)
@@ -303,8 +305,8 @@ def oom_injected(ctx: dict) -> dict:
 # ---------------------------------------------------------------------------------------------
 # full-size model
 def full_engine(model, device: str, smoke: bool):
-    from asr_engine import Engine
-    from settings import Settings
+    from parakeet_worker.config.settings import Settings
+    from parakeet_worker.engine.engine import Engine
 
     return Engine(Settings(model="full", device=device, precision="bf16" if smoke else "auto",
                            max_batch_size=64, warmup=False, ws_max_sessions=128), model=model)
@@ -314,12 +316,12 @@ def full_model(path: Path | None, device: str) -> tuple:
     """The full-size random model and its description: loaded from ``path`` when it is there,
     else built (~35 s on an H200) and saved there (~20 s) for the worker check and real_oom."""
     if path is not None and path.exists():
-        from asr_engine import load_model
+        from parakeet_worker.engine.model_loader import load_model
 
         meta = path.with_suffix(".json")
         info = json.loads(meta.read_text()) if meta.exists() else {}
         return load_model(str(path), device=device), {**info, "loaded_from": str(path)}
-    import build_full
+    from tools.test_model import build_full
 
     model, info = build_full.build(5.0)
     if path is not None:
@@ -336,7 +338,7 @@ def full_model(path: Path | None, device: str) -> tuple:
 def build_full_model(ctx: dict, device: str, smoke: bool, path: Path | None = None) -> dict:
     import torch
 
-    from asr_engine import load_model
+    from parakeet_worker.engine.model_loader import load_model
 
     previous = ctx.pop("engine", None)
     if torch.cuda.is_available():
@@ -359,7 +361,7 @@ def memory(ctx: dict, minutes: list[float]) -> dict:
     """Peak memory of one full-attention pass per duration, fitted to a + K*T^2 (hardware.py)."""
     import torch
 
-    import hardware
+    from parakeet_worker.runtime import hardware
 
     engine = ctx["full"]
     if engine.device.type != "cuda":
@@ -401,7 +403,7 @@ def memory(ctx: dict, minutes: list[float]) -> dict:
 
 def real_oom(ctx: dict) -> dict:
     """A clip whose full attention cannot fit: the engine must answer it with local attention."""
-    import hardware
+    from parakeet_worker.runtime import hardware
 
     engine = ctx["full"]
     if engine.device.type != "cuda":
@@ -438,7 +440,7 @@ def attention_switch(ctx: dict) -> dict:
 def batch_rtfx(ctx: dict, sizes: list[int], precisions: list[str]) -> dict:
     import torch
 
-    from asr_engine import Engine
+    from parakeet_worker.engine.engine import Engine
 
     engine = ctx["full"]
     utts = clips(8)
@@ -470,7 +472,8 @@ def batch_rtfx(ctx: dict, sizes: list[int], precisions: list[str]) -> dict:
 
 
 def stream_steps(ctx: dict, counts: list[int], seconds: float) -> dict:
-    from streaming import StreamConfig, StreamDecoder, warm_streams
+    from parakeet_worker.engine.stream_pipeline import StreamConfig, warm_streams
+    from parakeet_worker.engine.streaming import StreamDecoder
 
     engine = ctx["full"]
     audio = tile(clips(8), seconds)
@@ -507,7 +510,7 @@ def compile_on_off(ctx: dict) -> dict:
         return {"skipped": "needs CUDA"}
     import torch
 
-    from asr_engine import Engine
+    from parakeet_worker.engine.engine import Engine
 
     utts = clips(8)
     batch = [u.audio for u in utts]
@@ -584,7 +587,7 @@ def run_section(name: str, check: Check, device: str, smoke: bool, full_path: Pa
             ctx["engine"] = tiny_engine(device)
         else:
             if smoke:
-                from asr_engine import load_model
+                from parakeet_worker.engine.model_loader import load_model
 
                 model = load_model(str(TINY), device=device)
             else:
@@ -613,7 +616,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     import torch
 
-    import lifecycle
+    from parakeet_worker.runtime import lifecycle
 
     # a lost GPU in an in-process section must be recorded, not end the check (the worker part
     # sees the worker's own exit)

@@ -70,9 +70,10 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
-    from asr_engine import Engine, load_model
     from batch_bench import clips_for
-    from settings import Settings
+    from parakeet_worker.config.settings import Settings
+    from parakeet_worker.engine.engine import Engine
+    from parakeet_worker.engine.model_loader import load_model
 
     model = load_model(args.model, cache_dir=Settings.from_env().model_cache_dir)
     cuda = next(model.parameters()).device.type == "cuda"
@@ -108,7 +109,7 @@ def main() -> None:
     def lean_masks(eng, on):  # off: NeMo's own subsampling forward
         from nemo.collections.asr.parts.submodules.subsampling import MaskedConvSequential
 
-        from nemo_patches import lean_subsampling_masks
+        from parakeet_worker.engine.nemo_patches import lean_subsampling_masks
         for mod in eng.model.modules():
             if isinstance(mod, MaskedConvSequential):
                 vars(mod).pop("forward", None)

@@ -202,7 +202,7 @@ def error_blocks(lines: list[str], max_blocks: int = 4, max_lines: int = 30) -> 
 def worker_env(extra: dict[str, str]) -> dict[str, str]:
     """This environment without any of the worker's settings or RunPod's variables (so the worker
     runs on its defaults), plus ``extra``."""
-    from settings import ENV
+    from parakeet_worker.config.settings import ENV
 
     names = {n for ns in ENV.values() for n in ns}
     env = {k: v for k, v in os.environ.items() if k not in names and not k.startswith("RUNPOD_")}
@@ -393,7 +393,7 @@ async def check_model(rep: Report, name: str, model: Path, streams: int, modes: 
                       extra_env: dict[str, str], smoke: bool, graphs_variant: bool) -> None:
     """Start this model's workers together, then measure them one after another: the defaults
     first, the CUDA-graphs variant (known to fail on the H200 of 2026-12-04) last."""
-    from settings import Settings
+    from parakeet_worker.config.settings import Settings
 
     res: dict = {"model": str(model), "streams": streams}
     rep.data["models"][name] = res

@@ -35,13 +35,13 @@ SIZES = (0, 10, 100, 1000)
 
 
 def cost_clips(n: int) -> list:
-    import synth
+    from tools.test_model import synth
 
     return [u.audio for u in synth.make_utterances("en", synth.train_voices("en"), n, 31)]
 
 
 def accuracy_sentences(n: int, seed: int) -> list:
-    import synth
+    from tools.test_model import synth
 
     return synth.make_utterances("en", synth.HELD_OUT["en"], n, seed)
 
@@ -49,7 +49,7 @@ def accuracy_sentences(n: int, seed: int) -> list:
 def phrase_lists(n: int, count: int, seed: int) -> list[tuple[str, ...]]:
     """``count`` different lists of ``n`` phrases from the test model's English words (two-word
     phrases once the 493 words run out), so no two utterances share a tree."""
-    import synth
+    from tools.test_model import synth
 
     words = synth.load_words("en")
     out = []
@@ -89,7 +89,7 @@ def best_of(repeats: int, runs: dict, now) -> dict:
 def batch_cost(engine, clips, repeats: int) -> dict:
     import torch
 
-    from hotwords import Boosting
+    from parakeet_worker.engine.hotwords import Boosting
 
     b = len(clips)
     trees = {n: [engine.hotword_trees.get(p) for p in phrase_lists(n, b, n)] for n in SIZES if n}
@@ -137,7 +137,7 @@ def build_cost(engine) -> dict:
 async def stream_all(engine, clips, boostings, decoder=None, now=time.process_time):
     """Every clip as one stream, all pushed at once (so each step batches all of them); returns
     the streams' texts, the time per decoding step and the decoder."""
-    from streaming import StreamDecoder
+    from parakeet_worker.engine.streaming import StreamDecoder
 
     dec = decoder or StreamDecoder(engine)
     dec.start()
@@ -148,8 +148,8 @@ async def stream_all(engine, clips, boostings, decoder=None, now=time.process_ti
 
 
 def stream_cost(engine, clips, repeats: int) -> dict:
-    from hotwords import Boosting
-    from streaming import StreamDecoder
+    from parakeet_worker.engine.hotwords import Boosting
+    from parakeet_worker.engine.streaming import StreamDecoder
 
     n_streams = len(clips)
     cases = {"none": [None] * n_streams}
@@ -173,8 +173,8 @@ def stream_cost(engine, clips, repeats: int) -> dict:
 def accuracy(engine, n: int, seeds: tuple[int, int], unrelated: int = 10,
              modes: tuple[str, ...] = ("batch", "streaming")) -> dict:
     """Fix rate and harm rate on ``n`` fresh sentences in held-out voices, batch and streaming."""
-    import synth
-    from hotwords import DEFAULT_BOOST, Boosting
+    from parakeet_worker.engine.hotwords import DEFAULT_BOOST, Boosting
+    from tools.test_model import synth
 
     utts = accuracy_sentences(n, seeds[0])
     refs = [u.text.strip() for u in utts]
@@ -242,8 +242,9 @@ def main() -> None:
 
     import torch
 
-    from asr_engine import Engine, load_model
-    from settings import Settings
+    from parakeet_worker.config.settings import Settings
+    from parakeet_worker.engine.engine import Engine
+    from parakeet_worker.engine.model_loader import load_model
 
     if not torch.cuda.is_available():
         torch.set_num_threads(args.threads)

@@ -44,7 +44,7 @@ TINY = ROOT / "tests" / "assets" / "tiny_parakeet.nemo"
 def long_signal(hours: float, seed: int = 7) -> tuple[np.ndarray, list[tuple[float, float, str]]]:
     """Sentences from a pool of 60, with pauses, up to ``hours``; returns the signal and each
     sentence's (start, end, text). Filled in place: no second copy of hours of audio."""
-    import synth
+    from tools.test_model import synth
 
     # Clean, level-matched speech: the tiny test model learnt single sentences, and its
     # per-clip feature normalisation drifts on minutes that mix loud and quiet augmented voices.
@@ -174,8 +174,8 @@ def peak_cuda_mb(engine) -> float | None:
 # ---------------------------------------------------------------------------------------------
 # one run, in its own process
 def _engine(model_path: str):
-    from asr_engine import Engine
-    from settings import Settings
+    from parakeet_worker.config.settings import Settings
+    from parakeet_worker.engine.engine import Engine
 
     s = Settings.from_env()
     return Engine(type(s)(**{**s.__dict__, "model": model_path}))
@@ -185,7 +185,7 @@ def child_run(model_path: str, hours: float, mode: str) -> dict:
     import jiwer
     import torch
 
-    from long_audio import LOCAL_WINDOW_OVERLAP_S, window_spans
+    from parakeet_worker.engine.windows import LOCAL_WINDOW_OVERLAP_S, window_spans
 
     engine = _engine(model_path)
     signal, sentences = long_signal(hours)
@@ -232,8 +232,8 @@ def child_progress(model_path: str, hours: float) -> dict:
     threading.Thread(target=loop.run_forever, daemon=True).start()
     # the SDK reads the URL when imported, and Settings when built: set it first
     os.environ["RUNPOD_WEBHOOK_POST_OUTPUT"] = f"http://127.0.0.1:{port}/progress?id=$ID"
-    from progress import PROGRESS_INTERVAL_S, ProgressReporter, post_progress
-    from settings import Settings
+    from parakeet_worker.config.settings import Settings
+    from parakeet_worker.serving.progress import PROGRESS_INTERVAL_S, ProgressReporter, post_progress
 
     send = functools.partial(post_progress, Settings.from_env())  # as rp_handler posts them
     engine = _engine(model_path)

@@ -17,12 +17,14 @@ from _paths import ROOT  # run as a script: puts the repository on sys.path
 os.environ.setdefault("ESPEAK_CACHE", str(ROOT / ".bench_audio"))
 
 import batch_bench  # noqa: E402
-import build_full  # noqa: E402
 import gpu_check  # noqa: E402
 import hotword_bench  # noqa: E402
 import long_audio_bench  # noqa: E402
 import stream_bench  # noqa: E402
-import synth  # noqa: E402
+from tools.test_model import (
+    build_full,  # noqa: E402
+    synth,  # noqa: E402
+)
 
 
 def main() -> None:

@@ -25,14 +25,14 @@ from _paths import ROOT  # run as a script: puts the repository on sys.path
 
 # (stage, file suffix, function name): cumulative time of that function
 STAGES = [
-    ("base64", "audio_utils.py", "decode_base64"),
-    ("audio_decode", "audio_utils.py", "decode_audio"),
+    ("base64", "audio/formats.py", "decode_base64"),
+    ("audio_decode", "audio/decode.py", "decode_audio"),
     ("preprocessor", "audio_preprocessing.py", "forward"),
     ("encoder", "conformer_encoder.py", "forward"),
     ("decoding", "rnnt_decoding.py", "rnnt_decoder_predictions_tensor"),
     ("timestamps", "timestamp_utils.py", "process_timestamp_outputs"),
-    ("transcript", "asr_engine.py", "_to_transcript"),
-    ("formatting", "formatting.py", "job_output"),
+    ("transcript", "engine/transcript.py", "from_hypothesis"),
+    ("formatting", "serving/formatting.py", "job_output"),
 ]
 
 
@@ -55,10 +55,10 @@ def main() -> None:
     import dataclasses
 
     import rp_handler
-    import scheduling
-    from asr_engine import Engine
     from batch_bench import clips_for, wav_b64
-    from settings import Settings
+    from parakeet_worker.config.settings import Settings
+    from parakeet_worker.engine.engine import Engine
+    from parakeet_worker.runtime import scheduling
 
     audio = [u.audio for u in clips_for(args.n, 4242)]
     audio_s = sum(len(a) for a in audio) / 16000

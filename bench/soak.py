@@ -47,7 +47,6 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tools" / "test_model"))
 
 OUTPUT_FORMATS = ["json", "text", "srt", "vtt"]
 VALID_MAX_WER = 0.35  # the tiny model on clean espeak-ng speech (tests use 0.15-0.2 on one sentence)
@@ -98,7 +97,7 @@ class Material:
 def make_material(d: Path, file_port: int, seed: int = 14, sentences: int = 3) -> Material:
     import soundfile as sf
 
-    import synth
+    from tools.test_model import synth
 
     rng = random.Random(seed)
     words = synth.load_words("en")

@@ -35,10 +35,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tools" / "test_model"))
 
-import synth  # noqa: E402
 from client import ASRWebSocketClient, pcm16_bytes  # noqa: E402
+from tools.test_model import synth  # noqa: E402
 
 FRAME_S = 0.1
 SR = 16000
@@ -114,9 +113,10 @@ class InProcessWorker:
 
     def __init__(self, model: str):
         import rp_handler
-        from asr_engine import Engine, load_model
-        from settings import Settings
-        from websocket_handler import ASRServer
+        from parakeet_worker.config.settings import Settings
+        from parakeet_worker.engine.engine import Engine
+        from parakeet_worker.engine.model_loader import load_model
+        from parakeet_worker.serving.asr_server import ASRServer
 
         self.settings = dataclasses.replace(Settings.from_env(), model=model)
         self.engine = Engine(self.settings, model=load_model(model))

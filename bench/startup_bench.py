@@ -23,8 +23,9 @@ CHILD = r"""
 import json, os, sys, time
 t0 = time.perf_counter()
 import numpy as np, synth, torch
-from asr_engine import Engine, load_model
-from settings import Settings
+from parakeet_worker.engine.engine import Engine
+from parakeet_worker.engine.model_loader import load_model
+from parakeet_worker.config.settings import Settings
 t_import = time.perf_counter() - t0
 if {loader!r} == "nemo":
     from nemo.collections.asr.models import ASRModel
@@ -55,7 +56,7 @@ def main() -> None:
              ("nemo_restore", "nemo", True), ("archive", "archive", True)]
     rows = {}
     with tempfile.TemporaryDirectory(prefix="startup_bench_") as cache:
-        import model_loader
+        from parakeet_worker.engine import model_loader
 
         model_loader.extract(args.model, cache)  # what the image's bake step does
         for name, loader, warmup in cases:

@@ -22,9 +22,9 @@ import jiwer
 from _paths import ROOT  # run as a script: puts the repository on sys.path
 
 # isort: split
-import synth
 from client import ASRWebSocketClient, pcm16_bytes
 from stream_bench import start_local_server
+from tools.test_model import synth
 
 
 async def stream_text(url: str, audio) -> str:

@@ -31,8 +31,8 @@ import numpy as np
 from _paths import ROOT  # run as a script: puts the repository on sys.path
 
 # isort: split
-import synth
 from client import ASRWebSocketClient, pcm16_bytes
+from tools.test_model import synth
 
 FRAME_S = 0.1
 PAUSE_S = 1.5
@@ -117,9 +117,10 @@ def start_local_server(model: str):
     """The product's server with the given model, in a thread with its own event loop."""
     import torch
 
-    from asr_engine import Engine, load_model
-    from settings import Settings
-    from websocket_handler import ASRServer
+    from parakeet_worker.config.settings import Settings
+    from parakeet_worker.engine.engine import Engine
+    from parakeet_worker.engine.model_loader import load_model
+    from parakeet_worker.serving.asr_server import ASRServer
 
     settings = dataclasses.replace(Settings.from_env(), model=model)
     engine = Engine(settings, model=load_model(model, cache_dir=settings.model_cache_dir))
@@ -163,7 +164,7 @@ def main() -> None:
         print(json.dumps(row), flush=True)
     ok = [r["streams"] for r in rows if r["eos_to_final_p95"] is not None and r["eos_to_final_p95"] <= args.target
           and r["first_final_missing"] == 0]
-    from settings import Settings
+    from parakeet_worker.config.settings import Settings
 
     st = Settings.from_env()
     print(json.dumps({"device": device, "model": args.model if not args.url else args.url,

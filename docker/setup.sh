@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 step="${1:?usage: docker/setup.sh system|user|python|cuda-match|bake|check}"
 PY="${PYTHON:-python3}"
 # Load the configured model as the worker does: PARAKEET_MODEL from PARAKEET_MODEL_CACHE when unpacked there.
-LOAD="import asr_engine, settings; s = settings.Settings.from_env(); m = asr_engine.load_model(s.model, 'cpu', s.model_cache_dir)"
+LOAD="from parakeet_worker.config.settings import Settings; from parakeet_worker.engine.model_loader import load_model; s = Settings.from_env(); m = load_model(s.model, 'cpu', s.model_cache_dir)"
 
 case "$step" in
   system)

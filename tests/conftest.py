@@ -4,14 +4,14 @@ import random
 
 import pytest
 
-import synth
 from tests.helpers import FORMATS, SAMPLE_TEXT, TINY_MODEL, encode, write_wav
+from tools.test_model import synth
 
 
 @pytest.fixture(scope="session")
 def tiny_model():
     """The committed test model, loaded through the product's own loading function."""
-    from asr_engine import load_model
+    from parakeet_worker.engine.model_loader import load_model
 
     if not TINY_MODEL.exists():
         pytest.skip(f"{TINY_MODEL} is not built yet (python tools/test_model/build_tiny.py)")

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 
-import synth
-from constants import SAMPLE_RATE
+from parakeet_worker.config.constants import SAMPLE_RATE
+from tools.test_model import synth
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_MODEL = Path(os.environ.get("TINY_MODEL_PATH", ROOT / "tests" / "assets" / "tiny_parakeet.nemo"))
@@ -48,7 +48,7 @@ class WorkerThread:
         import threading
 
         import rp_handler
-        from websocket_handler import ASRServer
+        from parakeet_worker.serving.asr_server import ASRServer
 
         self.engine = engine
         self.settings = settings or engine.settings

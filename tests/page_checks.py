@@ -7,7 +7,7 @@ import jiwer
 import numpy as np
 import pytest
 
-import synth
+from tools.test_model import synth
 
 PAUSE_S = 1.5  # longer than STREAM_EOU_MS: each sentence gets its own final while the audio plays
 # The same audio streamed by the Python client at 16 kHz, starting 0-200 ms into the file (the page

@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 from aiohttp import web
 
-import fetch
-from audio_utils import decode_audio, decode_base64, sniff_format
-from errors import ASRError
-from fetch import DownloadPolicy
+from parakeet_worker.audio import fetch
+from parakeet_worker.audio.decode import decode_audio
+from parakeet_worker.audio.fetch import DownloadPolicy
+from parakeet_worker.audio.formats import decode_base64, sniff_format
+from parakeet_worker.audio.url_policy import check_url
+from parakeet_worker.config.errors import ASRError
 from tests.helpers import FORMATS, write_wav
-from url_policy import check_url
 
 
 def code_of(fn, *a, **k):

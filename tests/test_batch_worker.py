@@ -174,7 +174,7 @@ def test_silence_gives_an_empty_transcript(worker, tmp_path):
 
 
 def test_chunked_job_reports_chunks(worker, tmp_path, speech_files):
-    from audio_utils import decode_audio
+    from parakeet_worker.audio.decode import decode_audio
 
     speech = decode_audio(speech_files["wav"].read_bytes(), 60).samples
     gap = np.zeros(8000, np.float32)
@@ -351,7 +351,7 @@ def test_non_object_input_is_refused(worker):
 def test_six_concurrent_jobs_each_get_their_own_text(worker, tmp_path):
     import random
 
-    import synth
+    from tools.test_model import synth
 
     rng = random.Random(6301)
     words = synth.load_words("en")
@@ -444,7 +444,7 @@ def test_generator_handler_streams_the_ready_message_then_the_summary(speech_fil
 
 
 def test_progress_of_long_jobs_is_throttled_and_ends_at_one():
-    from progress import ProgressReporter
+    from parakeet_worker.serving.progress import ProgressReporter
 
     sent = []
     report = ProgressReporter({"id": "j"}, 3600.04, send=lambda job, msg: sent.append((job["id"], msg)))

@@ -14,7 +14,6 @@ import pytest
 import soxr
 from playwright.sync_api import sync_playwright
 
-import synth
 from tests.helpers import write_wav
 from tests.page_checks import (
     PROBE_FREQS,
@@ -24,6 +23,7 @@ from tests.page_checks import (
     check_worklet,
     speech_with_pauses,
 )
+from tools.test_model import synth
 
 CHROMIUM_ARGS = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream", "--no-sandbox",
                  "--autoplay-policy=no-user-gesture-required"]

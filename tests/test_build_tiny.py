@@ -3,7 +3,7 @@ convolution on ATen's im2col path gives oneDNN's outputs and gradients."""
 
 import torch
 
-import build_tiny
+from tools.test_model import build_tiny
 
 
 def test_im2col_conv_matches_onednn_conv():

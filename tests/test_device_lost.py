@@ -25,14 +25,14 @@ import pytest
 import torch
 import websockets
 
-import errors
-import lifecycle
 import rp_handler
-import synth
-from asr_engine import Engine
 from client import pcm16_bytes as pcm16
-from settings import Settings
+from parakeet_worker.config import errors
+from parakeet_worker.config.settings import Settings
+from parakeet_worker.engine.engine import Engine
+from parakeet_worker.runtime import lifecycle
 from tests.helpers import ROOT, TINY_MODEL, WorkerThread, free_port, requires_model, wav_b64
+from tools.test_model import synth
 
 pytestmark = requires_model
 CUDA_MESSAGE = "CUDA error: an illegal memory access was encountered"

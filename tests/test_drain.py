@@ -24,12 +24,12 @@ import numpy as np
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-import synth
-from asr_engine import Engine
 from client import ASRWebSocketClient
 from client import pcm16_bytes as pcm16
-from settings import Settings
+from parakeet_worker.config.settings import Settings
+from parakeet_worker.engine.engine import Engine
 from tests.helpers import ROOT, TINY_MODEL, WorkerThread, free_port, requires_model
+from tools.test_model import synth
 
 pytestmark = requires_model
 DRAIN_TIMEOUT_S = 20

@@ -7,10 +7,10 @@ import jiwer
 import numpy as np
 import pytest
 
-import synth
-from asr_engine import Engine
-from long_audio import window_spans
-from settings import Settings
+from parakeet_worker.config.settings import Settings
+from parakeet_worker.engine.engine import Engine
+from parakeet_worker.engine.windows import window_spans
+from tools.test_model import synth
 
 
 @pytest.fixture(scope="module")
@@ -113,8 +113,8 @@ def test_chunk_spans_cover_the_audio_with_overlap():
 
 
 def test_seam_falls_in_a_pause_both_chunks_agree_on():
-    from long_audio import seam_between
-    from transcript import Word
+    from parakeet_worker.engine.transcript import Word
+    from parakeet_worker.engine.windows import seam_between
 
     left = [Word("a", 10.0, 10.4), Word("b", 10.5, 11.0), Word("c", 11.6, 12.0)]
     right = [Word("b", 10.52, 11.02), Word("c", 11.62, 12.0), Word("d", 12.1, 12.5)]
@@ -177,7 +177,7 @@ def test_lean_subsampling_masks_give_nemos_exact_output(tiny_model):
     import torch
     from nemo.collections.asr.parts.submodules.subsampling import MaskedConvSequential
 
-    from nemo_patches import lean_subsampling_masks
+    from parakeet_worker.engine.nemo_patches import lean_subsampling_masks
 
     rng = np.random.default_rng(3)
     sigs = [rng.standard_normal(n).astype(np.float32) * 0.1 for n in (48000, 80123, 40000)]

@@ -22,14 +22,14 @@ import torch
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.exceptions import ConnectionClosed
 
-import errors
 import rp_handler
-import synth
-from asr_engine import Engine
 from client import ASRWebSocketClient
 from client import pcm16_bytes as pcm16
-from settings import Settings
+from parakeet_worker.config import errors
+from parakeet_worker.config.settings import Settings
+from parakeet_worker.engine.engine import Engine
 from tests.helpers import FORMATS, WorkerThread, encode, requires_model, wav_b64, write_wav
+from tools.test_model import synth
 
 pytestmark = requires_model
 MAX_WER = 0.34  # the tiny model on one clean espeak-ng sentence of its training words: one slip at most

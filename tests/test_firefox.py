@@ -14,7 +14,6 @@ import time
 import pytest
 import soundfile as sf
 
-import synth
 from tests import firefox
 from tests.page_checks import (
     PROBE_FREQS,
@@ -24,6 +23,7 @@ from tests.page_checks import (
     check_worklet,
     speech_with_pauses,
 )
+from tools.test_model import synth
 
 # Runs before the page's script: the microphone plays window.__speechWav (base64 WAV, set by the
 # test) once, in real time, at the AudioContext's default rate; window.__micRate tells that rate.

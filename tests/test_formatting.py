@@ -2,8 +2,8 @@
 
 import pytest
 
-from formatting import _clock, job_output, to_srt, to_vtt
-from transcript import Segment, Transcript, Word, make_segments
+from parakeet_worker.engine.transcript import Segment, Transcript, Word, make_segments
+from parakeet_worker.serving.formatting import _clock, job_output, to_srt, to_vtt
 
 WORDS = [Word("Hello", 0.08, 0.4, 0.91), Word("world.", 0.5, 0.9, 0.8), Word("Again", 2.0, 2.5, None)]
 TRANSCRIPT = Transcript("Hello world. Again", 3.2, WORDS, make_segments(WORDS))

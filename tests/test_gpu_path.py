@@ -9,12 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-import synth
-from asr_engine import Engine, load_model
-from errors import OUT_OF_MEMORY, ASRError
-from settings import Settings
-from streaming import StreamConfig, StreamDecoder
+from parakeet_worker.config.errors import OUT_OF_MEMORY, ASRError
+from parakeet_worker.config.settings import Settings
+from parakeet_worker.engine.engine import Engine
+from parakeet_worker.engine.model_loader import load_model
+from parakeet_worker.engine.stream_pipeline import StreamConfig
+from parakeet_worker.engine.streaming import StreamDecoder
 from tests.helpers import TINY_MODEL, requires_model
+from tools.test_model import synth
 
 pytestmark = requires_model
 
@@ -138,7 +140,7 @@ def test_oom_splits_the_batch_and_every_clip_is_transcribed(oom_engine, clips, m
 def test_oom_split_keeps_each_clips_hotwords(oom_engine, clips, monkeypatch):
     """Issue 17's per-utterance hotwords survive issue 12's split: every half decodes its own clips
     with their own trees, and the texts are those of the unsplit pass."""
-    import hotwords
+    from parakeet_worker.engine import hotwords
 
     audios = [c.audio for c in clips]
     trees = [oom_engine.hotword_trees.boosting(hotwords.parse_hotwords(words, 3.0))

@@ -10,8 +10,8 @@ import sys
 import pytest
 import torch
 
-import hardware
-from settings import Settings
+from parakeet_worker.config.settings import Settings
+from parakeet_worker.runtime import hardware
 from tests.helpers import ROOT
 
 

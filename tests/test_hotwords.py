@@ -7,18 +7,18 @@ gets wrong is found by transcribing them, never written down."""
 import asyncio
 import random
 
+import hotwords as hw
 import jiwer
 import numpy as np
 import pytest
 
-import hotwords as hw
-import synth
-from asr_engine import Engine
-from errors import ASRError
-from job_schema import parse_request
-from settings import Settings
-from streaming import StreamDecoder
+from parakeet_worker.config.errors import ASRError
+from parakeet_worker.config.settings import Settings
+from parakeet_worker.engine.engine import Engine
+from parakeet_worker.engine.streaming import StreamDecoder
+from parakeet_worker.serving.job_schema import parse_request
 from tests.helpers import requires_model
+from tools.test_model import synth
 
 # With the default boost, on other fresh sentences in these voices (docs/PERFORMANCE.md
 # "Hotwords"), the missed words all came back in about 57% of the wrong sentences, and 10 unrelated

@@ -2,8 +2,8 @@
 
 import pytest
 
-from errors import INVALID_INPUT, ASRError
-from job_schema import INPUT_SCHEMA, Request, parse_request
+from parakeet_worker.config.errors import INVALID_INPUT, ASRError
+from parakeet_worker.serving.job_schema import INPUT_SCHEMA, Request, parse_request
 
 
 def refused(job_input) -> str:

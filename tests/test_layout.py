@@ -1,13 +1,90 @@
-"""The module layout's promises: a batch-only worker never loads the WebSocket stack, result
-types need no torch, and every setting comes from settings.py with its default written once."""
+"""The layout's promises: five entry modules at the top over one package whose layers import only
+downwards (config <- runtime <- audio <- engine <- serving), no import circles, no product module over
+400 lines; a batch-only worker never loads the WebSocket stack; result types need no torch; every
+setting comes from settings.py with its default written once."""
 
+import ast
 import dataclasses
 import json
 import subprocess
 import sys
 
-from settings import ENV, Settings
+from parakeet_worker.config.settings import ENV, Settings
 from tests.helpers import ROOT
+
+FACES = {"rp_handler", "asr_engine", "websocket_handler", "audio_utils", "client"}
+LAYERS = ["config", "runtime", "audio", "engine", "serving"]  # each may import only itself and those before it
+PACKAGE = ROOT / "parakeet_worker"
+
+
+def _module_name(path) -> str:
+    rel = path.relative_to(ROOT).with_suffix("")
+    parts = rel.parts[:-1] if rel.name == "__init__" else rel.parts
+    return ".".join(parts)
+
+
+def _imports(path) -> set[str]:
+    """Every module a file imports, at the top or inside a function (``from a import b`` counts as
+    ``a.b`` when that is a module, else ``a``)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found |= {f"{node.module}.{a.name}" for a in node.names}
+    return found
+
+
+def _graph() -> dict[str, set[str]]:
+    files = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    return {name: {m for m in _imports(path) if m in files and m != name} for name, path in files.items()}
+
+
+def test_the_package_never_imports_the_entry_modules():
+    for path in PACKAGE.rglob("*.py"):
+        top = {m.split(".")[0] for m in _imports(path)}
+        assert not top & FACES, f"{path.relative_to(ROOT)} imports {top & FACES}"
+
+
+def test_layers_import_only_downwards():
+    for name, deps in _graph().items():
+        layer = name.split(".")[1] if name.count(".") >= 1 else None
+        if layer not in LAYERS:
+            continue
+        for dep in deps:
+            dep_layer = dep.split(".")[1] if dep.count(".") >= 1 else None
+            if dep_layer in LAYERS:
+                assert LAYERS.index(dep_layer) <= LAYERS.index(layer), f"{name} ({layer}) imports {dep} ({dep_layer})"
+
+
+def test_no_import_circles():
+    graph = _graph()
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(node, path):
+        state[node] = 1
+        for dep in graph[node]:
+            if state.get(dep) == 1:
+                raise AssertionError("import circle: " + " -> ".join(path[path.index(dep):] + [dep]))
+            if dep not in state:
+                visit(dep, path + [dep])
+        state[node] = 2
+
+    for node in graph:
+        if node not in state:
+            visit(node, [node])
+
+
+def test_no_product_module_over_400_lines():
+    files = list(PACKAGE.rglob("*.py")) + [ROOT / f"{f}.py" for f in FACES]
+    long = {str(p.relative_to(ROOT)): n for p in files if (n := len(p.read_text().splitlines())) > 400}
+    assert not long, long
+
+
+def test_nothing_flat_at_the_root_but_the_entry_modules():
+    assert {p.stem for p in ROOT.glob("*.py")} == FACES
 
 
 def _modules_after(statement: str) -> set[str]:
@@ -19,13 +96,18 @@ def _modules_after(statement: str) -> set[str]:
 
 def test_batch_worker_does_not_import_the_websocket_stack():
     loaded = _modules_after("import rp_handler")
-    assert "rp_handler" in loaded and "asr_engine" in loaded
-    assert not {"websockets", "websocket_handler", "websocket_job", "streaming", "http_server", "openai_api"} & loaded
+    assert "rp_handler" in loaded and "parakeet_worker.engine.engine" in loaded
+    stack = {"websockets", "websocket_handler"} | {f"parakeet_worker.{m}" for m in (
+        "serving.websocket_job", "serving.session", "serving.asr_server", "serving.http_server",
+        "serving.openai_api", "engine.streaming", "engine.stream_pipeline")}
+    assert not stack & loaded, stack & loaded
 
 
 def test_formatting_and_result_types_do_not_import_torch():
-    loaded = _modules_after("import formatting, transcript, long_audio, job_schema, settings, errors, constants")
-    assert "torch" not in loaded and "asr_engine" not in loaded
+    loaded = _modules_after("import parakeet_worker.serving.formatting, parakeet_worker.engine.transcript, "
+                            "parakeet_worker.engine.windows, parakeet_worker.serving.job_schema, "
+                            "parakeet_worker.config.settings, parakeet_worker.config.errors")
+    assert "torch" not in loaded and "parakeet_worker.engine.engine" not in loaded
 
 
 def test_every_setting_has_one_variable_and_its_default_from_the_dataclass():

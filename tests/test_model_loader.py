@@ -5,11 +5,12 @@ import tarfile
 import pytest
 import torch
 
-import model_loader
-import synth
-from asr_engine import Engine, load_model
-from settings import Settings
+from parakeet_worker.config.settings import Settings
+from parakeet_worker.engine import model_loader
+from parakeet_worker.engine.engine import Engine
+from parakeet_worker.engine.model_loader import load_model
 from tests.helpers import TINY_MODEL, requires_model
+from tools.test_model import synth
 
 pytestmark = requires_model
 

@@ -14,12 +14,12 @@ import openai
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-import synth
-from http_server import build_app
-from openai_api import LANGUAGES, parse_fields
-from settings import Settings
+from parakeet_worker.config.settings import Settings
+from parakeet_worker.serving.asr_server import ASRServer
+from parakeet_worker.serving.http_server import build_app
+from parakeet_worker.serving.openai_api import LANGUAGES, parse_fields
 from tests.helpers import LB_MAX_BYTES, SAMPLE_TEXT, write_wav
-from websocket_handler import ASRServer
+from tools.test_model import synth
 
 MAX_WER = 0.15  # the batch tests' bound for this sentence (tests/test_batch_worker.py)
 
@@ -233,7 +233,7 @@ def test_requests_are_counted_in_the_metrics(client, lb_worker, speech_files):
 def test_a_drain_lets_a_request_in_flight_be_answered(tiny_model, speech_files):
     """SIGTERM while a transcription runs: new requests get 503, the running one its transcript,
     and the drain returns only after answering it."""
-    from asr_engine import Engine
+    from parakeet_worker.engine.engine import Engine
 
     settings = Settings(model="tiny", warmup=False)
     engine = Engine(settings, model=tiny_model)
@@ -270,7 +270,7 @@ def test_audio_that_never_fits_in_gpu_memory_is_500_out_of_memory(tiny_model, sp
     local attention, then the route answers 500 ``out_of_memory``; the worker then keeps serving."""
     import torch
 
-    from asr_engine import Engine
+    from parakeet_worker.engine.engine import Engine
 
     settings = Settings(model="tiny", warmup=False)
     engine = Engine(settings, model=tiny_model)

@@ -11,7 +11,8 @@ import jiwer
 import pytest
 
 import rp_handler
-from errors import ASRError
+from parakeet_worker.audio.formats import decode_base64
+from parakeet_worker.config.errors import ASRError
 from tests.helpers import ROOT, TINY_MODEL, requires_model
 
 pytestmark = requires_model
@@ -49,7 +50,7 @@ def test_runpod_convention_files_match_the_schema():
     rp_handler.parse_request(tests[0]["input"])
     rp_handler.parse_request(json.loads((ROOT / "test_input.json").read_text())["input"])
     with pytest.raises(ASRError):
-        rp_handler.audio_utils.decode_base64(tests[1]["input"]["audio_base64"], 1 << 20)
+        decode_base64(tests[1]["input"]["audio_base64"], 1 << 20)
 
 
 def test_sdk_local_test_run_with_test_input_json():

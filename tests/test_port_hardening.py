@@ -13,8 +13,8 @@ import aiohttp
 import pytest
 import websockets
 
-from asr_engine import Engine
-from settings import Settings
+from parakeet_worker.config.settings import Settings
+from parakeet_worker.engine.engine import Engine
 from tests.helpers import ROOT, SAMPLE_TEXT, WorkerThread, requires_model
 
 pytestmark = requires_model

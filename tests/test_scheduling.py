@@ -7,9 +7,9 @@ import time
 
 from prometheus_client.parser import text_string_to_metric_families
 
-import metrics
-from lifecycle import Lifecycle
-from scheduling import BATCH, STREAM, PassBudget, PriorityGate
+from parakeet_worker.runtime import metrics
+from parakeet_worker.runtime.lifecycle import Lifecycle
+from parakeet_worker.runtime.scheduling import BATCH, STREAM, PassBudget, PriorityGate
 
 
 def _wait_until(cond, timeout=10.0):

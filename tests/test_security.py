@@ -16,14 +16,15 @@ import numpy as np
 import pytest
 from aiohttp import web
 
-import audio_utils
-import fetch
-import synth
-import url_policy
-from audio_utils import DecodeBudget, decode_audio, decode_audio_async
-from errors import ASRError
-from fetch import DownloadPolicy
+from parakeet_worker.audio import decode as audio_utils
+from parakeet_worker.audio import fetch, url_policy
+from parakeet_worker.audio.budget import DecodeBudget
+from parakeet_worker.audio.decode import decode_audio, decode_audio_async
+from parakeet_worker.audio.fetch import DownloadPolicy
+from parakeet_worker.audio.formats import DEMUXERS
+from parakeet_worker.config.errors import ASRError
 from tests.helpers import ROOT, write_wav
+from tools.test_model import synth
 
 
 def code_of(fn, *a, **k):
@@ -280,7 +281,7 @@ def test_ffmpeg_gets_an_explicit_demuxer_and_only_the_file_protocol(tmp_path):
     cmd = audio_utils._ffmpeg_command(tmp_path / "x", "mp3", 60)
     assert cmd[cmd.index("-f") + 1] == "mp3" and cmd.index("-f") < cmd.index("-i")
     assert cmd[cmd.index("-protocol_whitelist") + 1] == "file"
-    assert set(audio_utils.DEMUXERS.values()) <= {
+    assert set(DEMUXERS.values()) <= {
         "wav",
         "flac",
         "ogg",
@@ -310,8 +311,8 @@ def _claim_total_samples(data: bytes, total: int) -> bytes:
 _MEASURE = textwrap.dedent("""
     import json, resource, sys
     sys.path.insert(0, sys.argv[1])
-    import audio_utils
-    from errors import ASRError
+    from parakeet_worker.audio import decode as audio_utils
+    from parakeet_worker.config.errors import ASRError
     data = open(sys.argv[2], "rb").read()
     audio_utils.decode_audio(open(sys.argv[4], "rb").read(), 60)  # warm imports and allocators
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -552,15 +553,15 @@ def test_piped_flac_of_unknown_length_decodes(speech_files, tmp_path):
 # ------------------------------------------------------------------ 6. WebSocket
 @pytest.fixture(scope="module")
 def engine(tiny_model):
-    from asr_engine import Engine
-    from settings import Settings
+    from parakeet_worker.config.settings import Settings
+    from parakeet_worker.engine.engine import Engine
 
     return Engine(Settings(model="tiny", max_batch_size=4, warmup=False), model=tiny_model)
 
 
 @pytest.mark.parametrize("raw", ["[" * 100_000, '{"a":' * 50_000, "1" * 5000, "\ud800", '{"action": NaN', "[]"])
 def test_message_parser_raises_only_protocol_errors(raw):
-    from websocket_handler import parse_message
+    from parakeet_worker.serving.session import parse_message
 
     with pytest.raises(ASRError) as ei:
         parse_message(raw)
@@ -601,7 +602,7 @@ def test_streams_keep_pending_audio_in_a_deque():
     """One-sample frames must not make each decoding step O(frames) (list.pop(0))."""
     import collections
 
-    from streaming import Stream
+    from parakeet_worker.engine.streaming import Stream
 
     assert isinstance(Stream.__dataclass_fields__["pending"].default_factory(), collections.deque)
 
@@ -615,8 +616,8 @@ def test_a_websocket_jobs_token_is_revoked_when_the_job_ends(engine, monkeypatch
     from websockets.asyncio.client import connect
     from websockets.exceptions import InvalidStatus
 
-    import websocket_job
-    from job_schema import parse_request
+    from parakeet_worker.serving import websocket_job
+    from parakeet_worker.serving.job_schema import parse_request
     from tests.helpers import free_port
 
     port = free_port()
@@ -663,8 +664,8 @@ def test_a_websocket_jobs_token_is_revoked_when_the_job_ends(engine, monkeypatch
 def test_a_warning_when_serving_beyond_loopback_without_a_token():
     import dataclasses
 
-    from settings import Settings
-    from websocket_handler import ASRServer
+    from parakeet_worker.config.settings import Settings
+    from parakeet_worker.serving.asr_server import ASRServer
 
     open_server = ASRServer(Settings(ws_auth_token=""))
     assert "WS_AUTH_TOKEN" in open_server.exposure_warning("0.0.0.0")

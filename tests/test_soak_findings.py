@@ -32,8 +32,8 @@ import time
 import numpy as np
 import pytest
 
-import synth
 from tests.helpers import ROOT, TINY_MODEL, free_port, requires_model
+from tools.test_model import synth
 
 pytestmark = requires_model
 TOKEN = "findings-token"

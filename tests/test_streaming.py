@@ -14,12 +14,13 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-import synth
-from asr_engine import Engine
 from client import ASRWebSocketClient
 from client import pcm16_bytes as pcm16
-from settings import Settings
-from websocket_handler import ASRServer, PcmInput
+from parakeet_worker.config.settings import Settings
+from parakeet_worker.engine.engine import Engine
+from parakeet_worker.serving.asr_server import ASRServer
+from parakeet_worker.serving.session import PcmInput
+from tools.test_model import synth
 
 # Measured on the test model: v1, 30 fresh sentences (bench/stream_accuracy.py), streaming 3.6%
 # WER vs reference, 3.1% vs the offline transcript of the same audio; on this test's 20 sentences
@@ -376,7 +377,7 @@ def test_keepalive_pings_do_not_keep_an_idle_session_open(engine, monkeypatch):
     session that answers pings and sends nothing still idles out."""
     import aiohttp
 
-    import http_server
+    from parakeet_worker.serving import http_server
 
     monkeypatch.setattr(http_server, "PING_INTERVAL_S", 0.2)
     srv = ServerThread(dataclasses.replace(engine.settings, ws_idle_timeout_s=1.5), engine)

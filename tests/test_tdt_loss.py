@@ -4,7 +4,7 @@
 import pytest
 import torch
 
-from tdt_loss import tdt_loss
+from tools.test_model.tdt_loss import tdt_loss
 
 DURATIONS = [0, 1, 2, 3, 4]
 
@@ -103,7 +103,7 @@ def test_rnnt_lattice_matches_nemo_rnnt_reference():
     """duration_logprobs=None is the plain RNN-T loss (what omega mixes in); checked against
     NeMo's CPU reference RNNTLossPytorch."""
     rnnt_pytorch = pytest.importorskip("nemo.collections.asr.losses.rnnt_pytorch")
-    from tdt_loss import tdt_log_likelihood
+    from tools.test_model.tdt_loss import tdt_log_likelihood
 
     g = torch.Generator().manual_seed(11)
     B, T, U, V = 2, 6, 3, 5

@@ -10,8 +10,8 @@ import re
 import jiwer
 import pytest
 
-import synth
 from tests.helpers import TINY_MODEL
+from tools.test_model import synth
 
 N = 40  # sentences per set: about 300 words, enough to resolve a 5% bound
 
@@ -112,8 +112,8 @@ def edge_results(tiny_model):
     """Per language: (sentences, their transcripts, 1-2-word utterances, theirs, theirs through
     NeMo's transcribe()). The product's batch engine transcribes the clips as they are; NeMo's
     transcribe() first pads every clip under 1 s to 1 s with zeros at both ends."""
-    from asr_engine import Engine
-    from settings import Settings
+    from parakeet_worker.config.settings import Settings
+    from parakeet_worker.engine.engine import Engine
 
     engine = Engine(Settings(model="tiny", warmup=False), model=tiny_model)
     out = {}

@@ -29,15 +29,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
-sys.path.insert(0, str(ROOT / "tools" / "test_model"))
 
 import numpy as np  # noqa: E402
 from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
 from hypothesis import seed as hypothesis_seed  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-import synth  # noqa: E402
-from errors import ASRError  # noqa: E402
+from parakeet_worker.config.errors import ASRError  # noqa: E402
+from tools.test_model import synth  # noqa: E402
 
 CORPUS = ROOT / "tests" / "fuzz_corpus"
 MAX_SECONDS = 30.0  # decode limit while fuzzing: mutated headers claiming hours are refused fast
@@ -122,7 +121,7 @@ class Target:
 
 
 def check_decode(data: bytes) -> None:
-    from audio_utils import SAMPLE_RATE, decode_audio
+    from parakeet_worker.audio.decode import SAMPLE_RATE, decode_audio
 
     try:
         audio = decode_audio(data, MAX_SECONDS)
@@ -135,7 +134,7 @@ def check_decode(data: bytes) -> None:
 
 
 def check_base64(text: str) -> None:
-    from audio_utils import decode_base64
+    from parakeet_worker.audio.formats import decode_base64
 
     try:
         data = decode_base64(text, 4096)
@@ -145,7 +144,7 @@ def check_base64(text: str) -> None:
 
 
 def check_request(job_input) -> None:
-    from job_schema import parse_request
+    from parakeet_worker.serving.job_schema import parse_request
 
     try:
         req = parse_request(job_input)
@@ -168,7 +167,7 @@ def _numeric_addresses(host: str) -> list[str]:
 def check_url(case) -> None:
     from yarl import URL
 
-    import url_policy
+    from parakeet_worker.audio import url_policy
 
     url, addresses = case
     try:
@@ -187,7 +186,7 @@ def check_url(case) -> None:
 
 
 def check_ws(raw: str) -> None:
-    from websocket_handler import parse_message
+    from parakeet_worker.serving.session import parse_message
 
     try:
         msg = parse_message(raw)
@@ -198,7 +197,7 @@ def check_ws(raw: str) -> None:
 
 
 def check_openai(fields) -> None:
-    import openai_api
+    from parakeet_worker.serving import openai_api
 
     try:
         req = openai_api.parse_fields(fields)
@@ -226,7 +225,7 @@ def check_multipart(case) -> None:
     from aiohttp.streams import StreamReader
     from multidict import CIMultiDict
 
-    import openai_api
+    from parakeet_worker.serving import openai_api
 
     ctype, body = case[0], case[1].encode("latin-1")  # (a JSON-friendly pair: findings are saved as JSON)
 

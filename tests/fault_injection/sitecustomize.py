@@ -19,7 +19,7 @@ import sys
 MODE = os.environ.get("INJECT_DEVICE_ERROR", "")
 MESSAGE = "CUDA error: an illegal memory access was encountered"
 PIPELINE = "nemo.collections.asr.inference.pipelines.buffered_rnnt_pipeline"
-TARGETS = {"stream": PIPELINE, "slow_stream": PIPELINE, "offline": "asr_engine"}
+TARGETS = {"stream": PIPELINE, "slow_stream": PIPELINE, "offline": "parakeet_worker.engine.engine"}
 
 
 def _raise():

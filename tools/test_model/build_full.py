@@ -28,8 +28,8 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.append(str(HERE.parents[1]))  # run as a script from tools/test_model: the product modules too
 
-import synth  # noqa: E402
-from config import DURATIONS, FULL, parakeet_config  # noqa: E402
+from tools.test_model import synth  # noqa: E402
+from tools.test_model.config import DURATIONS, FULL, parakeet_config  # noqa: E402
 
 CACHE = Path(os.environ.get("TEST_MODEL_CACHE", Path.home() / ".cache" / "parakeet-test-models")) / "full"
 DEFAULT_OUT = CACHE / "parakeet_tdt_v3_random.nemo"

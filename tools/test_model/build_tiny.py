@@ -30,9 +30,9 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.append(str(ROOT))  # run as a script from tools/test_model: the product modules too
 
-import synth  # noqa: E402
-from config import DURATIONS, TINY, parakeet_config  # noqa: E402
-from tdt_loss import tdt_loss  # noqa: E402
+from tools.test_model import synth  # noqa: E402
+from tools.test_model.config import DURATIONS, TINY, parakeet_config  # noqa: E402
+from tools.test_model.tdt_loss import tdt_loss  # noqa: E402
 
 ASSETS = ROOT / "tests" / "assets"
 MODEL_PATH = ASSETS / "tiny_parakeet.nemo"
@@ -327,8 +327,9 @@ EDGE_PAD = 0.3  # seconds of silence the "padded" clips get at both ends
 
 def _engine(model_path: Path):
     """The product's batch engine on the model: what a batch job's audio goes through."""
-    from asr_engine import Engine, load_model
-    from settings import Settings
+    from parakeet_worker.config.settings import Settings
+    from parakeet_worker.engine.engine import Engine
+    from parakeet_worker.engine.model_loader import load_model
 
     return Engine(Settings(model=str(model_path), warmup=False), model=load_model(str(model_path), device="cpu"))
 

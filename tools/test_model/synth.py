@@ -24,7 +24,9 @@ from pathlib import Path
 import numpy as np
 import soxr
 
-from constants import SAMPLE_RATE  # the repository root is on the path (pytest, bench/_paths, the builders)
+from parakeet_worker.config.constants import (
+    SAMPLE_RATE,  # the repository root is on the path (pytest, bench/_paths, the builders)
+)
 
 ASSETS = Path(__file__).resolve().parents[2] / "tests" / "assets"
 # ffmpeg output options for every container/codec the product claims: the tests and bench/soak.py

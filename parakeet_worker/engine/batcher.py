@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-import metrics
-from scheduling import BATCH_POOL, run_in
+from parakeet_worker.runtime import metrics
+from parakeet_worker.runtime.scheduling import BATCH_POOL, run_in
 
 ARRIVING_WAIT_S = 0.05  # longest extra wait for requests still decoding (DynamicBatcher.request_arriving)
 
@@ -101,3 +101,24 @@ class DynamicBatcher:
                 continue
             for fut, res in zip(futures, results):
                 settle(fut, res)
+
+
+def plan_groups(lengths: list[int], max_padded: float, max_padding_ratio: float) -> list[list[int]]:
+    """Split one batcher call into forward passes: indices sorted by length, a pass closed when
+    adding the next clip would hold more than ``max_padded`` samples of padded audio, or pad its
+    clips to more than ``max_padding_ratio`` times their real length (one long file is not padded
+    against 15 short ones). A clip longer than the budget gets a pass of its own."""
+    groups: list[list[int]] = []
+    group: list[int] = []
+    real = 0  # samples of real audio in the group
+    for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
+        n = lengths[i]
+        padded = n * (len(group) + 1)  # sorted: the newcomer is the longest
+        if group and (padded > max_padded or padded > max_padding_ratio * (real + n)):
+            groups.append(group)
+            group, real = [], 0
+        group.append(i)
+        real += n
+    if group:
+        groups.append(group)
+    return groups

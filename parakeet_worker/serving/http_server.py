@@ -10,33 +10,15 @@ The protocol itself lives in websocket_handler.py; a session sees its socket onl
 from __future__ import annotations
 
 import asyncio
-import hmac
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import WSMsgType, web
 from aiohttp.abc import AbstractAccessLogger
 
-import metrics
-
-
-class _ClientErrorsInOneLine(logging.Filter):
-    """aiohttp logs a malformed request head with a full traceback at ERROR: anyone could flood
-    the logs with them. One INFO line instead (the client's fault, not the server's)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        from aiohttp.http_exceptions import HttpProcessingError
-
-        exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, HttpProcessingError):
-            record.msg, record.args = f"malformed request from a client ({type(exc).__name__})", None
-            record.exc_info, record.exc_text = None, None
-            record.levelno, record.levelname = logging.INFO, "INFO"
-        return True
-
-
-logging.getLogger("aiohttp.server").addFilter(_ClientErrorsInOneLine())
+from parakeet_worker.config.logs import quiet_client_errors, request_log
+from parakeet_worker.runtime import metrics
+from parakeet_worker.serving.auth import offered_tokens
 
 PING_INTERVAL_S = 20.0  # WebSocket pings keep idle proxies from dropping the connection
 DEMO_PAGE = Path(__file__).resolve().parent / "static" / "index.html"
@@ -74,25 +56,6 @@ class Connection:
 
     async def close(self, code: int, reason: str) -> None:
         await self.ws.close(code=code, message=reason.encode()[:120])
-
-
-def offered_tokens(request: web.Request) -> list[str]:
-    """Tokens the client offers: one ``Authorization: Bearer`` and/or one ``?token=`` (either may
-    match: a proxy may put its own credentials in the header). A request that repeats ``token``
-    offers nothing: one request is at most two guesses."""
-    query = request.query.getall("token", [])  # parsed: ``%74oken`` is ``token`` here too
-    if len(query) > 1:
-        return []
-    offered = list(query)
-    auth = request.headers.get("Authorization", "")
-    if auth[:7].lower() == "bearer ":
-        offered.append(auth[7:].strip())
-    return offered
-
-
-def authorized(request: web.Request, token: str) -> bool:
-    """No token configured, or the client offers it."""
-    return not token or any(hmac.compare_digest(given.encode(), token.encode()) for given in offered_tokens(request))
 
 
 def _host_name(host: str) -> str:
@@ -216,9 +179,9 @@ def build_app(server, *, http_api: bool = False) -> web.Application:
     app.router.add_get("/health", ping)
     app.router.add_get("/metrics", metrics_page)
     if http_api:
-        import openai_api  # the HTTP API only where it is served
+        from parakeet_worker.serving import openai_api  # the HTTP API only where it is served
 
-        openai_api.add_routes(app, server.settings)
+        openai_api.add_routes(app, server)
         app.router.add_get("/", page)
     app.router.add_get("/{path:.*}", websocket)
     return app
@@ -339,14 +302,14 @@ class _RequestLog(AbstractAccessLogger):
         self.logger.debug("%s %s %s", request.method, request.path, response.status)
 
 
-async def serve(server, host: str, port: int, *, http_api: bool = False,
-                request_log: logging.Logger | None = None) -> Listener:
+async def serve(server, host: str, port: int, *, http_api: bool = False) -> Listener:
     """Start listening (``port=0`` picks a free port). ``handler_cancellation``: a client that
     goes away cancels its request's handler, so its decoding and transcription stop (its temp
     files and ffmpeg go with them) instead of running to the end for nobody."""
     s = server.settings
+    quiet_client_errors()
     runner = _GuardedRunner(build_app(server, http_api=http_api), s, shutdown_timeout=5.0,
-                            access_log_class=_RequestLog, access_log=request_log, handler_cancellation=True,
+                            access_log_class=_RequestLog, access_log=request_log(), handler_cancellation=True,
                             keepalive_timeout=s.keepalive_timeout_s)
     await runner.setup()
     site = web.TCPSite(runner, host, port)

@@ -22,8 +22,8 @@ from pathlib import Path
 
 from yarl import URL
 
-from errors import AUDIO_TOO_LARGE, DOWNLOAD_FAILED, FORBIDDEN_URL, ASRError
-from url_policy import NOT_PUBLIC, Target, address_allowed, check_url
+from parakeet_worker.audio.url_policy import NOT_PUBLIC, Target, address_allowed, check_url
+from parakeet_worker.config.errors import AUDIO_TOO_LARGE, DOWNLOAD_FAILED, FORBIDDEN_URL, ASRError
 
 REDIRECTS = (301, 302, 303, 307, 308)
 

@@ -13,22 +13,18 @@ exceptions (``BadRequestError``, ``AuthenticationError``, ...).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import math
 import tempfile
-import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from aiohttp import BodyPartReader, MultipartReader, web
+from aiohttp import web
 
-import audio_utils
-import hardware
-import metrics
-from errors import (
+from parakeet_worker.audio import decode as audio_utils
+from parakeet_worker.audio.budget import DecodeBudget
+from parakeet_worker.config.errors import (
     AUDIO_TOO_LARGE,
     AUDIO_TOO_LONG,
     INTERNAL_ERROR,
@@ -38,10 +34,12 @@ from errors import (
     UNSUPPORTED_FORMAT,
     ASRError,
 )
-from formatting import to_srt, to_vtt
-from hotwords import HotwordError, Hotwords, parse_hotwords
-from http_server import SERVER_KEY, authorized
-from transcript import Transcript
+from parakeet_worker.engine.hotwords import HotwordError, Hotwords, parse_hotwords
+from parakeet_worker.engine.transcript import Transcript
+from parakeet_worker.runtime import hardware, metrics
+from parakeet_worker.serving.auth import authorized
+from parakeet_worker.serving.formatting import to_srt, to_vtt
+from parakeet_worker.serving.openai_upload import APIError, ClientGone, UploadBudget, read_form
 
 log = logging.getLogger("openai_api")
 ROUTE = "/v1/audio/transcriptions"
@@ -59,125 +57,33 @@ LANGUAGES = {
 FIELDS = {"file", "model", "response_format", "timestamp_granularities[]", "timestamp_granularities", "language",
           "prompt", "temperature", "stream",
           "hotwords[]", "hotwords", "hotword_boost"}  # ours (hotwords.py): a field per word or phrase
-FORM_OVERHEAD = 64 * 1024  # bytes of form fields and part headers allowed beside the file
-MAX_PARTS = 512  # form parts in one request (up to 100 hotwords are the most a client needs)
-READ_SIZE = 256 * 1024
 
 # our error codes -> HTTP status; OpenAI's clients map 400 to BadRequestError, 413 to APIStatusError
 STATUS = {INVALID_INPUT: 400, INVALID_AUDIO: 400, UNSUPPORTED_FORMAT: 400, AUDIO_TOO_LONG: 400,
           AUDIO_TOO_LARGE: 413}
 
 
-UPLOADS_KEY = web.AppKey("uploads", object)  # the app's UploadBudget (add_routes)
+@dataclass
+class RouteState:
+    """What the OpenAI routes share: the server (engine, readiness, drain accounting), the
+    upload budget (spool disk, concurrent uploads) and the decode memory budget."""
+
+    server: object  # the ASRServer (asr_server.py)
+    uploads: UploadBudget
+    decode_budget: DecodeBudget
 
 
-def add_routes(app: web.Application, settings) -> None:
-    """The OpenAI-compatible routes, and the upload budget they share."""
-    app[UPLOADS_KEY] = UploadBudget(settings.max_uploads, settings.spool_budget)
+STATE_KEY = web.AppKey("openai_routes", RouteState)
+
+
+def add_routes(app: web.Application, server) -> None:
+    """The OpenAI-compatible routes on ``server``'s app."""
+    s = server.settings
+    app[STATE_KEY] = RouteState(server, UploadBudget(s.max_uploads, s.spool_budget),
+                                DecodeBudget(s.decode_budget_bytes))
     app.router.add_post(ROUTE, transcriptions)
     app.router.add_get("/v1/models", models)
     app.router.add_get("/v1/models/{model:.+}", models)
-
-
-class ClientGone(Exception):
-    """The client went away mid-upload: nobody to answer (logged and counted as cancelled)."""
-
-
-class UploadBudget:
-    """What all uploads in flight may hold together: at most ``max_uploads`` at once (more get
-    429 at once) and ``max_bytes`` spooled to disk in all (an upload that would pass it gets 503)."""
-
-    def __init__(self, max_uploads: int, max_bytes: int):
-        self.max_uploads, self.max_bytes = max_uploads, max_bytes
-        self.active = 0
-        self.spooled = 0
-
-    @contextlib.contextmanager
-    def upload(self):
-        """One upload's share: a slot, and the bytes it reserves (``Upload.reserve``), all given
-        back when it ends, however it ends."""
-        if self.active >= self.max_uploads:
-            metrics.REFUSALS.labels("uploads").inc()
-            raise APIError(429, f"{self.max_uploads} uploads are already in progress on this worker; retry shortly",
-                           kind="rate_limit_error", code="too_many_uploads")
-        self.active += 1
-        ticket = Upload(self)
-        try:
-            yield ticket
-        finally:
-            self.active -= 1
-            self.spooled -= ticket.reserved
-
-
-class Upload:
-    def __init__(self, budget: UploadBudget):
-        self.budget, self.reserved = budget, 0
-
-    def reserve(self, n: int) -> None:
-        b = self.budget
-        if b.spooled + n > b.max_bytes:
-            metrics.REFUSALS.labels("spool").inc()
-            raise APIError(503, "this worker holds too much uploaded audio right now; retry shortly",
-                           kind="server_error", code="server_busy")
-        b.spooled += n
-        self.reserved += n
-
-
-class _CountedBody:
-    """The request body as the multipart parser reads it: every byte counts against the request's
-    limit (preamble, boundaries and part headers too, with or without Content-Length), and no
-    read may wait longer than ``stall_s`` for the client (a stalled upload is a 408)."""
-
-    def __init__(self, stream, limit: int, stall_s: float, min_rate: float = 0.0):
-        self._stream, self.limit, self.stall_s, self.n = stream, limit, stall_s, 0
-        self.min_rate, self.t0 = min_rate, time.monotonic()
-
-    def __getattr__(self, name):  # at_eof and the rest: the stream's own
-        return getattr(self._stream, name)
-
-    def _count(self, data: bytes) -> bytes:
-        self.n += len(data)
-        if self.n > self.limit:
-            raise APIError(413, f"the request is larger than the {self.limit} byte limit (MAX_AUDIO_BYTES + form)",
-                           param="file", code=AUDIO_TOO_LARGE)
-        elapsed = time.monotonic() - self.t0
-        # a byte now and then keeps every read under the stall limit: past a grace period the
-        # upload must also keep an average rate
-        if self.min_rate and elapsed > self.stall_s and self.n < self.min_rate * elapsed:
-            raise APIError(408, f"the upload is slower than {self.min_rate:g} bytes/s (UPLOAD_MIN_RATE)",
-                           code="upload_timeout")
-        return data
-
-    async def _wait(self, aw):
-        try:
-            async with asyncio.timeout(self.stall_s):
-                return await aw
-        except TimeoutError:
-            raise APIError(408, f"the upload stalled: no data for {self.stall_s:g} s (UPLOAD_STALL_S)",
-                           code="upload_timeout") from None
-
-    async def readline(self, *args, **kwargs) -> bytes:
-        return self._count(await self._wait(self._stream.readline(*args, **kwargs)))
-
-    async def read(self, n: int = -1) -> bytes:
-        return self._count(await self._wait(self._stream.read(n)))
-
-    def unread_data(self, data: bytes) -> None:
-        self.n -= len(data)
-        self._stream.unread_data(data)
-
-
-class APIError(Exception):
-    """An error answered as OpenAI's error object."""
-
-    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
-                 kind: str = "invalid_request_error"):
-        super().__init__(message)
-        self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
-
-    def response(self) -> web.Response:
-        return web.json_response({"error": {"message": self.message, "type": self.kind, "param": self.param,
-                                            "code": self.code}}, status=self.status)
 
 
 @dataclass(frozen=True)
@@ -255,74 +161,6 @@ def _hotwords(phrases: list[str], boost: str | None) -> Hotwords | None:
                        code=INVALID_INPUT) from None
 
 
-async def read_form(request: web.Request, max_bytes: int, spool: Path, upload: Upload,
-                    stall_s: float, timeout_s: float, min_rate: float = 0.0) -> dict[str, list[str]]:
-    """Read the multipart form within ``timeout_s``: the ``file`` part goes to ``spool`` (at most
-    ``max_bytes``, reserved in ``upload`` as it is written), the text fields come back by name.
-    A form the parser cannot read is a 400, a client gone ``ClientGone``."""
-    if request.content_type != "multipart/form-data":
-        raise APIError(415, f"Content-Type must be multipart/form-data, not '{request.content_type}'")
-    if request.content_length is not None and request.content_length > max_bytes + FORM_OVERHEAD:
-        raise _too_large(max_bytes)
-    try:
-        async with asyncio.timeout(timeout_s):
-            body = _CountedBody(request.content, max_bytes + FORM_OVERHEAD, stall_s, min_rate)
-            return await _read_parts(MultipartReader(request.headers, body), max_bytes, spool, upload)
-    except (APIError, asyncio.CancelledError):
-        raise
-    except TimeoutError:
-        raise APIError(408, f"the upload took longer than {timeout_s:g} s (UPLOAD_TIMEOUT_S)",
-                       code="upload_timeout") from None
-    except ConnectionError:
-        raise ClientGone from None
-    except OSError:
-        raise  # this server's disk: a server error
-    except Exception as exc:  # noqa: BLE001 - whatever the parser raises, the form is the client's
-        # (the parser's own message may quote the client's bytes: only its kind is told back)
-        raise APIError(400, f"the multipart form could not be read ({type(exc).__name__}): check the boundary, "
-                            "the part headers and the closing boundary") from None
-
-
-async def _read_parts(reader: MultipartReader, max_bytes: int, spool: Path, upload: Upload) -> dict[str, list[str]]:
-    fields: dict[str, list[str]] = {}
-    parts = text_bytes = 0
-    async for part in reader:
-        parts += 1
-        if parts > MAX_PARTS:
-            raise APIError(400, f"the form has more than {MAX_PARTS} parts")
-        if not isinstance(part, BodyPartReader) or not part.name:
-            raise APIError(400, "every form part needs a name")
-        if part.name == "file":
-            if "file" in fields:
-                raise APIError(400, "'file' was given more than once", param="file")
-            fields["file"] = [part.filename or ""]
-            size = 0
-            with spool.open("wb") as out:
-                while chunk := await part.read_chunk(READ_SIZE):
-                    size += len(chunk)
-                    if size > max_bytes:
-                        raise _too_large(max_bytes)
-                    upload.reserve(len(chunk))
-                    out.write(chunk)
-        else:  # a text field: read in chunks, all of them together capped (never buffered whole)
-            raw = bytearray()
-            while chunk := await part.read_chunk(8192):
-                raw += chunk
-                text_bytes += len(chunk)
-                if text_bytes > FORM_OVERHEAD:
-                    raise APIError(400, f"the form's text fields are longer than {FORM_OVERHEAD} bytes in all",
-                                   param=part.name)
-            fields.setdefault(part.name, []).append(part.decode(bytes(raw)).decode("utf-8", "replace"))
-    if "file" not in fields:
-        raise APIError(400, "a 'file' part with the audio is required", param="file")
-    return fields
-
-
-def _too_large(max_bytes: int) -> APIError:
-    return APIError(413, f"the file is larger than the {max_bytes} byte limit (MAX_AUDIO_BYTES)", param="file",
-                    code=AUDIO_TOO_LARGE)
-
-
 # ---------------------------------------------------------------------------------------------
 # output
 def _compression_ratio(text: str) -> float:
@@ -359,7 +197,7 @@ def _usage(t: Transcript) -> dict:
 async def models(request: web.Request) -> web.Response:
     """``GET /v1/models`` (and ``/v1/models/{model}``): the one served model, in OpenAI's shape, so
     clients and tools that list models first find it."""
-    server = request.app[SERVER_KEY]
+    server = request.app[STATE_KEY].server
     if not authorized(request, server.settings.http_api_token):
         return APIError(401, "Incorrect API key provided", code="invalid_api_key").response()
     model = {"id": server.settings.model_id, "object": "model", "created": 0, "owned_by": "nvidia"}
@@ -399,8 +237,8 @@ async def transcriptions(request: web.Request) -> web.Response:
 
 
 async def _transcriptions(request: web.Request, record: metrics.JobRecord) -> web.Response:
-    server = request.app[SERVER_KEY]
-    settings = server.settings
+    state = request.app[STATE_KEY]
+    server, settings = state.server, state.server.settings
     try:
         if not authorized(request, settings.http_api_token):
             raise APIError(401, "Incorrect API key provided: pass the server's API_TOKEN as "
@@ -417,12 +255,12 @@ async def _transcriptions(request: web.Request, record: metrics.JobRecord) -> we
             metrics.REFUSALS.labels("loading").inc()
             raise APIError(503, "The model is still loading; retry shortly", kind="server_error",
                            code="model_loading")
-        with (request.app[UPLOADS_KEY].upload() as upload, server.http_request(),
+        with (state.uploads.upload() as upload, server.requests.track(),
               tempfile.TemporaryDirectory(prefix="openai-upload-") as tmp):
             spool = Path(tmp) / "audio"
             fields = await read_form(request, settings.max_audio_bytes, spool, upload, settings.upload_stall_s,
                                      settings.upload_timeout_s, settings.upload_min_rate)
-            return await _transcribe_upload(server, request, fields, spool, record)
+            return await _transcribe_upload(state, fields, spool, record)
     except ClientGone:
         record.fail("cancelled")
         log.info("the client went away during its upload")
@@ -444,16 +282,16 @@ async def _transcriptions(request: web.Request, record: metrics.JobRecord) -> we
                        code=INTERNAL_ERROR) from None
 
 
-async def _transcribe_upload(server, request: web.Request, fields: dict, spool: Path,
-                             record: metrics.JobRecord) -> web.Response:
+async def _transcribe_upload(state: RouteState, fields: dict, spool: Path, record: metrics.JobRecord) -> web.Response:
     """The form is read: decode the spooled audio and transcribe it."""
+    server = state.server
     settings = server.settings
     req = parse_fields(fields)
     engine = server.engine
     with engine.request_arriving():  # requests that arrive together share a forward pass
         # the decode path and worker-wide decode memory budget RunPod jobs use: cancellable (a
         # client gone kills its ffmpeg)
-        audio = await audio_utils.decode_audio_async(spool, settings.max_audio_seconds, None, server.decode_budget)
+        audio = await audio_utils.decode_audio_async(spool, settings.max_audio_seconds, None, state.decode_budget)
     record.audio_s = audio.duration
     transcript = await engine.transcribe(audio.samples, hotwords=req.hotwords)
     return render(transcript, req, engine.model_name)

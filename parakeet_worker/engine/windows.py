@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from transcript import Transcript, Word, make_segments
+from parakeet_worker.engine.transcript import Transcript, Word, make_segments
 
 LOCAL_WINDOW_OVERLAP_S = 16.0  # local-attention windows overlap by more than the attention reach (10 s)
 SEAM_EDGE_S = 0.3  # words this close to a window's cut may be fragments: never put a seam there

@@ -6,8 +6,8 @@ from dataclasses import dataclass, replace
 
 from runpod.serverless.utils.rp_validator import validate
 
-from errors import INVALID_INPUT, ASRError
-from hotwords import HotwordError, Hotwords, parse_hotwords
+from parakeet_worker.config.errors import INVALID_INPUT, ASRError
+from parakeet_worker.engine.hotwords import HotwordError, Hotwords, parse_hotwords
 
 OUTPUT_FORMATS = ("json", "text", "srt", "vtt")
 ACTIONS = ("transcribe", "websocket")

@@ -27,6 +27,8 @@ from pathlib import Path
 import torch
 from nemo.core.connectors.save_restore_connector import SaveRestoreConnector
 
+from parakeet_worker.runtime import hardware
+
 log = logging.getLogger(__name__)
 
 CONFIG_NAME = "model_config.yaml"
@@ -127,7 +129,7 @@ def restore(name: str, device: torch.device, cache_dir: str = ""):
 if __name__ == "__main__":  # python model_loader.py [NAME] [CACHE_DIR]: the image's bake step
     import sys
 
-    from settings import Settings, configure_logging
+    from parakeet_worker.config.settings import Settings, configure_logging
 
     s = Settings.from_env()
     configure_logging(s)
@@ -136,3 +138,14 @@ if __name__ == "__main__":  # python model_loader.py [NAME] [CACHE_DIR]: the ima
     if not cache:
         sys.exit("no cache folder: pass one or set PARAKEET_MODEL_CACHE")
     print(extract(name, cache))
+
+
+def load_model(name_or_path: str, device: str | None = None, cache_dir: str = ""):
+    """Load a NeMo ASR model (Hugging Face id, ``.nemo`` file or extracted folder), in eval mode,
+    on ``device`` (``cuda`` when present unless told otherwise; an explicit ``cuda`` without a
+    usable GPU raises ``hardware.DeviceUnavailable``, never a silent fall back to CPU).
+    ``cache_dir`` (``Settings.model_cache_dir``; "" = none) holds models unpacked at build time."""
+    dev = hardware.resolve_device(device or "")
+    model = restore(name_or_path, dev, cache_dir).to(dev).eval()
+    log.info("loaded %s on %s", name_or_path, dev)
+    return model

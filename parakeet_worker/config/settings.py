@@ -8,7 +8,6 @@ reads ``os.environ`` (the client's command line reads its own API key and token)
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 from dataclasses import dataclass, field
 
@@ -237,10 +236,3 @@ def _parse(f: dataclasses.Field, raw: str):
     if kind.startswith("tuple"):
         return tuple(x.strip().lower() for x in raw.split(",") if x.strip())
     return raw.lower() if f.name in _LOWERCASE else raw
-
-
-def configure_logging(settings: Settings) -> None:
-    """The one logging set-up, for every entry point (worker, WebSocket server, model bake).
-    ``force``: the RunPod SDK configures the root logger when it is imported (at INFO), which
-    would otherwise make LOG_LEVEL a no-op under rp_handler.py."""
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(name)s %(message)s", force=True)

@@ -52,3 +52,19 @@ def make_segments(words: list[Word]) -> list[Segment]:
     if cur:
         segments.append(Segment(cur[0].start, cur[-1].end, " ".join(x.word for x in cur)))
     return segments
+
+
+def from_hypothesis(hyp, duration: float, attention: str) -> Transcript:
+    """A NeMo hypothesis (with word timestamps and confidences) as a Transcript."""
+    raw = hyp.timestamp.get("word", []) if isinstance(hyp.timestamp, dict) else []
+    conf = list(getattr(hyp, "word_confidence", None) or [])
+    words, last = [], 0.0
+    for k, w in enumerate(raw):
+        # clamp into [0, duration] and keep starts monotone; TDT frames are 80 ms
+        start = min(max(float(w["start"]), last), duration)
+        end = min(max(float(w["end"]), start), duration)
+        c = float(conf[k]) if k < len(conf) else None
+        words.append(Word(str(w["word"]), round(start, 3), round(end, 3), None if c is None else round(c, 4)))
+        last = start
+    text = hyp.text if isinstance(hyp.text, str) else " ".join(w.word for w in words)
+    return Transcript(text.strip(), round(duration, 3), words, make_segments(words), attention)

@@ -14,12 +14,12 @@ import logging
 import time
 from collections.abc import Callable
 
-import lifecycle
-from asr_engine import Engine
-from job_schema import Request
-from progress import post_progress
-from settings import Settings
-from websocket_handler import ASRServer
+from parakeet_worker.config.settings import Settings
+from parakeet_worker.engine.engine import Engine
+from parakeet_worker.runtime import lifecycle
+from parakeet_worker.serving.asr_server import ASRServer
+from parakeet_worker.serving.job_schema import Request
+from parakeet_worker.serving.progress import post_progress
 
 log = logging.getLogger(__name__)
 

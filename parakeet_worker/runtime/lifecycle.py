@@ -30,7 +30,7 @@ import threading
 import time
 from collections.abc import Callable
 
-import metrics
+from parakeet_worker.runtime import metrics
 
 log = logging.getLogger("lifecycle")
 

@@ -13,7 +13,7 @@ import subprocess
 
 import torch
 
-from errors import DeviceLost
+from parakeet_worker.config.errors import DeviceLost
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +123,17 @@ def free_device_memory(device: torch.device) -> float | None:
         return None
     free, _total = torch.cuda.mem_get_info(device)
     return float(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+
+
+def memory_used_fraction(device: torch.device | None) -> float:
+    """How full the memory that limits batch jobs is: the GPU's on a GPU (torch's cache counts as
+    free: the allocator reuses it), else the machine's (psutil reports a cgroup limit as such)."""
+    if device is not None and device.type == "cuda":
+        _free, total = torch.cuda.mem_get_info(device)
+        return 1.0 - free_device_memory(device) / total
+    import psutil
+
+    return psutil.virtual_memory().percent / 100.0
 
 
 # Messages of errors after which a CUDA context is unusable. An illegal memory access or a failed

@@ -29,7 +29,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import metrics
+from parakeet_worker.runtime import metrics
 
 STREAM, BATCH = 0, 1  # priorities: lower goes first
 BATCH_MAX_DEFER_S = 2.0  # a batch pass waits at most this long for streams that have audio ready

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import runpod
 
-from settings import Settings
+from parakeet_worker.config.settings import Settings
 
 PROGRESS_INTERVAL_S = 2.0  # long jobs: at most one progress update this often
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from yarl import URL
 
-from errors import FORBIDDEN_URL, INVALID_INPUT, ASRError
+from parakeet_worker.config.errors import FORBIDDEN_URL, INVALID_INPUT, ASRError
 
 MAX_URL_LENGTH = 8192
 _BLOCKED_NAMES = {"localhost", "metadata", "metadata.google.internal", "instance-data", "kubernetes.default"}

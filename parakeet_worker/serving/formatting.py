@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from transcript import Segment, Transcript
+from parakeet_worker.engine.transcript import Segment, Transcript
 
 
 def _clock(seconds: float, sep: str) -> str:
