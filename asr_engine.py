@@ -47,7 +47,7 @@ def main() -> None:
     ap.add_argument("files", nargs="+", type=Path)
     ap.add_argument("--json", action="store_true", help="one JSON object per file, with words and segments")
     args = ap.parse_args()
-    settings = Settings.from_env()
+    settings = Settings.from_env_or_exit()
     configure_logging(settings)
     sys.exit(asyncio.run(transcribe_files(settings, args.files, args.json)))
 

@@ -31,7 +31,7 @@ def main() -> None:
     ap.add_argument("-o", "--out", type=Path, help="write the decoded audio as 16 kHz mono PCM16 WAV")
     args = ap.parse_args()
     try:
-        audio = decode_audio(args.file, Settings.from_env().max_audio_seconds)
+        audio = decode_audio(args.file, Settings.from_env_or_exit().max_audio_seconds)
     except ASRError as exc:
         sys.exit(f"{args.file}: {exc}")
     print(f"{args.file}: {audio.format}, {audio.duration:.3f} s, {len(audio.samples)} samples at {SAMPLE_RATE} Hz")

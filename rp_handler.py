@@ -46,7 +46,7 @@ from parakeet_worker.serving.job_schema import Request, parse_request
 from parakeet_worker.serving.progress import ProgressReporter, post_progress
 
 log = logging.getLogger("rp_handler")
-SETTINGS = Settings.from_env()
+SETTINGS = Settings.from_env_or_exit()
 DECODE_BUDGET = DecodeBudget(SETTINGS.decode_budget_bytes)  # shared by every job
 _engine: Engine | None = None
 _in_flight = 0  # handler calls not yet returned: a lost GPU's exit waits for their answers

@@ -28,7 +28,7 @@ from parakeet_worker.serving.app import run_server
 
 
 def main() -> None:
-    s = Settings.from_env()
+    s = Settings.from_env_or_exit()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--host", default=s.ws_host)
     ap.add_argument("--port", type=int, default=s.ws_port)

@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 step="${1:?usage: docker/setup.sh system|user|python|cuda-match|bake|check}"
 PY="${PYTHON:-python3}"
 # Load the configured model as the worker does: PARAKEET_MODEL from PARAKEET_MODEL_CACHE when unpacked there.
-LOAD="from parakeet_worker.config.settings import Settings; from parakeet_worker.engine.model_loader import load_model; s = Settings.from_env(); m = load_model(s.model, 'cpu', s.model_cache_dir)"
+LOAD="from parakeet_worker.config.settings import Settings; from parakeet_worker.engine.model_loader import load_model; s = Settings.from_env_or_exit(); m = load_model(s.model, 'cpu', s.model_cache_dir)"
 
 case "$step" in
   system)
@@ -51,10 +51,10 @@ PYEOF
     ;;
   bake)
     if [ -n "${PARAKEET_MODEL_CACHE:-}" ]; then
-      # Unpack the model once into the image (model_loader.py): a cold start neither downloads nor
+      # Unpack the model once into the image (parakeet_worker/engine/model_loader.py): a cold start neither downloads nor
       # unpacks it. The downloaded archive goes with this step, so the image holds one copy.
       download="$(mktemp -d)"
-      HF_HOME="$download" "$PY" model_loader.py
+      HF_HOME="$download" "$PY" -m parakeet_worker.engine.model_loader
       rm -rf "$download"
     fi
     "$PY" -c "$LOAD; print('baked', type(m).__name__)"

@@ -7,13 +7,13 @@ gets wrong is found by transcribing them, never written down."""
 import asyncio
 import random
 
-import hotwords as hw
 import jiwer
 import numpy as np
 import pytest
 
 from parakeet_worker.config.errors import ASRError
 from parakeet_worker.config.settings import Settings
+from parakeet_worker.engine import hotwords as hw
 from parakeet_worker.engine.engine import Engine
 from parakeet_worker.engine.streaming import StreamDecoder
 from parakeet_worker.serving.job_schema import parse_request

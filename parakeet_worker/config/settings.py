@@ -8,10 +8,11 @@ reads ``os.environ`` (the client's command line reads its own API key and token)
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import re
+import sys
 from dataclasses import dataclass, field
-
-_TRUE = ("1", "true", "yes", "on")
 
 
 @dataclass(frozen=True)
@@ -106,10 +107,20 @@ class Settings:
             names = ENV[f.name]
             if f.name == "runpod_public_ws_port":
                 names = (f"RUNPOD_TCP_PORT_{values.get('ws_port', cls.ws_port)}",)
-            raw = next((env[n].strip() for n in names if env.get(n, "").strip()), None)
-            if raw is not None:
-                values[f.name] = _parse(f, raw)
+            name = next((n for n in names if env.get(n, "").strip()), None)
+            if name is not None:
+                values[f.name] = _parse(f, env[name].strip(), name)
         return cls(**values)
+
+    @classmethod
+    def from_env_or_exit(cls) -> Settings:
+        """``from_env`` for entry points: a bad variable stops the process at start, before the
+        model loads, with one line on stderr (exit status 2)."""
+        try:
+            return cls.from_env()
+        except SettingsError as exc:
+            print(f"configuration error: {exc}", file=sys.stderr, flush=True)
+            sys.exit(2)
 
     @property
     def http_api_token(self) -> str:
@@ -222,17 +233,64 @@ ENV: dict[str, tuple[str, ...]] = {
     "runpod_public_ws_port": (),  # named after ws_port: see from_env
     "runpod_progress_url": ("RUNPOD_WEBHOOK_POST_OUTPUT",), "runpod_stream_url": ("RUNPOD_WEBHOOK_POST_STREAM",),
 }
-_LOWERCASE = {"precision", "worker_mode"}
+# Allowed values of the enumerated settings (compared lowercase; log_level is kept uppercase).
+CHOICES: dict[str, tuple[str, ...]] = {
+    "precision": ("auto", "bf16", "fp16", "fp32"),
+    "worker_mode": ("queue", "load_balancer"),
+    "log_level": ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
+}
+# (lowest, highest) allowed; None: no bound on that side. Numbers not listed must be >= 0.
+RANGES: dict[str, tuple[float | None, float | None]] = {
+    "warmup_streams": (-1, 4096), "max_batch_size": (1, 1024), "max_batch_wait_ms": (0, 10_000),
+    "max_padding_ratio": (1.0, None), "full_attention_bytes_per_frame2": (1.0, None),
+    "local_attention_context": (1, 4096), "local_attention_window_s": (10.0, None),
+    "max_audio_bytes": (1, None), "max_audio_seconds": (1.0, None), "download_timeout_s": (0.1, None),
+    "max_redirects": (0, 20), "decode_memory_fraction": (0.01, 1.0),
+    "ws_port": (0, 65535), "port_health": (0, 65535), "runpod_public_ws_port": (0, 65535),
+    "ws_max_sessions": (1, 100_000), "header_timeout_s": (0.1, None), "keepalive_timeout_s": (0.1, None),
+    "upload_stall_s": (0.1, None), "upload_timeout_s": (0.1, None), "max_uploads": (1, None),
+    "ws_idle_timeout_s": (0.1, None), "ws_start_timeout_s": (0.1, None), "ws_max_message_bytes": (1024, None),
+    "stream_step_s": (0.08, 10.0), "stream_left_s": (0.0, 60.0), "stream_right_s": (0.0, 10.0),
+    "stream_eou_ms": (0, 60_000), "live_batch_pass_s": (0.01, None), "live_min_window_s": (1.0, None),
+    "drain_timeout_s": (0.0, 3600.0), "memory_high_water": (0.05, 1.0),
+}
+_BOOLS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
 
 
-def _parse(f: dataclasses.Field, raw: str):
+class SettingsError(ValueError):
+    """An environment variable the worker cannot run with: one line naming it, its value and what
+    is allowed. Raised by ``Settings.from_env`` before anything is loaded."""
+
+
+def _parse(f: dataclasses.Field, raw: str, name: str):
     kind = f.type  # a string: `from __future__ import annotations`
+
+    def bad(allowed: str) -> SettingsError:
+        return SettingsError(f"{name}={raw[:80]!r} is not valid: {allowed}")
+
     if kind == "bool":
-        return raw.lower() in _TRUE
-    if kind == "int":
-        return int(raw)
-    if kind == "float":
-        return float(raw)
+        if raw.lower() not in _BOOLS:
+            raise bad("use 1/true/yes/on or 0/false/no/off")
+        return _BOOLS[raw.lower()]
+    if kind in ("int", "float"):
+        try:
+            value = int(raw) if kind == "int" else float(raw)
+        except ValueError:
+            raise bad("a whole number is required" if kind == "int" else "a number is required") from None
+        if kind == "float" and not math.isfinite(value):
+            raise bad("a finite number is required")
+        lo, hi = RANGES.get(f.name, (0, None))
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            span = f"from {lo:g}" + (f" to {hi:g}" if hi is not None else " up") if lo is not None else f"up to {hi:g}"
+            raise bad(f"allowed {span}")
+        return value
     if kind.startswith("tuple"):
         return tuple(x.strip().lower() for x in raw.split(",") if x.strip())
-    return raw.lower() if f.name in _LOWERCASE else raw
+    if f.name in CHOICES:
+        value = raw.upper() if f.name == "log_level" else raw.lower()
+        if value not in CHOICES[f.name]:
+            raise bad("one of " + ", ".join(CHOICES[f.name]))
+        return value
+    if f.name == "device" and not re.fullmatch(r"cpu|cuda(:\d+)?", raw.lower()):
+        raise bad("cpu, cuda or cuda:N (unset: cuda when present)")
+    return raw.lower() if f.name == "device" else raw

@@ -126,12 +126,13 @@ def restore(name: str, device: torch.device, cache_dir: str = ""):
     return ASRModel.restore_from(source, map_location=device, save_restore_connector=connector)
 
 
-if __name__ == "__main__":  # python model_loader.py [NAME] [CACHE_DIR]: the image's bake step
+if __name__ == "__main__":  # python -m parakeet_worker.engine.model_loader [NAME] [CACHE_DIR]: the image's bake
     import sys
 
-    from parakeet_worker.config.settings import Settings, configure_logging
+    from parakeet_worker.config.logs import configure_logging
+    from parakeet_worker.config.settings import Settings
 
-    s = Settings.from_env()
+    s = Settings.from_env_or_exit()
     configure_logging(s)
     name = sys.argv[1] if len(sys.argv) > 1 else s.model
     cache = sys.argv[2] if len(sys.argv) > 2 else s.model_cache_dir
