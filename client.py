@@ -31,9 +31,16 @@ class TranscriptionError(RuntimeError):
         self.code = code
 
 
-async def batch_transcribe_runpod(endpoint_url: str, api_key: str | None, audio_file: str | Path,
-                                  timestamps: bool = True, *, output_format: str = "json",
-                                  timeout: float = 3600.0, **options) -> dict:
+async def batch_transcribe_runpod(
+    endpoint_url: str,
+    api_key: str | None,
+    audio_file: str | Path,
+    timestamps: bool = True,
+    *,
+    output_format: str = "json",
+    timeout: float = 3600.0,
+    **options,
+) -> dict:
     """Transcribe a local file through a RunPod endpoint (or the local SDK server); return the output.
 
     ``options`` are passed as job input fields (e.g. ``chunk_long_audio=True``).
@@ -42,8 +49,12 @@ async def batch_transcribe_runpod(endpoint_url: str, api_key: str | None, audio_
     import aiohttp
 
     audio = Path(audio_file).read_bytes()
-    job_input = {"audio_base64": base64.b64encode(audio).decode("ascii"), "timestamps": timestamps,
-                 "output_format": output_format, **options}
+    job_input = {
+        "audio_base64": base64.b64encode(audio).decode("ascii"),
+        "timestamps": timestamps,
+        "output_format": output_format,
+        **options,
+    }
     base = endpoint_url.rstrip("/")
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     deadline = time.monotonic() + timeout
@@ -87,12 +98,12 @@ async def _json(resp) -> dict:
 class ASRWebSocketClient:
     """One real-time session::
 
-        async with ASRWebSocketClient("ws://127.0.0.1:8765", token=None) as c:
-            await c.start(sample_rate=SAMPLE_RATE)
-            await c.send_audio(pcm16_bytes)
-            await c.stop()                      # the server answers the last finals, then "done"
-            async for msg in c:                 # transcription / error messages, ends after "done"
-                ...
+    async with ASRWebSocketClient("ws://127.0.0.1:8765", token=None) as c:
+        await c.start(sample_rate=SAMPLE_RATE)
+        await c.send_audio(pcm16_bytes)
+        await c.stop()                      # the server answers the last finals, then "done"
+        async for msg in c:                 # transcription / error messages, ends after "done"
+            ...
     """
 
     def __init__(self, url: str, token: str | None = None, open_timeout: float = 30.0):
@@ -106,19 +117,21 @@ class ASRWebSocketClient:
 
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
         try:
-            self.ws = await connect(self.url, additional_headers=headers, open_timeout=self.open_timeout,
-                                    max_size=None)
+            self.ws = await connect(self.url, additional_headers=headers, open_timeout=self.open_timeout, max_size=None)
         except InvalidStatus as exc:
             code = exc.response.status_code
             body = exc.response.body.decode(errors="replace").strip()
-            raise TranscriptionError(f"connection refused: HTTP {code} {body}",
-                                     "unauthorized" if code == 401 else None) from None
+            raise TranscriptionError(
+                f"connection refused: HTTP {code} {body}", "unauthorized" if code == 401 else None
+            ) from None
         try:
             welcome = json.loads(await self.ws.recv())
         except ConnectionClosed as exc:  # e.g. 1013: over capacity or still loading
             await self.ws.close()
-            raise TranscriptionError(f"connection closed by the server ({exc.rcvd.code if exc.rcvd else 1006}): "
-                                     f"{exc.rcvd.reason if exc.rcvd else 'no reason'}") from None
+            raise TranscriptionError(
+                f"connection closed by the server ({exc.rcvd.code if exc.rcvd else 1006}): "
+                f"{exc.rcvd.reason if exc.rcvd else 'no reason'}"
+            ) from None
         if welcome.get("type") != "welcome":
             await self.ws.close()
             raise TranscriptionError(f"unexpected first message: {welcome}")
@@ -128,11 +141,21 @@ class ASRWebSocketClient:
     async def __aexit__(self, *exc) -> None:
         await self.ws.close()
 
-    async def start(self, sample_rate: int = SAMPLE_RATE, chunk_duration: float = 2.0, timestamps: bool = True,
-                    **options) -> dict:
+    async def start(
+        self, sample_rate: int = SAMPLE_RATE, chunk_duration: float = 2.0, timestamps: bool = True, **options
+    ) -> dict:
         """``options``: further ``start`` fields, e.g. ``hotwords=["Kubernetes"], hotword_boost=2.0``."""
-        await self.ws.send(json.dumps({"action": "start", "sample_rate": sample_rate,
-                                       "chunk_duration": chunk_duration, "timestamps": timestamps, **options}))
+        await self.ws.send(
+            json.dumps(
+                {
+                    "action": "start",
+                    "sample_rate": sample_rate,
+                    "chunk_duration": chunk_duration,
+                    "timestamps": timestamps,
+                    **options,
+                }
+            )
+        )
         reply = json.loads(await self.ws.recv())
         if reply.get("type") != "started":
             raise TranscriptionError(reply.get("message", str(reply)), reply.get("code"))
@@ -164,9 +187,16 @@ def pcm16_bytes(audio) -> bytes:
     return (np.clip(audio, -1.0, 1.0) * 32767).astype("<i2").tobytes()
 
 
-async def stream_file_to_websocket(websocket_url: str, audio_file: str | Path, chunk_duration: float = 2.0,
-                                   realtime: bool = True, token: str | None = None, show: bool = True,
-                                   frame_seconds: float = 0.1, hotwords: list[str] | None = None) -> str:
+async def stream_file_to_websocket(
+    websocket_url: str,
+    audio_file: str | Path,
+    chunk_duration: float = 2.0,
+    realtime: bool = True,
+    token: str | None = None,
+    show: bool = True,
+    frame_seconds: float = 0.1,
+    hotwords: list[str] | None = None,
+) -> str:
     """Decode any audio file, stream it as 16 kHz PCM16 (paced in real time unless ``realtime``
     is false), print partials and finals, return the final transcript (the server's ``done``)."""
     from parakeet_worker.audio.decode import decode_audio
@@ -213,8 +243,9 @@ async def _until_done(client: ASRWebSocketClient, sender: asyncio.Task, after_st
     try:
         while True:
             waiting = {nxt} if sender.done() else {nxt, sender}
-            finished, _ = await asyncio.wait(waiting, timeout=after_stop_s if sender.done() else None,
-                                             return_when=asyncio.FIRST_COMPLETED)
+            finished, _ = await asyncio.wait(
+                waiting, timeout=after_stop_s if sender.done() else None, return_when=asyncio.FIRST_COMPLETED
+            )
             if not finished:
                 raise TranscriptionError(f"no 'done' from the server {after_stop_s:g} s after stop")
             if sender in finished and sender.exception() is not None:
@@ -253,9 +284,16 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.command == "stream":
         try:
-            text = asyncio.run(stream_file_to_websocket(args.websocket_url, args.audio_file, args.chunk_duration,
-                                                        realtime=not args.fast, token=args.token,
-                                                        hotwords=args.hotwords))
+            text = asyncio.run(
+                stream_file_to_websocket(
+                    args.websocket_url,
+                    args.audio_file,
+                    args.chunk_duration,
+                    realtime=not args.fast,
+                    token=args.token,
+                    hotwords=args.hotwords,
+                )
+            )
         except (TranscriptionError, OSError, ASRError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
@@ -266,9 +304,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.hotwords:
             extra["hotwords"] = args.hotwords
         try:
-            out = asyncio.run(batch_transcribe_runpod(args.endpoint_url, args.api_key, args.audio_file,
-                                                      not args.no_timestamps, output_format=args.output_format,
-                                                      **extra))
+            out = asyncio.run(
+                batch_transcribe_runpod(
+                    args.endpoint_url,
+                    args.api_key,
+                    args.audio_file,
+                    not args.no_timestamps,
+                    output_format=args.output_format,
+                    **extra,
+                )
+            )
         except TranscriptionError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1

@@ -50,8 +50,10 @@ SETTINGS = Settings.from_env_or_exit()
 DECODE_BUDGET = DecodeBudget(SETTINGS.decode_budget_bytes)  # shared by every job
 _engine: Engine | None = None
 _in_flight = 0  # handler calls not yet returned: a lost GPU's exit waits for their answers
-DEVICE_LOST_ERROR = {"error": f"{INTERNAL_ERROR}: this worker's GPU failed; retry the job (the worker is replaced)",
-                     "refresh_worker": True}  # the SDK turns refresh_worker into stopPod for the platform
+DEVICE_LOST_ERROR = {
+    "error": f"{INTERNAL_ERROR}: this worker's GPU failed; retry the job (the worker is replaced)",
+    "refresh_worker": True,
+}  # the SDK turns refresh_worker into stopPod for the platform
 
 
 def get_engine() -> Engine:
@@ -70,8 +72,9 @@ async def fetch_audio(req: Request, engine: Engine) -> audio_utils.DecodedAudio:
         with engine.request_arriving():  # jobs that arrive together are batched together
             data = await run_in(DECODE_POOL, decode_base64, req.audio_base64, s.max_audio_bytes)
             return await audio_utils.decode_audio_async(data, s.max_audio_seconds, req.format, DECODE_BUDGET)
-    policy = fetch.DownloadPolicy(s.max_audio_bytes, s.download_timeout_s, s.max_redirects,
-                                  s.allow_private_urls, s.allowed_url_hosts)
+    policy = fetch.DownloadPolicy(
+        s.max_audio_bytes, s.download_timeout_s, s.max_redirects, s.allow_private_urls, s.allowed_url_hosts
+    )
     path = await fetch.download(req.audio_url, policy)
     try:
         with engine.request_arriving():
@@ -113,12 +116,21 @@ async def _handle(job: dict, record: metrics.JobRecord) -> dict:
         if audio.duration > 60:
             progress = ProgressReporter(job, audio.duration, send=functools.partial(post_progress, SETTINGS))
             progress(0.0)
-        transcript = await engine.transcribe(audio.samples, use_local_attention=req.use_local_attention,
-                                             chunk_long_audio=req.chunk_long_audio,
-                                             chunk_duration=req.chunk_duration, hotwords=req.hotwords,
-                                             on_progress=progress)
-        return job_output(transcript, timestamps=req.timestamps, output_format=req.output_format,
-                          model=engine.model_name, processing_time=time.perf_counter() - t0)
+        transcript = await engine.transcribe(
+            audio.samples,
+            use_local_attention=req.use_local_attention,
+            chunk_long_audio=req.chunk_long_audio,
+            chunk_duration=req.chunk_duration,
+            hotwords=req.hotwords,
+            on_progress=progress,
+        )
+        return job_output(
+            transcript,
+            timestamps=req.timestamps,
+            output_format=req.output_format,
+            model=engine.model_name,
+            processing_time=time.perf_counter() - t0,
+        )
     except ASRError as exc:
         return {"error": str(exc)}
     except (MemoryError, torch.OutOfMemoryError):  # the engine recovers GPU OOM itself; this is what is left
@@ -193,8 +205,13 @@ def main() -> None:
     # before the SDK's server: uvicorn restores and re-raises to this handler when it stops
     lifecycle.install_signal_handlers(SETTINGS.drain_timeout_s)
     if SETTINGS.generator_handler:
-        runpod.serverless.start({"handler": generator_handler, "return_aggregate_stream": True,
-                                 "concurrency_modifier": concurrency_modifier})
+        runpod.serverless.start(
+            {
+                "handler": generator_handler,
+                "return_aggregate_stream": True,
+                "concurrency_modifier": concurrency_modifier,
+            }
+        )
     else:
         runpod.serverless.start({"handler": handler, "concurrency_modifier": concurrency_modifier})
     # The SDK returns once it stopped (a signal): every job has finished. Exit now: tearing down

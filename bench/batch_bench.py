@@ -108,11 +108,19 @@ def main() -> None:
 
     def record(name, seconds, texts, latencies=None):
         tokens = sum(len(tok.text_to_ids(t)) for t in texts)
-        row = {"seconds": round(seconds, 3), "rtfx": round(total_s / seconds, 1),
-               "tokens_per_s": round(tokens / total_s, 2), "wer": round(jiwer.wer(refs, list(texts)), 4)}
+        row = {
+            "seconds": round(seconds, 3),
+            "rtfx": round(total_s / seconds, 1),
+            "tokens_per_s": round(tokens / total_s, 2),
+            "wer": round(jiwer.wer(refs, list(texts)), 4),
+        }
         if latencies:
-            row.update({"latency_p50": round(float(np.percentile(latencies, 50)), 3),
-                        "latency_p95": round(float(np.percentile(latencies, 95)), 3)})
+            row.update(
+                {
+                    "latency_p50": round(float(np.percentile(latencies, 50)), 3),
+                    "latency_p95": round(float(np.percentile(latencies, 95)), 3),
+                }
+            )
         row["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
         rows[name] = row
         print(f"{name:20s} {row}", flush=True)
@@ -123,10 +131,12 @@ def main() -> None:
         model.eval()
 
         if "nemo_one_by_one" not in args.skip:
+
             def one_by_one():
                 out = [model.transcribe([a], batch_size=1, timestamps=True, verbose=False)[0].text for a in audio]
                 model.eval()
                 return out
+
             texts, sec = timed(one_by_one)
             record("nemo_one_by_one", sec, texts)
         if "nemo_batched" not in args.skip:
@@ -151,15 +161,32 @@ def main() -> None:
         record("handler_no_expecting", sec, [r.get("text", "") for r, _ in res], [t for _, t in res])
 
     ratios = {}
-    for ours, base in (("engine_single", "nemo_one_by_one"), ("engine_concurrent", "nemo_one_by_one"),
-                       ("engine_concurrent", "nemo_batched"), ("handler_concurrent", "nemo_one_by_one"),
-                       ("handler_concurrent", "handler_no_expecting")):
+    for ours, base in (
+        ("engine_single", "nemo_one_by_one"),
+        ("engine_concurrent", "nemo_one_by_one"),
+        ("engine_concurrent", "nemo_batched"),
+        ("handler_concurrent", "nemo_one_by_one"),
+        ("handler_concurrent", "handler_no_expecting"),
+    ):
         if ours in rows and base in rows:
             ratios[f"{ours}/{base}"] = round(rows[base]["seconds"] / rows[ours]["seconds"], 2)
-    device = torch.cuda.get_device_name(0) if engine.device.type == "cuda" else \
-        f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
-    print(json.dumps({"device": device, "model": args.model, "clips": args.n, "audio_seconds": round(total_s, 1),
-                      "modes": rows, "speedup": ratios}))
+    device = (
+        torch.cuda.get_device_name(0)
+        if engine.device.type == "cuda"
+        else f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
+    )
+    print(
+        json.dumps(
+            {
+                "device": device,
+                "model": args.model,
+                "clips": args.n,
+                "audio_seconds": round(total_s, 1),
+                "modes": rows,
+                "speedup": ratios,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

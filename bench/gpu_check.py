@@ -120,8 +120,13 @@ def versions() -> dict:
 
     from parakeet_worker.runtime import hardware
 
-    info = {"python": platform.python_version(), "torch": torch.__version__, "torch_cuda": torch.version.cuda,
-            "driver": hardware.nvidia_driver_version() or None, "cuda_available": torch.cuda.is_available()}
+    info = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "driver": hardware.nvidia_driver_version() or None,
+        "cuda_available": torch.cuda.is_available(),
+    }
     try:
         import nemo
 
@@ -131,9 +136,15 @@ def versions() -> dict:
     if torch.cuda.is_available():
         dev = torch.device("cuda")
         free, total = torch.cuda.mem_get_info()
-        info.update({"gpu": torch.cuda.get_device_name(0), "capability": list(torch.cuda.get_device_capability(0)),
-                     "bf16_native": hardware.bf16_native(dev), "memory_total_gb": round(total / 1e9, 1),
-                     "memory_free_gb": round(free / 1e9, 1)})
+        info.update(
+            {
+                "gpu": torch.cuda.get_device_name(0),
+                "capability": list(torch.cuda.get_device_capability(0)),
+                "bf16_native": hardware.bf16_native(dev),
+                "memory_total_gb": round(total / 1e9, 1),
+                "memory_free_gb": round(free / 1e9, 1),
+            }
+        )
     return info
 
 
@@ -145,8 +156,11 @@ def joint_input_dtypes(model):
 
 
 def float_state(module) -> dict:
-    return {name: t.detach().clone() for name, t in list(module.named_parameters()) + list(module.named_buffers())
-            if t.is_floating_point()}
+    return {
+        name: t.detach().clone()
+        for name, t in list(module.named_parameters()) + list(module.named_buffers())
+        if t.is_floating_point()
+    }
 
 
 def same_state(a: dict, b: dict) -> list[str]:
@@ -161,8 +175,16 @@ def tiny_engine(device: str):
 
     model = load_model(str(TINY), device=device)
     precision = "bf16" if device == "cpu" else "auto"  # CPU smoke: force the GPU's precision path
-    return Engine(Settings(model="tiny", device=device, precision=precision, max_batch_size=8,
-                           ws_max_sessions=2 if device == "cpu" else 8), model=model)
+    return Engine(
+        Settings(
+            model="tiny",
+            device=device,
+            precision=precision,
+            max_batch_size=8,
+            ws_max_sessions=2 if device == "cpu" else 8,
+        ),
+        model=model,
+    )
 
 
 def correctness(ctx: dict, device: str) -> dict:
@@ -172,7 +194,7 @@ def correctness(ctx: dict, device: str) -> dict:
     from parakeet_worker.engine.engine import Engine
     from parakeet_worker.engine.model_loader import load_model
 
-    utts = clips(SIZES['clips'])
+    utts = clips(SIZES["clips"])
     refs = [u.text for u in utts]
     cpu_model = load_model(str(TINY), device="cpu")
     cpu = Engine(Settings(model="tiny", device="cpu", precision="fp32", warmup=False), model=cpu_model)
@@ -187,12 +209,14 @@ def correctness(ctx: dict, device: str) -> dict:
     finally:
         handle.remove()
     return {
-        "device": str(engine.device), "dtype": str(engine.dtype),
+        "device": str(engine.device),
+        "dtype": str(engine.dtype),
         "encoder_dtype": str(next(model.encoder.parameters()).dtype),
         "joint_dtype": str(next(model.joint.parameters()).dtype),
         "joint_input_dtypes": sorted(seen),
         "preprocessor_buffers": {n: str(b.dtype) for n, b in model.preprocessor.named_buffers()},
-        "wer_device_vs_ref": wer(refs, dev_texts), "wer_cpu_fp32_vs_ref": wer(refs, cpu_texts),
+        "wer_device_vs_ref": wer(refs, dev_texts),
+        "wer_cpu_fp32_vs_ref": wer(refs, cpu_texts),
         "wer_device_vs_cpu_fp32": wer(cpu_texts, dev_texts),
         "warmup": getattr(engine, "warmup_report", None),
         "ok": torch.cuda.is_available() or device == "cpu",
@@ -215,7 +239,7 @@ def run_streams(engine, audios):
 
 def streaming(ctx: dict) -> dict:
     engine = ctx["engine"]
-    utts = clips(SIZES['clips'])[:4]
+    utts = clips(SIZES["clips"])[:4]
     before_state = float_state(engine.model.preprocessor)
     before = engine.transcribe_batch([u.audio for u in utts])
     seen, handle = joint_input_dtypes(engine.model)
@@ -226,11 +250,16 @@ def streaming(ctx: dict) -> dict:
         handle.remove()
     after = engine.transcribe_batch([u.audio for u in utts])
     changed = same_state(before_state, float_state(engine.model.preprocessor))
-    return {"failed_streams": failed, "steps": steps, "wer_vs_ref": wer([u.text for u in utts], texts),
-            "joint_input_dtypes": sorted(seen), "preprocessor_changed": changed,
-            "offline_identical_after_streaming": [dataclasses.asdict(a) for a in after]
-            == [dataclasses.asdict(b) for b in before],
-            "ok": failed == 0 and not changed}
+    return {
+        "failed_streams": failed,
+        "steps": steps,
+        "wer_vs_ref": wer([u.text for u in utts], texts),
+        "joint_input_dtypes": sorted(seen),
+        "preprocessor_changed": changed,
+        "offline_identical_after_streaming": [dataclasses.asdict(a) for a in after]
+        == [dataclasses.asdict(b) for b in before],
+        "ok": failed == 0 and not changed,
+    }
 
 
 @contextlib.contextmanager
@@ -244,6 +273,7 @@ def count_recaptures(computers):
         def wrapped(*a, _orig=orig, **k):
             count["n"] += 1
             return _orig(*a, **k)
+
         c._graph_reinitialize = wrapped
         saved.append((c, orig))
     try:
@@ -258,10 +288,10 @@ def cuda_graphs(ctx: dict) -> dict:
 
     engine = ctx["engine"]
     comps = engine.decoding_computers()
-    utts = clips(SIZES['clips'])
+    utts = clips(SIZES["clips"])
     rng = np.random.default_rng(1)
     with count_recaptures(comps) as n:
-        for size in SIZES['batches']:  # mixed batch sizes and lengths, all within the warmed shapes
+        for size in SIZES["batches"]:  # mixed batch sizes and lengths, all within the warmed shapes
             pick = [utts[int(i)].audio for i in rng.integers(0, len(utts), size)]
             pick = [np.tile(a, int(rng.integers(1, 4))) for a in pick]
             engine.transcribe_batch(pick)
@@ -269,8 +299,11 @@ def cuda_graphs(ctx: dict) -> dict:
         for streams in sorted({1, engine.settings.ws_max_sessions, 3}):  # up to the warmed number of streams
             if streams <= engine.settings.ws_max_sessions:
                 run_streams(engine, [utts[i % len(utts)].audio[:32000] for i in range(streams)])
-    return {"modes": [str(getattr(c, "cuda_graphs_mode", None)) for c in comps],
-            "recaptures_after_warmup": n["n"], "offline_recaptures": offline}
+    return {
+        "modes": [str(getattr(c, "cuda_graphs_mode", None)) for c in comps],
+        "recaptures_after_warmup": n["n"],
+        "offline_recaptures": offline,
+    }
 
 
 def oom_injected(ctx: dict) -> dict:
@@ -278,7 +311,7 @@ def oom_injected(ctx: dict) -> dict:
     import torch
 
     engine = ctx["engine"]
-    utts = clips(SIZES['clips'])[: SIZES['clips'] // 2]
+    utts = clips(SIZES["clips"])[: SIZES["clips"] // 2]
     reference = [t.text for t in engine.transcribe_batch([u.audio for u in utts])]
     enc = engine.model.encoder
     orig = enc.forward
@@ -290,6 +323,7 @@ def oom_injected(ctx: dict) -> dict:
             raised["n"] += 1
             raise torch.OutOfMemoryError("injected by bench/gpu_check.py")
         return orig(*a, **k)
+
     had = vars(enc).get("forward")
     enc.forward = forward
     try:
@@ -308,8 +342,17 @@ def full_engine(model, device: str, smoke: bool):
     from parakeet_worker.config.settings import Settings
     from parakeet_worker.engine.engine import Engine
 
-    return Engine(Settings(model="full", device=device, precision="bf16" if smoke else "auto",
-                           max_batch_size=64, warmup=False, ws_max_sessions=128), model=model)
+    return Engine(
+        Settings(
+            model="full",
+            device=device,
+            precision="bf16" if smoke else "auto",
+            max_batch_size=64,
+            warmup=False,
+            ws_max_sessions=128,
+        ),
+        model=model,
+    )
 
 
 def full_model(path: Path | None, device: str) -> tuple:
@@ -393,12 +436,15 @@ def memory(ctx: dict, minutes: list[float]) -> dict:
     k = (p1 - p0) / (f1**2 - f0**2) if f1 != f0 else 0.0
     free = hardware.free_device_memory(engine.device) or 0.0
     default_k = engine.settings.full_attention_bytes_per_frame2
-    return {"rows": rows, "bytes_per_frame2": round(k, 2), "default_bytes_per_frame2": default_k,
-            "free_gb": round(free / 1e9, 1),
-            "limit_min_measured_k": round(hardware.full_attention_limit_s(free, engine.frame_seconds, k) / 60, 1),
-            "limit_min_default_k": round(
-                hardware.full_attention_limit_s(free, engine.frame_seconds, default_k) / 60, 1),
-            "engine_limit_min": round(engine.full_attention_limit_s / 60, 1)}
+    return {
+        "rows": rows,
+        "bytes_per_frame2": round(k, 2),
+        "default_bytes_per_frame2": default_k,
+        "free_gb": round(free / 1e9, 1),
+        "limit_min_measured_k": round(hardware.full_attention_limit_s(free, engine.frame_seconds, k) / 60, 1),
+        "limit_min_default_k": round(hardware.full_attention_limit_s(free, engine.frame_seconds, default_k) / 60, 1),
+        "engine_limit_min": round(engine.full_attention_limit_s / 60, 1),
+    }
 
 
 def real_oom(ctx: dict) -> dict:
@@ -409,17 +455,22 @@ def real_oom(ctx: dict) -> dict:
     if engine.device.type != "cuda":
         return {"skipped": "needs CUDA"}
     free = hardware.free_device_memory(engine.device)
-    fits = hardware.full_attention_limit_s(free, engine.frame_seconds, engine.settings.full_attention_bytes_per_frame2,
-                                           headroom=1.0)
+    fits = hardware.full_attention_limit_s(
+        free, engine.frame_seconds, engine.settings.full_attention_bytes_per_frame2, headroom=1.0
+    )
     seconds = min(2.0 * fits, 3600.0)
     sig = tile(clips(8), seconds)
     before = dict(engine.stats)
     t = time.perf_counter()
     res = engine.transcribe_batch([sig], "full")[0]
-    return {"audio_min": round(seconds / 60, 1), "result": type(res).__name__,
-            "attention": getattr(res, "attention", None), "words": len(getattr(res, "words", []) or []),
-            "seconds": round(time.perf_counter() - t, 2),
-            "stats_delta": {k: v - before.get(k, 0) for k, v in engine.stats.items()}}
+    return {
+        "audio_min": round(seconds / 60, 1),
+        "result": type(res).__name__,
+        "attention": getattr(res, "attention", None),
+        "words": len(getattr(res, "words", []) or []),
+        "seconds": round(time.perf_counter() - t, 2),
+        "stats_delta": {k: v - before.get(k, 0) for k, v in engine.stats.items()},
+    }
 
 
 def attention_switch(ctx: dict) -> dict:
@@ -464,8 +515,15 @@ def batch_rtfx(ctx: dict, sizes: list[int], precisions: list[str]) -> dict:
                 if engine.device.type == "cuda":
                     torch.cuda.synchronize()
                 best = min(best, time.perf_counter() - t)
-            rows.append({"precision": prec, "dtype": str(prec_engine.dtype), "batch": b,
-                         "rtfx": round(audio_s / best, 1), "seconds": round(best, 4)})
+            rows.append(
+                {
+                    "precision": prec,
+                    "dtype": str(prec_engine.dtype),
+                    "batch": b,
+                    "rtfx": round(audio_s / best, 1),
+                    "seconds": round(best, 4),
+                }
+            )
     # leave the shared model in the engine's own precision
     Engine(engine.settings, model=engine.model)
     return {"rows": rows}
@@ -498,8 +556,13 @@ def stream_steps(ctx: dict, counts: list[int], seconds: float) -> dict:
                 if up.last:
                     break
         await dec.stop()
-        return {"streams": n, "steps": dec.steps, "frames_per_step": round(dec.frames / max(dec.steps, 1), 1),
-                "step_ms": round(1000 * dec.step_seconds / max(dec.steps, 1), 2), "failed": failed}
+        return {
+            "streams": n,
+            "steps": dec.steps,
+            "frames_per_step": round(dec.frames / max(dec.steps, 1), 1),
+            "step_ms": round(1000 * dec.step_seconds / max(dec.steps, 1), 2),
+            "failed": failed,
+        }
 
     return {"rows": [asyncio.run(run(n)) for n in counts]}
 
@@ -528,8 +591,9 @@ def compile_on_off(ctx: dict) -> dict:
 
     eager_s = timeit(eager)
     t = time.perf_counter()
-    compiled = Engine(dataclasses.replace(engine.settings, compile=True, warmup=True, warmup_streams=0),
-                      model=engine.model)
+    compiled = Engine(
+        dataclasses.replace(engine.settings, compile=True, warmup=True, warmup_streams=0), model=engine.model
+    )
     warm_s = time.perf_counter() - t
     import torch._dynamo.utils as du
 
@@ -537,9 +601,14 @@ def compile_on_off(ctx: dict) -> dict:
     comp_s = timeit(compiled)
     texts = [t.text for t in compiled.transcribe_batch(batch)]
     after = dict(du.counters["stats"])
-    return {"eager_s": round(eager_s, 4), "compiled_s": round(comp_s, 4), "speedup": round(eager_s / comp_s, 3),
-            "compile_and_warmup_s": round(warm_s, 1), "same_text_as_eager": texts == ref,
-            "steady_state_compiles": after.get("unique_graphs", 0) - before.get("unique_graphs", 0)}
+    return {
+        "eager_s": round(eager_s, 4),
+        "compiled_s": round(comp_s, 4),
+        "speedup": round(eager_s / comp_s, 3),
+        "compile_and_warmup_s": round(warm_s, 1),
+        "same_text_as_eager": texts == ref,
+        "steady_state_compiles": after.get("unique_graphs", 0) - before.get("unique_graphs", 0),
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -551,8 +620,16 @@ def isolated(name: str, limit_s: float, smoke: bool, full_path: Path | None) -> 
     fd, part = tempfile.mkstemp(prefix=f"gpu_check_{name}_", suffix=".json")
     os.close(fd)
     part = Path(part)
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--section", name, "--out", str(part),
-           "--budget-s", str(limit_s)] + (["--cpu-smoke"] if smoke else [])
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--section",
+        name,
+        "--out",
+        str(part),
+        "--budget-s",
+        str(limit_s),
+    ] + (["--cpu-smoke"] if smoke else [])
     if full_path is not None:
         cmd += ["--full-model", str(full_path)]
     t = time.monotonic()
@@ -580,6 +657,7 @@ def isolated(name: str, limit_s: float, smoke: bool, full_path: Path | None) -> 
 
 def run_section(name: str, check: Check, device: str, smoke: bool, full_path: Path | None) -> None:
     """The child side of ``isolated``: set up what the section needs, then run it alone."""
+
     def section():
         t = time.monotonic()
         ctx: dict = {}
@@ -609,8 +687,9 @@ def main() -> None:
     ap.add_argument("--parts", nargs="+", default=["correctness", "full"], choices=["correctness", "full"])
     ap.add_argument("--budget-s", type=float, default=330.0, help="stop starting sections after this")
     ap.add_argument("--cpu-smoke", action="store_true", help="CPU, bf16 forced, tiny sizes (tests)")
-    ap.add_argument("--full-model", type=Path,
-                    help="the full-size model's file: loaded when present, else built and saved there")
+    ap.add_argument(
+        "--full-model", type=Path, help="the full-size model's file: loaded when present, else built and saved there"
+    )
     ap.add_argument("--section", choices=sorted(ISOLATED), help=argparse.SUPPRESS)  # isolated(): the child
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
@@ -650,10 +729,10 @@ def main() -> None:
         if "full" in ctx:
             check.run("memory", memory, ctx, [0.1, 0.2, 0.4] if smoke else [5, 10, 20], need_s=30)
             check.run("attention_switch", attention_switch, ctx, need_s=5)
-            check.run("batch_rtfx", batch_rtfx, ctx, [1, 2] if smoke else [1, 16, 64],
-                      ["bf16", "fp32"], need_s=40)
-            check.run("stream_steps", stream_steps, ctx, [1, 2] if smoke else [1, 32, 128], 2.0 if smoke else 6.0,
-                      need_s=40)
+            check.run("batch_rtfx", batch_rtfx, ctx, [1, 2] if smoke else [1, 16, 64], ["bf16", "fp32"], need_s=40)
+            check.run(
+                "stream_steps", stream_steps, ctx, [1, 2] if smoke else [1, 32, 128], 2.0 if smoke else 6.0, need_s=40
+            )
             check.run("compile", compile_on_off, ctx, need_s=150 + reserve)
     ctx.clear()  # the section processes get the GPU memory this one held
     if torch.cuda.is_available():

@@ -37,7 +37,7 @@ def measure(engine, clips, batch: int, repeats: int) -> dict:
     def one_pass():
         texts = []
         for k in range(0, len(clips), batch):
-            texts += [t.text for t in engine.transcribe_batch(clips[k: k + batch])]
+            texts += [t.text for t in engine.transcribe_batch(clips[k : k + batch])]
         if cuda:
             torch.cuda.synchronize()
         return texts
@@ -51,8 +51,12 @@ def measure(engine, clips, batch: int, repeats: int) -> dict:
         texts = one_pass()
         best = min(best, time.perf_counter() - t0)
     tokens = sum(len(engine.model.tokenizer.text_to_ids(t)) for t in texts)
-    row = {"batch": batch, "seconds": round(best, 4), "rtfx": round(audio_s / best, 1),
-           "tokens_per_s": round(tokens / audio_s, 2)}
+    row = {
+        "batch": batch,
+        "seconds": round(best, 4),
+        "rtfx": round(audio_s / best, 1),
+        "tokens_per_s": round(tokens / audio_s, 2),
+    }
     if cuda:
         row["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     return row
@@ -65,8 +69,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16, help="batch size for the on/off levers")
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64])
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--levers", nargs="+",
-                    default=["precision", "sdpa", "cuda_graphs", "lean_masks", "batch", "compile"])
+    ap.add_argument(
+        "--levers", nargs="+", default=["precision", "sdpa", "cuda_graphs", "lean_masks", "batch", "compile"]
+    )
     args = ap.parse_args()
     import torch
 
@@ -110,11 +115,13 @@ def main() -> None:
         from nemo.collections.asr.parts.submodules.subsampling import MaskedConvSequential
 
         from parakeet_worker.engine.nemo_patches import lean_subsampling_masks
+
         for mod in eng.model.modules():
             if isinstance(mod, MaskedConvSequential):
                 vars(mod).pop("forward", None)
         if on:
             lean_subsampling_masks(eng.model)
+
     compare("lean_masks", {}, {}, setup=lean_masks)
 
     if "batch" in args.levers:
@@ -130,6 +137,7 @@ def main() -> None:
     def compiled(eng, on):
         if on:
             eng.model.encoder.forward = torch.compile(eng.model.encoder.forward, dynamic=True)
+
     if "compile" in args.levers:
         try:
             compare("compile", {}, {}, cuda_only=True, setup=compiled)
@@ -140,8 +148,17 @@ def main() -> None:
             vars(model.encoder).pop("forward", None)
 
     device = torch.cuda.get_device_name(0) if cuda else f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
-    print(json.dumps({"device": device, "model": args.model, "clips": len(clips),
-                      "audio_seconds": round(sum(len(c) for c in clips) / 16000, 1), "levers": levers}))
+    print(
+        json.dumps(
+            {
+                "device": device,
+                "model": args.model,
+                "clips": len(clips),
+                "audio_seconds": round(sum(len(c) for c in clips) / 16000, 1),
+                "levers": levers,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

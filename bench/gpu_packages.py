@@ -56,13 +56,35 @@ torchaudio torchdiffeq torch-geometric torchmetrics torchvision tqdm transformer
 typer typing-extensions typing-inspect urllib3 uvloop wadler-lindig werkzeug wheel wrapt xarray
 xxhash yarl zipp"""
 _KNOWN = {
-    "accelerate": "1.15.0", "botorch": "0.18.1", "cupy-cuda13x": "14.2.0", "gpytorch": "1.15.2",
-    "huggingface-hub": "1.33.0", "jax": "0.11.2", "jax-cuda13-pjrt": "0.11.2", "jax-cuda13-plugin": "0.11.2",
-    "jaxlib": "0.11.2", "jaxtyping": "0.3.11", "numpy": "2.5.2", "numpyro": "0.21.0", "onnx": "1.23.1",
-    "onnx-ir": "1.0.0", "onnxruntime": "1.30.0", "onnxscript": "0.7.2", "pytorch-lightning": "2.6.6",
-    "safetensors": "0.8.0", "sentence-transformers": "6.0.1", "sentencepiece": "0.2.2", "tiktoken": "0.14.0",
-    "tokenizers": "0.23.2", "torch": "2.11.0", "torch-geometric": "2.8.0.post1", "torchaudio": "2.11.0",
-    "torchdiffeq": "0.2.5", "torchmetrics": "1.9.0", "torchvision": "0.26.0", "transformers": "5.17.0",
+    "accelerate": "1.15.0",
+    "botorch": "0.18.1",
+    "cupy-cuda13x": "14.2.0",
+    "gpytorch": "1.15.2",
+    "huggingface-hub": "1.33.0",
+    "jax": "0.11.2",
+    "jax-cuda13-pjrt": "0.11.2",
+    "jax-cuda13-plugin": "0.11.2",
+    "jaxlib": "0.11.2",
+    "jaxtyping": "0.3.11",
+    "numpy": "2.5.2",
+    "numpyro": "0.21.0",
+    "onnx": "1.23.1",
+    "onnx-ir": "1.0.0",
+    "onnxruntime": "1.30.0",
+    "onnxscript": "0.7.2",
+    "pytorch-lightning": "2.6.6",
+    "safetensors": "0.8.0",
+    "sentence-transformers": "6.0.1",
+    "sentencepiece": "0.2.2",
+    "tiktoken": "0.14.0",
+    "tokenizers": "0.23.2",
+    "torch": "2.11.0",
+    "torch-geometric": "2.8.0.post1",
+    "torchaudio": "2.11.0",
+    "torchdiffeq": "0.2.5",
+    "torchmetrics": "1.9.0",
+    "torchvision": "0.26.0",
+    "transformers": "5.17.0",
     "triton": "3.6.0",
     # Listed without a version; assumed to match pytorch-lightning (both are cut from one release), and
     # newer than 2.4.0 it is: `import nemo` failed there until lightning 2.4.0 was carried.
@@ -72,10 +94,17 @@ GPU_VERSIONS: dict[str, str | None] = {n: _KNOWN.get(n) for n in _NAMES.split()}
 
 # Markers are evaluated for the machine, not for the Python that runs this.
 GPU_MARKERS = {
-    "implementation_name": "cpython", "implementation_version": "3.12.3", "os_name": "posix",
-    "platform_machine": "x86_64", "platform_python_implementation": "CPython", "platform_release": "",
-    "platform_system": "Linux", "platform_version": "", "python_full_version": "3.12.3",
-    "python_version": "3.12", "sys_platform": "linux",
+    "implementation_name": "cpython",
+    "implementation_version": "3.12.3",
+    "os_name": "posix",
+    "platform_machine": "x86_64",
+    "platform_python_implementation": "CPython",
+    "platform_release": "",
+    "platform_system": "Linux",
+    "platform_version": "",
+    "python_full_version": "3.12.3",
+    "python_version": "3.12",
+    "sys_platform": "linux",
 }
 
 
@@ -174,33 +203,49 @@ def _version(v):
         return None
 
 
-def conflicts(versions: Mapping[str, str | None] = GPU_VERSIONS, carried: Iterable[str] = (),
-              requires: Callable[[str], list[str] | None] = installed_requires, root_reqs=None,
-              env: Mapping[str, str] = GPU_MARKERS) -> list[Conflict]:
+def conflicts(
+    versions: Mapping[str, str | None] = GPU_VERSIONS,
+    carried: Iterable[str] = (),
+    requires: Callable[[str], list[str] | None] = installed_requires,
+    root_reqs=None,
+    env: Mapping[str, str] = GPU_MARKERS,
+) -> list[Conflict]:
     """Specifiers that the versions in `versions` (name -> version; None: unknown) violate. With the
     machine's versions (the default): the distributions it has that must be carried anyway."""
     versions = {canonicalize_name(n): _version(v) for n, v in versions.items()}
     root_reqs = roots() if root_reqs is None else root_reqs
-    found = {Conflict(canonicalize_name(r.name), str(have), str(r.specifier), by)
-             for by, r, have in _walk(versions, carried, requires, root_reqs, env)
-             if have is not None and not r.specifier.contains(have, prereleases=True)}
+    found = {
+        Conflict(canonicalize_name(r.name), str(have), str(r.specifier), by)
+        for by, r, have in _walk(versions, carried, requires, root_reqs, env)
+        if have is not None and not r.specifier.contains(have, prereleases=True)
+    }
     return sorted(found)
 
 
-def unknown(versions: Mapping[str, str | None] = GPU_VERSIONS, carried: Iterable[str] = (),
-            requires=installed_requires, root_reqs=None, env=GPU_MARKERS) -> list[tuple[str, str, str]]:
+def unknown(
+    versions: Mapping[str, str | None] = GPU_VERSIONS,
+    carried: Iterable[str] = (),
+    requires=installed_requires,
+    root_reqs=None,
+    env=GPU_MARKERS,
+) -> list[tuple[str, str, str]]:
     """(name, specifier, by) for the machine's packages of unknown version that a specifier bounds:
     the runtime check on the machine (runtime()) reads their real versions."""
     root_reqs = roots() if root_reqs is None else root_reqs
     vs = {canonicalize_name(n): _version(v) for n, v in versions.items()}
-    return sorted({(canonicalize_name(r.name), str(r.specifier), by)
-                   for by, r, have in _walk(vs, carried, requires, root_reqs, env)
-                   if have is None and canonicalize_name(r.name) in vs and r.specifier})
+    return sorted(
+        {
+            (canonicalize_name(r.name), str(r.specifier), by)
+            for by, r, have in _walk(vs, carried, requires, root_reqs, env)
+            if have is None and canonicalize_name(r.name) in vs and r.specifier
+        }
+    )
 
 
 def runtime(site) -> list[str]:
     """On the machine, after the wheels went into site (first on sys.path): the versions there now,
     carried or the machine's, against the same specifiers. One line per violated one."""
+
     def named(dists):  # a folder without readable metadata has no name: skipped
         return [(canonicalize_name(d.metadata["Name"]), d.version) for d in dists if d.metadata["Name"]]
 

@@ -147,8 +147,9 @@ class Worker:
         self.log_path = log_path
         self._log = open(log_path, "w")  # noqa: SIM115 - closed in stop()/kill()
         self.t0 = time.monotonic()
-        self.proc = subprocess.Popen([sys.executable, "rp_handler.py", *args], cwd=ROOT, env=env,
-                                     stdout=self._log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [sys.executable, "rp_handler.py", *args], cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT
+        )
         Worker.live.append(self)
 
     def gone(self) -> int | None:
@@ -189,8 +190,8 @@ def error_blocks(lines: list[str], max_blocks: int = 4, max_lines: int = 30) -> 
             j = i + 1
             while j < len(lines) and lines[j][:1].isspace():  # the frames, up to the exception line
                 j += 1
-            block = lines[i:j + 1]
-            out.append("\n".join(block if len(block) <= max_lines else block[:5] + ["..."] + block[-(max_lines - 6):]))
+            block = lines[i : j + 1]
+            out.append("\n".join(block if len(block) <= max_lines else block[:5] + ["..."] + block[-(max_lines - 6) :]))
             blocks, i = blocks + 1, j + 1
             continue
         if "CUDA error" in lines[i]:
@@ -253,8 +254,11 @@ async def openai_request(base: str, clip: bytes) -> dict:
     t = time.monotonic()
     async with aiohttp.ClientSession() as s, s.post(f"{base}/v1/audio/transcriptions", data=form) as r:
         body = await r.text()
-        res = {"status": r.status, "latency_s": round(time.monotonic() - t, 3),
-               "served_model": r.headers.get("openai-model")}
+        res = {
+            "status": r.status,
+            "latency_s": round(time.monotonic() - t, 3),
+            "served_model": r.headers.get("openai-model"),
+        }
     if r.status != 200:
         return {**res, "error": body[:500]}
     text = json.loads(body).get("text", "")
@@ -262,8 +266,16 @@ async def openai_request(base: str, clip: bytes) -> dict:
 
 
 async def one_stream(session, url: str, frames: list[bytes], n_speech: int, delay: float, limit_s: float) -> dict:
-    r: dict = {"ok": False, "errors": [], "finals": 0, "partials": 0, "done": False, "final_latency_s": None,
-               "text": "", "max_lag_s": 0.0}
+    r: dict = {
+        "ok": False,
+        "errors": [],
+        "finals": 0,
+        "partials": 0,
+        "done": False,
+        "final_latency_s": None,
+        "text": "",
+        "max_lag_s": 0.0,
+    }
     await asyncio.sleep(delay)
     try:
         await asyncio.wait_for(_stream(session, url, frames, n_speech, r), limit_s)
@@ -334,25 +346,34 @@ async def run_streams(ws_url: str, pcm: bytes, n: int, limit_s: float) -> dict:
     import aiohttp
 
     step = int(16000 * FRAME_S) * 2
-    speech = [pcm[i:i + step] for i in range(0, len(pcm), step)]
+    speech = [pcm[i : i + step] for i in range(0, len(pcm), step)]
     frames = speech + [bytes(step)] * round(SILENCE_S / FRAME_S)
     t = time.monotonic()
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as s:
-        rows = await asyncio.gather(*(one_stream(s, ws_url, frames, len(speech), SPREAD_S * i / n, limit_s)
-                                      for i in range(n)))
+        rows = await asyncio.gather(
+            *(one_stream(s, ws_url, frames, len(speech), SPREAD_S * i / n, limit_s) for i in range(n))
+        )
     lat = [x["final_latency_s"] for x in rows if x["final_latency_s"] is not None]
     errors = collections.Counter(e for x in rows for e in x["errors"])
     wers = [wer(CLIP_TEXT, x["text"]) for x in rows]
-    return {"streams": n, "audio_s": round(len(frames) * FRAME_S, 2), "wall_s": round(time.monotonic() - t, 2),
-            "ok": sum(x["ok"] for x in rows), "with_final": sum(x["finals"] > 0 for x in rows),
-            "done": sum(x["done"] for x in rows), "failed": sum(not x["ok"] for x in rows),
-            "errors": dict(errors.most_common(10)),
-            "final_latency_p50_s": percentile(lat, 0.5), "final_latency_p95_s": percentile(lat, 0.95),
-            "final_latency_max_s": max(lat) if lat else None,
-            "max_lag_s": round(max(x["max_lag_s"] for x in rows), 3),
-            "wer_mean": round(sum(wers) / len(wers), 4), "wer_max": max(wers),
-            "partials_mean": round(sum(x["partials"] for x in rows) / n, 1),
-            "sample_text": next((x["text"] for x in rows if x["ok"]), rows[0]["text"])}
+    return {
+        "streams": n,
+        "audio_s": round(len(frames) * FRAME_S, 2),
+        "wall_s": round(time.monotonic() - t, 2),
+        "ok": sum(x["ok"] for x in rows),
+        "with_final": sum(x["finals"] > 0 for x in rows),
+        "done": sum(x["done"] for x in rows),
+        "failed": sum(not x["ok"] for x in rows),
+        "errors": dict(errors.most_common(10)),
+        "final_latency_p50_s": percentile(lat, 0.5),
+        "final_latency_p95_s": percentile(lat, 0.95),
+        "final_latency_max_s": max(lat) if lat else None,
+        "max_lag_s": round(max(x["max_lag_s"] for x in rows), 3),
+        "wer_mean": round(sum(wers) / len(wers), 4),
+        "wer_max": max(wers),
+        "partials_mean": round(sum(x["partials"] for x in rows) / n, 1),
+        "sample_text": next((x["text"] for x in rows if x["ok"]), rows[0]["text"]),
+    }
 
 
 async def after_streams(base: str) -> dict:
@@ -364,8 +385,11 @@ async def after_streams(base: str) -> dict:
             res: dict = {"ping": r.status}
         async with s.get(f"{base}/metrics") as r:
             text = await r.text()
-    res["metrics"] = {ln.rsplit(" ", 1)[0]: float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines()
-                      if ln.startswith("asr_") and "_bucket" not in ln and "_created" not in ln and " " in ln}
+    res["metrics"] = {
+        ln.rsplit(" ", 1)[0]: float(ln.rsplit(" ", 1)[1])
+        for ln in text.splitlines()
+        if ln.startswith("asr_") and "_bucket" not in ln and "_created" not in ln and " " in ln
+    }
     return res
 
 
@@ -381,16 +405,31 @@ async def runsync(base: str, clip: bytes) -> dict:
     res["status"] = body.get("status")
     if not isinstance(out, dict) or "text" not in out:
         return {**res, "error": str(body)[:500]}
-    return {**res, "text": out["text"], "wer": wer(CLIP_TEXT, out["text"]), "duration": out.get("duration"),
-            "processing_time": out.get("processing_time"), "attention": out.get("attention")}
+    return {
+        **res,
+        "text": out["text"],
+        "wer": wer(CLIP_TEXT, out["text"]),
+        "duration": out.get("duration"),
+        "processing_time": out.get("processing_time"),
+        "attention": out.get("attention"),
+    }
 
 
 # ---------------------------------------------------------------------------------------------
 GRAPHS_ON = "load_balancer_graphs_on"  # the variant docs/GPU.md asks for before graphs go back on
 
 
-async def check_model(rep: Report, name: str, model: Path, streams: int, modes: list[str], log_dir: Path,
-                      extra_env: dict[str, str], smoke: bool, graphs_variant: bool) -> None:
+async def check_model(
+    rep: Report,
+    name: str,
+    model: Path,
+    streams: int,
+    modes: list[str],
+    log_dir: Path,
+    extra_env: dict[str, str],
+    smoke: bool,
+    graphs_variant: bool,
+) -> None:
     """Start this model's workers together, then measure them one after another: the defaults
     first, the CUDA-graphs variant (known to fail on the H200 of 2026-12-04) last."""
     from parakeet_worker.config.settings import Settings
@@ -402,11 +441,15 @@ async def check_model(rep: Report, name: str, model: Path, streams: int, modes: 
         env["WS_MAX_SESSIONS"] = str(streams)  # else the worker refuses the streams over its default
     res["env"] = env
     # label -> (queue mode?, the variant's own settings)
-    plan = {label: spec for label, spec, wanted in (
-        ("load_balancer", (False, {}), "lb" in modes),
-        ("queue", (True, {}), "queue" in modes),
-        (GRAPHS_ON, (False, {"CUDA_GRAPHS": "1"}), "lb" in modes and graphs_variant and "CUDA_GRAPHS" not in env),
-    ) if wanted}
+    plan = {
+        label: spec
+        for label, spec, wanted in (
+            ("load_balancer", (False, {}), "lb" in modes),
+            ("queue", (True, {}), "queue" in modes),
+            (GRAPHS_ON, (False, {"CUDA_GRAPHS": "1"}), "lb" in modes and graphs_variant and "CUDA_GRAPHS" not in env),
+        )
+        if wanted
+    }
     workers: dict[str, Worker] = {}
     ports: dict[str, int] = {}
     ready_cap = 400.0 if smoke else 180.0  # a busy 2-core test machine vs a GPU machine
@@ -425,11 +468,19 @@ async def check_model(rep: Report, name: str, model: Path, streams: int, modes: 
 
         def wait(label):
             w, port = workers[label], ports[label]
-            return (lambda: wait_port(w, port)) if plan[label][0] else (lambda: wait_ping(w, f"http://127.0.0.1:{port}"))
+            return (
+                (lambda: wait_port(w, port)) if plan[label][0] else (lambda: wait_ping(w, f"http://127.0.0.1:{port}"))
+            )
 
         # all start at once; measuring begins once all are warm, so no warm-up overlaps a figure
-        ready = dict(zip(workers, await asyncio.gather(
-            *(rep.step(res[label], "ready", wait(label), ready_cap, need_s=20) for label in workers))))
+        ready = dict(
+            zip(
+                workers,
+                await asyncio.gather(
+                    *(rep.step(res[label], "ready", wait(label), ready_cap, need_s=20) for label in workers)
+                ),
+            )
+        )
         for label, w in workers.items():
             part, base = res[label], f"http://127.0.0.1:{ports[label]}"
             if "ready_s" in ready[label] and plan[label][0]:
@@ -451,8 +502,13 @@ async def measure_lb(rep: Report, part: dict, w: Worker, port: int, clip: bytes,
     # a healthy final comes ~1-2.5 s after the audio (H200, up to 384 streams): a hung stream is
     # recorded, not waited out
     limit = len(pcm) / 32000 + SILENCE_S + SPREAD_S + (120 if smoke else 20)
-    await rep.step(part, "streams", lambda: run_streams(f"ws://127.0.0.1:{port}/", pcm, streams, limit),
-                   limit + 15, need_s=limit / 2)
+    await rep.step(
+        part,
+        "streams",
+        lambda: run_streams(f"ws://127.0.0.1:{port}/", pcm, streams, limit),
+        limit + 15,
+        need_s=limit / 2,
+    )
     part["alive_after_streams"] = w.gone() is None
     await rep.step(part, "after", lambda: after_streams(base), 15)
 
@@ -475,8 +531,14 @@ async def ensure_full_model(rep: Report, path: Path) -> bool:
 
     async def build():
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "tools/test_model/build_full.py", "--out", str(path), cwd=ROOT,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+            sys.executable,
+            "tools/test_model/build_full.py",
+            "--out",
+            str(path),
+            cwd=ROOT,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
         try:
             out, _ = await proc.communicate()
         except asyncio.CancelledError:
@@ -501,8 +563,10 @@ async def main_async(args, rep: Report) -> None:
     need = {"tiny": 50, "full": 100}  # on a GPU machine: both starts, the figures and both drains
     for name in args.models:
         if name == "full" and args.cpu_smoke:
-            rep.data["models"]["full"] = {"skipped": "--cpu-smoke: the full-size model on CPU takes minutes "
-                                                     "to build and load; the GPU run covers it"}
+            rep.data["models"]["full"] = {
+                "skipped": "--cpu-smoke: the full-size model on CPU takes minutes "
+                "to build and load; the GPU run covers it"
+            }
             rep.save()
             continue
         if rep.left() < need[name]:
@@ -516,8 +580,9 @@ async def main_async(args, rep: Report) -> None:
                 rep.data["models"]["full"] = {"skipped": "no full-size model (see full_model)"}
                 rep.save()
                 continue
-        await check_model(rep, name, model, counts[name], args.modes, args.log_dir, extra, args.cpu_smoke,
-                          name in args.graphs_variant)
+        await check_model(
+            rep, name, model, counts[name], args.modes, args.log_dir, extra, args.cpu_smoke, name in args.graphs_variant
+        )
     rep.save()
     print(json.dumps({"out": str(args.out), "elapsed_s": rep.data["elapsed_s"], "summary": summary(rep.data)}))
 
@@ -531,13 +596,19 @@ def summary(data: dict) -> dict:
             continue
         lb, q, g = m.get("load_balancer", {}), m.get("queue", {}), m.get(GRAPHS_ON, {})
         st, gst = lb.get("streams", {}), g.get("streams", {})
-        out[name] = {"openai_wer": lb.get("openai", {}).get("wer"), "streams_ok": f"{st.get('ok')}/{st.get('streams')}",
-                     "final_p95_s": st.get("final_latency_p95_s"), "runsync_wer": q.get("runsync", {}).get("wer"),
-                     "exit_codes": [x.get("sigterm", {}).get("exit_code") for x in (lb, q)]}
+        out[name] = {
+            "openai_wer": lb.get("openai", {}).get("wer"),
+            "streams_ok": f"{st.get('ok')}/{st.get('streams')}",
+            "final_p95_s": st.get("final_latency_p95_s"),
+            "runsync_wer": q.get("runsync", {}).get("wer"),
+            "exit_codes": [x.get("sigterm", {}).get("exit_code") for x in (lb, q)],
+        }
         if g:
-            out[name]["graphs_on"] = {"streams_ok": f"{gst.get('ok')}/{gst.get('streams')}",
-                                      "final_p95_s": gst.get("final_latency_p95_s"),
-                                      "exit_code": g.get("sigterm", {}).get("exit_code")}
+            out[name]["graphs_on"] = {
+                "streams_ok": f"{gst.get('ok')}/{gst.get('streams')}",
+                "final_p95_s": gst.get("final_latency_p95_s"),
+                "exit_code": g.get("sigterm", {}).get("exit_code"),
+            }
     return out
 
 
@@ -549,15 +620,28 @@ def main() -> None:
     ap.add_argument("--modes", nargs="+", default=["lb", "queue"], choices=["lb", "queue"])
     ap.add_argument("--streams-tiny", type=int, default=None, help="default 64 (--cpu-smoke: 2)")
     ap.add_argument("--streams-full", type=int, default=128)
-    ap.add_argument("--full-model", type=Path,
-                    default=Path.home() / ".cache" / "parakeet-test-models" / "full" / "parakeet_tdt_v3_random.nemo")
+    ap.add_argument(
+        "--full-model",
+        type=Path,
+        default=Path.home() / ".cache" / "parakeet-test-models" / "full" / "parakeet_tdt_v3_random.nemo",
+    )
     ap.add_argument("--budget-s", type=float, default=220.0, help="no step starts or runs past this")
     ap.add_argument("--log-dir", type=Path, help="the workers' logs (default: worker_logs/ beside --out)")
-    ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
-                    help="a setting for both workers (e.g. CUDA_GRAPHS=0), recorded under env")
-    ap.add_argument("--graphs-variant", nargs="*", choices=["tiny", "full"], default=None,
-                    help="models that also get a load-balancer worker with CUDA_GRAPHS=1, measured last "
-                         "(default both; --cpu-smoke: tiny, where it only checks the plumbing)")
+    ap.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting for both workers (e.g. CUDA_GRAPHS=0), recorded under env",
+    )
+    ap.add_argument(
+        "--graphs-variant",
+        nargs="*",
+        choices=["tiny", "full"],
+        default=None,
+        help="models that also get a load-balancer worker with CUDA_GRAPHS=1, measured last "
+        "(default both; --cpu-smoke: tiny, where it only checks the plumbing)",
+    )
     ap.add_argument("--cpu-smoke", action="store_true", help="2 streams, tiny model only (tests)")
     args = ap.parse_args()
     if args.streams_tiny is None:

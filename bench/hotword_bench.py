@@ -55,8 +55,9 @@ def phrase_lists(n: int, count: int, seed: int) -> list[tuple[str, ...]]:
     out = []
     for k in range(count):
         rng = random.Random(seed * 1000 + k)
-        pool = words if n <= len(words) else [f"{a} {b}" for a, b in zip(rng.choices(words, k=n),
-                                                                          rng.choices(words, k=n))]
+        pool = (
+            words if n <= len(words) else [f"{a} {b}" for a, b in zip(rng.choices(words, k=n), rng.choices(words, k=n))]
+        )
         out.append(tuple(rng.sample(pool, n)))
     return out
 
@@ -104,13 +105,18 @@ def batch_cost(engine, clips, repeats: int) -> dict:
     for k, c in enumerate(clips):
         batch[k, : len(c)] = torch.from_numpy(c)
     length = torch.tensor(lens)
+    from parakeet_worker.engine.decoding import decode as decode_batch
+
     with engine.exclusive() as m, torch.inference_mode():
         feats, feat_len = m.preprocessor(input_signal=batch.to(engine.device), length=length.to(engine.device))
         enc, enc_len = m.encoder(audio_signal=feats.to(engine.dtype), length=feat_len)
-        decode = {name: (lambda bs=bs: engine._decode(m, enc, enc_len, bs)) for name, bs in cases.items()}
+        decode = {name: (lambda bs=bs: decode_batch(m, enc, enc_len, bs)) for name, bs in cases.items()}
         decode_s = best_of(repeats, decode, clock(engine.device.type == "cuda"))
-    whole = {name: (lambda bs=bs: engine.transcribe_batch(clips, boostings=bs)) for name, bs in cases.items()
-             if name in ("none", "10_each_own", "100_each_own", "1000_each_own")}
+    whole = {
+        name: (lambda bs=bs: engine.transcribe_batch(clips, boostings=bs))
+        for name, bs in cases.items()
+        if name in ("none", "10_each_own", "100_each_own", "1000_each_own")
+    }
     whole_s = best_of(repeats, whole, clock(engine.device.type == "cuda"))
     return {
         "decoding_ms": {k: round(v * 1000, 1) for k, v in decode_s.items()},
@@ -166,12 +172,15 @@ def stream_cost(engine, clips, repeats: int) -> dict:
         return best
 
     best = asyncio.run(measure())
-    return {"step_ms": {k: round(v * 1000, 1) for k, v in best.items()},
-            "step_vs_none": {k: round(v / best["none"], 2) for k, v in best.items()}}
+    return {
+        "step_ms": {k: round(v * 1000, 1) for k, v in best.items()},
+        "step_vs_none": {k: round(v / best["none"], 2) for k, v in best.items()},
+    }
 
 
-def accuracy(engine, n: int, seeds: tuple[int, int], unrelated: int = 10,
-             modes: tuple[str, ...] = ("batch", "streaming")) -> dict:
+def accuracy(
+    engine, n: int, seeds: tuple[int, int], unrelated: int = 10, modes: tuple[str, ...] = ("batch", "streaming")
+) -> dict:
     """Fix rate and harm rate on ``n`` fresh sentences in held-out voices, batch and streaming."""
     from parakeet_worker.engine.hotwords import DEFAULT_BOOST, Boosting
     from tools.test_model import synth
@@ -189,14 +198,14 @@ def accuracy(engine, n: int, seeds: tuple[int, int], unrelated: int = 10,
     def batch(idx, bs):
         out = []
         for k in range(0, len(idx), 16):
-            part = [clips[i] for i in idx[k: k + 16]]
-            out += [t.text for t in engine.transcribe_batch(part, boostings=bs[k: k + 16])]
+            part = [clips[i] for i in idx[k : k + 16]]
+            out += [t.text for t in engine.transcribe_batch(part, boostings=bs[k : k + 16])]
         return out
 
     def streamed(idx, bs):
         out = []
         for k in range(0, len(idx), 16):
-            out += asyncio.run(stream_all(engine, [clips[i] for i in idx[k: k + 16]], bs[k: k + 16]))[0]
+            out += asyncio.run(stream_all(engine, [clips[i] for i in idx[k : k + 16]], bs[k : k + 16]))[0]
         return out
 
     result = {}
@@ -215,10 +224,18 @@ def accuracy(engine, n: int, seeds: tuple[int, int], unrelated: int = 10,
         harmed = sum(t != refs[i] for i, t in zip(right, harm_out))
         words = sum(len(missed[i]) for i in wrong)
         words_back = sum(len(set(missed[i]) & set(t.split())) for i, t in zip(wrong, fixed_out))
-        result[mode] = {"sentences": n, "wrong": len(wrong), "right": len(right),
-                        "fixed": fixed, "fix_rate": round(fixed / max(1, len(wrong)), 3),
-                        "exactly_right": exact, "missed_words": words, "missed_words_recovered": words_back,
-                        "harmed": harmed, "harm_rate": round(harmed / max(1, len(right)), 3)}
+        result[mode] = {
+            "sentences": n,
+            "wrong": len(wrong),
+            "right": len(right),
+            "fixed": fixed,
+            "fix_rate": round(fixed / max(1, len(wrong)), 3),
+            "exactly_right": exact,
+            "missed_words": words,
+            "missed_words_recovered": words_back,
+            "harmed": harmed,
+            "harm_rate": round(harmed / max(1, len(right)), 3),
+        }
     return result
 
 
@@ -230,8 +247,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--sentences", type=int, default=120, help="fresh sentences for fix/harm rates")
     ap.add_argument("--seeds", type=int, nargs=2, default=(4242, 4243), help="sentences, unrelated lists")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch threads on CPU (1: CPU time is compute, not spin-waiting threads)")
+    ap.add_argument(
+        "--threads", type=int, default=1, help="torch threads on CPU (1: CPU time is compute, not spin-waiting threads)"
+    )
     ap.add_argument("--skip-accuracy", action="store_true")
     ap.add_argument("--accuracy-modes", nargs="+", default=["batch", "streaming"], choices=["batch", "streaming"])
     ap.add_argument("--skip-cost", action="store_true")
@@ -253,7 +271,8 @@ def main() -> None:
     engine = Engine(Settings(model=args.model, max_batch_size=max(16, args.batch), warmup=True), model=model)
     clips = cost_clips(max(args.batch, args.streams))
     report = {
-        "device": torch.cuda.get_device_name(0) if engine.device.type == "cuda"
+        "device": torch.cuda.get_device_name(0)
+        if engine.device.type == "cuda"
         else f"{platform.machine()} CPU, {torch.get_num_threads()} threads",
         "model": args.model,
     }

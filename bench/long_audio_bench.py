@@ -50,7 +50,7 @@ def long_signal(hours: float, seed: int = 7) -> tuple[np.ndarray, list[tuple[flo
     # per-clip feature normalisation drifts on minutes that mix loud and quiet augmented voices.
     pool = synth.make_utterances("en", synth.train_voices("en"), 60, seed, augment=False)
     for u in pool:
-        u.audio = (u.audio * (0.05 / max(float(np.sqrt(np.mean(u.audio ** 2))), 1e-4))).astype(np.float32)
+        u.audio = (u.audio * (0.05 / max(float(np.sqrt(np.mean(u.audio**2))), 1e-4))).astype(np.float32)
     rng = random.Random(seed)
     plan, t = [], 0
     target = int(hours * 3600 * 16000)
@@ -62,7 +62,7 @@ def long_signal(hours: float, seed: int = 7) -> tuple[np.ndarray, list[tuple[flo
     signal = np.random.default_rng(seed).normal(0, 0.001, t).astype(np.float32)  # a room's noise floor
     sentences = []
     for start, u in plan:
-        signal[start: start + len(u.audio)] = u.audio
+        signal[start : start + len(u.audio)] = u.audio
         sentences.append((start / 16000, (start + len(u.audio)) / 16000, u.text))
     return signal, sentences
 
@@ -106,6 +106,7 @@ def seam_report(signal, spans, sentences, t, max_seams: int = 60) -> dict:
 
         def count(word, start, pool):
             return sum(1 for x, t in pool if x == word and abs(t - start) <= 0.16)
+
         for word, start in lw:
             n = count(word, start, merged)
             if count(word, start, rw):
@@ -130,10 +131,17 @@ def seam_report(signal, spans, sentences, t, max_seams: int = 60) -> dict:
 
     seams = [(spans[i + 1][0], spans[i][1]) for i in pick]
     middles = [((a + b) / 2 - 1.0, (a + b) / 2 + 1.0) for a, b in (spans[i] for i in pick)]
-    return {"seams": len(spans) - 1, "seams_checked": len(pick), "words_both_windows_heard": agreed,
-            "lost_by_merge": lost, "doubled_by_merge": doubled,
-            "words_one_window_heard": one_sided, "of_which_kept": one_sided_kept,
-            "wer_at_seams": wer_around(seams), "wer_mid_window": wer_around(middles)}
+    return {
+        "seams": len(spans) - 1,
+        "seams_checked": len(pick),
+        "words_both_windows_heard": agreed,
+        "lost_by_merge": lost,
+        "doubled_by_merge": doubled,
+        "words_one_window_heard": one_sided,
+        "of_which_kept": one_sided_kept,
+        "wer_at_seams": wer_around(seams),
+        "wer_mid_window": wer_around(middles),
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -191,8 +199,11 @@ def child_run(model_path: str, hours: float, mode: str) -> dict:
     signal, sentences = long_signal(hours)
     duration = len(signal) / 16000
     local = mode == "local"
-    spans = (window_spans(duration, engine.settings.local_attention_window_s, LOCAL_WINDOW_OVERLAP_S) if local
-             else window_spans(duration, 30.0))
+    spans = (
+        window_spans(duration, engine.settings.local_attention_window_s, LOCAL_WINDOW_OVERLAP_S)
+        if local
+        else window_spans(duration, 30.0)
+    )
     if engine.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     before = rss_mb()
@@ -202,13 +213,25 @@ def child_run(model_path: str, hours: float, mode: str) -> dict:
         sec = time.perf_counter() - t0
     ref = " ".join(s for _, _, s in sentences)
     tokens = len(engine.model.tokenizer.text_to_ids(t.text))
-    return {"mode": mode, "hours": hours, "audio_seconds": round(duration, 1), "windows": t.chunks,
-            "window_s": spans[0][1], "seconds": round(sec, 2), "rtfx": round(duration / sec, 1),
-            "tokens_per_s": round(tokens / duration, 2), "wer": round(jiwer.wer(ref, t.text), 4),
-            "ref_words": len(ref.split()), "hyp_words": len(t.words),
-            "signal_mb": round(signal.nbytes / 2**20, 1), "rss_before_mb": round(before, 1),
-            "peak_rss_mb": round(mem.peak, 1), "working_mb": round(mem.peak - before, 1),
-            "peak_cuda_mb": peak_cuda_mb(engine), **seam_report(signal, spans, sentences, t)}
+    return {
+        "mode": mode,
+        "hours": hours,
+        "audio_seconds": round(duration, 1),
+        "windows": t.chunks,
+        "window_s": spans[0][1],
+        "seconds": round(sec, 2),
+        "rtfx": round(duration / sec, 1),
+        "tokens_per_s": round(tokens / duration, 2),
+        "wer": round(jiwer.wer(ref, t.text), 4),
+        "ref_words": len(ref.split()),
+        "hyp_words": len(t.words),
+        "signal_mb": round(signal.nbytes / 2**20, 1),
+        "rss_before_mb": round(before, 1),
+        "peak_rss_mb": round(mem.peak, 1),
+        "working_mb": round(mem.peak - before, 1),
+        "peak_cuda_mb": peak_cuda_mb(engine),
+        **seam_report(signal, spans, sentences, t),
+    }
 
 
 def child_progress(model_path: str, hours: float) -> dict:
@@ -241,8 +264,12 @@ def child_progress(model_path: str, hours: float) -> dict:
     duration = len(signal) / 16000
     job = {"id": "long-audio-bench"}
     rows = {}
-    for name, interval in (("none", None), ("throttled", PROGRESS_INTERVAL_S),
-                           ("every_window", 0.0), ("none_again", None)):
+    for name, interval in (
+        ("none", None),
+        ("throttled", PROGRESS_INTERVAL_S),
+        ("every_window", 0.0),
+        ("none_again", None),
+    ):
         posts.clear()
         reporter = None
         if interval is not None:
@@ -251,8 +278,11 @@ def child_progress(model_path: str, hours: float) -> dict:
         asyncio.run(engine.transcribe(signal, chunk_long_audio=True, on_progress=reporter))
         sec = time.perf_counter() - t0
         time.sleep(1.0)  # let the SDK's posting threads finish
-        rows[name] = {"seconds": round(sec, 2), "updates": reporter.sent if reporter else 0,
-                      "posts_received": len(posts)}
+        rows[name] = {
+            "seconds": round(sec, 2),
+            "updates": reporter.sent if reporter else 0,
+            "posts_received": len(posts),
+        }
         print(name, rows[name], file=sys.stderr, flush=True)
     base = (rows["none"]["seconds"] + rows["none_again"]["seconds"]) / 2
     for name in ("throttled", "every_window"):
@@ -287,21 +317,28 @@ def main() -> None:
     for mode in args.modes:
         for hours in args.hours:
             r = child("--child", "run", "--hours", str(hours), "--modes", mode)
-            print(f"{mode:8s} {hours:4.1f} h: {r['seconds']:8.1f} s  RTFx {r['rtfx']:7.1f}  "
-                  f"working {r['working_mb']:7.1f} MB (signal {r['signal_mb']} MB, peak {r['peak_rss_mb']} MB)  "
-                  f"WER {r['wer']:.3f} (at seams {r['wer_at_seams']}, mid-window {r['wer_mid_window']})  "
-                  f"seams {r['seams']}: lost {r['lost_by_merge']} doubled {r['doubled_by_merge']} "
-                  f"of {r['words_both_windows_heard']} words  "
-                  f"{r['tokens_per_s']} tokens/s", flush=True)
+            print(
+                f"{mode:8s} {hours:4.1f} h: {r['seconds']:8.1f} s  RTFx {r['rtfx']:7.1f}  "
+                f"working {r['working_mb']:7.1f} MB (signal {r['signal_mb']} MB, peak {r['peak_rss_mb']} MB)  "
+                f"WER {r['wer']:.3f} (at seams {r['wer_at_seams']}, mid-window {r['wer_mid_window']})  "
+                f"seams {r['seams']}: lost {r['lost_by_merge']} doubled {r['doubled_by_merge']} "
+                f"of {r['words_both_windows_heard']} words  "
+                f"{r['tokens_per_s']} tokens/s",
+                flush=True,
+            )
             runs.append(r)
-    progress = child("--child", "progress", "--progress-hours", str(args.progress_hours)) \
-        if args.progress_hours > 0 else None
+    progress = (
+        child("--child", "progress", "--progress-hours", str(args.progress_hours)) if args.progress_hours > 0 else None
+    )
     if progress:
         print("progress_update:", json.dumps(progress["runs"]), flush=True)
     import torch
 
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else \
-        f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
+    device = (
+        torch.cuda.get_device_name(0)
+        if torch.cuda.is_available()
+        else f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
+    )
     print(json.dumps({"device": device, "model": args.model, "runs": runs, "progress": progress}))
 
 

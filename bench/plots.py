@@ -63,8 +63,12 @@ def main() -> None:
         fig, ax = plt.subplots(figsize=(6, 4))
         for device, rows in sweeps:
             ax.plot([r["batch"] for r in rows], [r["rtfx"] for r in rows], marker="o", label=device)
-        ax.set(xscale="log", xlabel="batch size (clips per forward pass)", ylabel="RTFx (audio s / wall s)",
-               title="Batch throughput vs batch size")
+        ax.set(
+            xscale="log",
+            xlabel="batch size (clips per forward pass)",
+            ylabel="RTFx (audio s / wall s)",
+            title="Batch throughput vs batch size",
+        )
         ax.set_xticks([r["batch"] for r in sweeps[0][1]], [str(r["batch"]) for r in sweeps[0][1]])
         save(fig, ax, "rtfx_vs_batch", 8)
     if streams:
@@ -73,9 +77,13 @@ def main() -> None:
             ns = [r["streams"] for r in rows]
             ax.plot(ns, [r["eos_to_final_p95"] for r in rows], marker="o", label=f"{label} p95")
             ax.plot(ns, [r["eos_to_final_p50"] for r in rows], marker=".", linestyle="--", label=f"{label} p50")
-        ax.set(xlabel="concurrent real-time streams", ylabel="end of speech -> final (s)",
-               title="Streaming latency vs concurrent streams")
+        ax.set(
+            xlabel="concurrent real-time streams",
+            ylabel="end of speech -> final (s)",
+            title="Streaming latency vs concurrent streams",
+        )
         save(fig, ax, "latency_vs_streams", 7)
+
 
 if __name__ == "__main__":
     main()

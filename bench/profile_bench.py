@@ -91,15 +91,26 @@ def main() -> None:
     stages = stage_times(stats)
     stages["other"] = max(0.0, total - sum(stages.values()))
     tokens = sum(len(tok.text_to_ids(r.get("text", ""))) for r in res)
-    print(f"{args.n} jobs, {audio_s:.1f} s of audio, {total:.3f} s under the profiler, "
-          f"{tokens / audio_s:.2f} tokens/s emitted")
+    print(
+        f"{args.n} jobs, {audio_s:.1f} s of audio, {total:.3f} s under the profiler, "
+        f"{tokens / audio_s:.2f} tokens/s emitted"
+    )
     for k, v in sorted(stages.items(), key=lambda kv: -kv[1]):
         print(f"  {k:13s} {v:7.3f} s  {100 * v / total:5.1f}%")
     if args.top:
         stats.sort_stats("tottime").print_stats(args.top)
-    print(json.dumps({"model": args.model, "jobs": args.n, "audio_seconds": round(audio_s, 1),
-                      "profiled_seconds": round(total, 3), "tokens_per_s": round(tokens / audio_s, 2),
-                      "stages": {k: round(v, 4) for k, v in stages.items()}}))
+    print(
+        json.dumps(
+            {
+                "model": args.model,
+                "jobs": args.n,
+                "audio_seconds": round(audio_s, 1),
+                "profiled_seconds": round(total, 3),
+                "tokens_per_s": round(tokens / audio_s, 2),
+                "stages": {k: round(v, 4) for k, v in stages.items()},
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

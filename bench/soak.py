@@ -1,6 +1,6 @@
 """Soak: a real worker process under mixed, hostile and abrupt traffic for a given time, then SIGTERM.
 
-    python bench/soak.py --minutes 30 --out /work/logs/soak          # tiny model, loopback only
+    python bench/soak.py --minutes 30 --out logs/soak          # tiny model, loopback only
     python bench/soak.py --seconds 20 --out /tmp/soak-smoke           # the CI smoke (tests/test_soak_smoke.py)
 
 The worker is ``rp_handler.py --rp_serve_api`` (the RunPod SDK's local job API) on loopback, with a
@@ -109,8 +109,9 @@ def make_material(d: Path, file_port: int, seed: int = 14, sentences: int = 3) -
         sf.write(src, u.audio, SR, subtype="PCM_16")
         for fmt, args in synth.FORMATS.items():
             dst = d / f"s{k}.{fmt}"
-            subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-i", str(src), *args, str(dst)],
-                           check=True)
+            subprocess.run(
+                ["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-i", str(src), *args, str(dst)], check=True
+            )
             files[f"s{k}.{fmt}"] = (dst, u.text)
     parts, texts = [], []
     for _ in range(6):  # ~25-35 s of speech with pauses: a chunked job
@@ -133,8 +134,10 @@ def make_material(d: Path, file_port: int, seed: int = 14, sentences: int = 3) -
         "png": ({"audio_base64": base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\0" * 64).decode()}, "unsupported_format"),
         "bad_base64": ({"audio_base64": "%%% not base64 %%%"}, "invalid_input"),
         "unknown_field": ({"audio_base64": wav_b64, "language": "en"}, "invalid_input"),
-        "both_sources": ({"audio_base64": wav_b64, "audio_url": f"http://127.0.0.1:{file_port}/s0.wav"},
-                         "invalid_input"),
+        "both_sources": (
+            {"audio_base64": wav_b64, "audio_url": f"http://127.0.0.1:{file_port}/s0.wav"},
+            "invalid_input",
+        ),
         "url_metadata": ({"audio_url": "http://169.254.169.254/latest/meta-data"}, "forbidden_url"),
         "url_loopback_other_port": ({"audio_url": "http://127.0.0.1:9/a.wav"}, "forbidden_url"),
         "url_file": ({"audio_url": "file:///etc/passwd"}, "forbidden_url"),
@@ -215,8 +218,13 @@ class Soak:
 
     # ---- bookkeeping
     def record(self, kind: str, ok: bool, latency: float | None, **detail) -> None:
-        ev = {"t": round(time.monotonic() - self.t0, 2), "kind": kind, "ok": ok,
-              "latency": None if latency is None else round(latency, 3), **detail}
+        ev = {
+            "t": round(time.monotonic() - self.t0, 2),
+            "kind": kind,
+            "ok": ok,
+            "latency": None if latency is None else round(latency, 3),
+            **detail,
+        }
         self.events.append(ev)
         if not ok:
             self.failures.append(ev)
@@ -230,22 +238,45 @@ class Soak:
         self.api_port, self.ws_port = free_port(), free_port()
         self.tmp = self.out / "worker-tmp"
         self.tmp.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "PARAKEET_MODEL": self.args.model, "DEVICE": "cpu", "WS_HOST": "127.0.0.1",
-               "WS_PORT": str(self.ws_port), "WS_AUTH_TOKEN": TOKEN, "PYTHONUNBUFFERED": "1",
-               "ALLOWED_URL_HOSTS": f"127.0.0.1:{file_port}", "DOWNLOAD_TIMEOUT_S": "4",
-               "MAX_BATCH_WAIT_MS": "20", "DRAIN_TIMEOUT_S": str(self.args.drain_timeout), "TMPDIR": str(self.tmp),
-               "UVICORN_LOG_LEVEL": "warning"}
+        env = {
+            **os.environ,
+            "PARAKEET_MODEL": self.args.model,
+            "DEVICE": "cpu",
+            "WS_HOST": "127.0.0.1",
+            "WS_PORT": str(self.ws_port),
+            "WS_AUTH_TOKEN": TOKEN,
+            "PYTHONUNBUFFERED": "1",
+            "ALLOWED_URL_HOSTS": f"127.0.0.1:{file_port}",
+            "DOWNLOAD_TIMEOUT_S": "4",
+            "MAX_BATCH_WAIT_MS": "20",
+            "DRAIN_TIMEOUT_S": str(self.args.drain_timeout),
+            "TMPDIR": str(self.tmp),
+            "UVICORN_LOG_LEVEL": "warning",
+        }
         self.log = open(self.out / "worker.log", "w")
-        self.proc = subprocess.Popen([sys.executable, "rp_handler.py", "--rp_serve_api", "--rp_api_host", "127.0.0.1",
-                                      "--rp_api_port", str(self.api_port)], cwd=ROOT, env=env,
-                                     stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "rp_handler.py",
+                "--rp_serve_api",
+                "--rp_api_host",
+                "127.0.0.1",
+                "--rp_api_port",
+                str(self.api_port),
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
         self.url = f"http://127.0.0.1:{self.api_port}"
         wait_port(self.api_port, self.proc, 600)
 
     async def start_websocket_job(self, http) -> asyncio.Task:
         lifetime = max(60.0, self.args.seconds + 600.0)
-        async with http.post(f"{self.url}/run", json={"input": {"action": "websocket", "idle_timeout": 3600,
-                                                                "max_lifetime": lifetime}}) as r:
+        async with http.post(
+            f"{self.url}/run", json={"input": {"action": "websocket", "idle_timeout": 3600, "max_lifetime": lifetime}}
+        ) as r:
             job = await r.json()
 
         import aiohttp
@@ -342,8 +373,15 @@ class Soak:
                 self.record("stream", True, None, mode=mode)
                 continue
             w = wer(ref, res["text"])
-            self.record("stream", w <= STREAM_MAX_WER, res["stop_to_done"], mode=mode, wer=round(w, 3),
-                        max_gap=res["max_gap"], final_lag=res["final_lag"])
+            self.record(
+                "stream",
+                w <= STREAM_MAX_WER,
+                res["stop_to_done"],
+                mode=mode,
+                wer=round(w, 3),
+                max_gap=res["max_gap"],
+                final_lag=res["final_lag"],
+            )
 
     async def sampler(self, http) -> None:
         while time.monotonic() < self.deadline + 1 and self.proc.poll() is None:
@@ -357,8 +395,13 @@ class Soak:
         s = {"t": round(time.monotonic() - self.t0, 1)}
         try:
             p = psutil.Process(self.proc.pid)
-            s.update(rss_mb=round(p.memory_info().rss / 2**20, 1), fds=p.num_fds(), threads=p.num_threads(),
-                     children=len(p.children(recursive=True)), cpu_s=round(sum(p.cpu_times()[:2]), 1))
+            s.update(
+                rss_mb=round(p.memory_info().rss / 2**20, 1),
+                fds=p.num_fds(),
+                threads=p.num_threads(),
+                children=len(p.children(recursive=True)),
+                cpu_s=round(sum(p.cpu_times()[:2]), 1),
+            )
         except psutil.Error:
             pass
         s["temp_files"] = sum(1 for _ in self.tmp.rglob("*"))
@@ -376,8 +419,9 @@ class Soak:
         audio, ref, _ = mat.streams[0]
         cut = len(audio) // 2  # mid-utterance (inside the second sentence) when the signal comes
         streams = [asyncio.create_task(stream_until_closed(self.ws_url, audio[:cut])) for _ in range(2)]
-        jobs = [asyncio.create_task(self.runsync(http, self.valid_job(i, 0, mat)[0] | {}))
-                for i in (0, 2)]  # base64 jobs (i % 3 != 1)
+        jobs = [
+            asyncio.create_task(self.runsync(http, self.valid_job(i, 0, mat)[0] | {})) for i in (0, 2)
+        ]  # base64 jobs (i % 3 != 1)
         await asyncio.sleep(cut / SR + 0.5)  # every stream has sent its audio, no stop
         t_sig = time.monotonic()
         self.proc.send_signal(signal.SIGTERM)
@@ -431,8 +475,9 @@ class Soak:
             first = await self.sample(http)
             self.samples.append(first)
             tasks = [asyncio.create_task(self.sampler(http)), asyncio.create_task(self.hostile_client(http, mat))]
-            tasks += [asyncio.create_task(self.batch_client(http, k, files.port, mat))
-                      for k in range(self.args.batch_clients)]
+            tasks += [
+                asyncio.create_task(self.batch_client(http, k, files.port, mat)) for k in range(self.args.batch_clients)
+            ]
             tasks += [asyncio.create_task(self.stream_client(k, mat)) for k in range(self.args.streams)]
             await asyncio.gather(*tasks[1:])
             await asyncio.sleep(2)  # let the worker settle, then the last sample before the signal
@@ -447,16 +492,22 @@ class Soak:
         valid = [e for e in self.events if e["kind"] in ("batch", "stream")]
         keys = ("rss_mb", "fds", "threads", "children", "temp_files")
         return {
-            "seconds": self.args.seconds, "model": self.args.model, "requests": len(self.events),
-            "valid_requests": len(valid), "valid_failed": sum(not e["ok"] for e in valid),
+            "seconds": self.args.seconds,
+            "model": self.args.model,
+            "requests": len(self.events),
+            "valid_requests": len(valid),
+            "valid_failed": sum(not e["ok"] for e in valid),
             "hostile_requests": sum(e["kind"] == "hostile" for e in self.events),
             "hostile_wrong_code": sum(e["kind"] == "hostile" and not e["ok"] for e in self.events),
-            "streams_by_mode": {m: sum(e.get("mode") == m for e in self.events)
-                                for m in ("complete", "pause", "abrupt")},
-            "start": {k: first.get(k) for k in keys}, "end": {k: last.get(k) for k in keys},
+            "streams_by_mode": {
+                m: sum(e.get("mode") == m for e in self.events) for m in ("complete", "pause", "abrupt")
+            },
+            "start": {k: first.get(k) for k in keys},
+            "end": {k: last.get(k) for k in keys},
             "latency": latency_table(self.events, self.args.window_s),
             "metrics_at_end": {k: v for k, v in last.items() if k.startswith("asr_")},
-            "drain": drain, "failures": self.failures[:50],
+            "drain": drain,
+            "failures": self.failures[:50],
         }
 
 
@@ -486,8 +537,14 @@ def parse_metrics(text: str) -> dict:
     """The few series the soak tracks, from the Prometheus text (also proves it parses)."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    want = {"asr_active_sessions", "asr_live_streams", "asr_jobs_running", "asr_jobs_queued",
-            "asr_stream_lag_seconds_max", "asr_draining"}
+    want = {
+        "asr_active_sessions",
+        "asr_live_streams",
+        "asr_jobs_running",
+        "asr_jobs_queued",
+        "asr_stream_lag_seconds_max",
+        "asr_draining",
+    }
     out: dict = {"asr_errors_total": 0.0}
     for fam in text_string_to_metric_families(text):
         for s in fam.samples:
@@ -509,8 +566,11 @@ def latency_table(events: list[dict], window_s: float) -> list[dict]:
     for w0 in np.arange(0.0, end + 1e-9, window_s):
         row = {"t0": round(float(w0), 1)}
         for kind in ("batch", "stream", "hostile"):
-            xs = [e["latency"] for e in events if e["kind"] == kind and e["latency"] is not None
-                  and w0 <= e["t"] < w0 + window_s]
+            xs = [
+                e["latency"]
+                for e in events
+                if e["kind"] == kind and e["latency"] is not None and w0 <= e["t"] < w0 + window_s
+            ]
             if xs:
                 row[kind] = {"n": len(xs), **{f"p{q}": round(float(np.percentile(xs, q)), 3) for q in (50, 95, 99)}}
         rows.append(row)
@@ -623,8 +683,9 @@ def plot(out: Path, samples: list[dict], latency: list[dict], title: str) -> Non
 
     fig, axes = plt.subplots(2, 2, figsize=(11, 6.5), sharex=True)
     t = [s["t"] / 60 for s in samples]
-    for ax, key, label in zip(axes.flat, ("rss_mb", "fds", "threads", "temp_files"),
-                              ("RSS (MiB)", "open fds", "threads", "temp files")):
+    for ax, key, label in zip(
+        axes.flat, ("rss_mb", "fds", "threads", "temp_files"), ("RSS (MiB)", "open fds", "threads", "temp files")
+    ):
         ax.plot(t, [s.get(key) for s in samples], marker=".", lw=1)
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
@@ -669,8 +730,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--sentences", type=int, default=3, help="distinct sentences encoded in every format")
     ap.add_argument("--no-plots", action="store_true")
-    ap.add_argument("--no-text-check", action="store_true",
-                    help="valid = completed, transcripts not compared (a model with random weights)")
+    ap.add_argument(
+        "--no-text-check",
+        action="store_true",
+        help="valid = completed, transcripts not compared (a model with random weights)",
+    )
     ap.add_argument("--out", default="soak-out")
     args = ap.parse_args(argv)
     if args.minutes:
@@ -689,12 +753,23 @@ def main(argv: list[str] | None = None) -> int:
     (out / "events.json").write_text(json.dumps(soak.events) + "\n")
     if not args.no_plots:
         plot(out, soak.samples, summary["latency"], f"{Path(args.model).name}, {args.seconds / 60:.0f} min")
-    brief = {k: summary[k] for k in ("requests", "valid_requests", "valid_failed", "hostile_requests",
-                                     "hostile_wrong_code", "start", "end")}
+    brief = {
+        k: summary[k]
+        for k in (
+            "requests",
+            "valid_requests",
+            "valid_failed",
+            "hostile_requests",
+            "hostile_wrong_code",
+            "start",
+            "end",
+        )
+    }
     brief["drain_checks"] = summary["drain"]["checks"]
     print(json.dumps(brief))
-    ok = (summary["valid_failed"] == 0 and summary["hostile_wrong_code"] == 0
-          and all(summary["drain"]["checks"].values()))
+    ok = (
+        summary["valid_failed"] == 0 and summary["hostile_wrong_code"] == 0 and all(summary["drain"]["checks"].values())
+    )
     return 0 if ok else 1
 
 

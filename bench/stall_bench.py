@@ -102,10 +102,14 @@ async def live_stream(url: str, audio: np.ndarray, started: asyncio.Event | None
     gaps = np.diff(times)
     # a message covering audio up to `e` could not have been sent before t0 + e (real-time pacing)
     lags = [t - (t0 + e) for t, e in received]
-    return {"messages": len(received), "max_gap_s": round(float(gaps.max()), 3),
-            "p95_gap_s": round(float(np.percentile(gaps, 95)), 3),
-            "max_lag_s": round(max(lags), 3) if lags else None,
-            "stop_to_done_s": round(received[-1][0] - sent["stop"], 3), "words": len(text.split())}
+    return {
+        "messages": len(received),
+        "max_gap_s": round(float(gaps.max()), 3),
+        "p95_gap_s": round(float(np.percentile(gaps, 95)), 3),
+        "max_lag_s": round(max(lags), 3) if lags else None,
+        "stop_to_done_s": round(received[-1][0] - sent["stop"], 3),
+        "words": len(text.split()),
+    }
 
 
 class InProcessWorker:
@@ -162,9 +166,13 @@ async def run_mixed(worker: InProcessWorker, stream_audio, long_b64: str, short_
 
     stream_res, jobs = await asyncio.gather(live_stream(worker.url, stream_audio, started), batch_load())
     errors = [out["error"] for _, out in jobs if "error" in out]
-    return {**stream_res, "long_job_s": round(jobs[0][0], 2),
-            "short_jobs_max_s": round(max(t for t, _ in jobs[1:]), 2) if len(jobs) > 1 else None,
-            "jobs_failed": len(errors), "job_errors": errors[:3]}
+    return {
+        **stream_res,
+        "long_job_s": round(jobs[0][0], 2),
+        "short_jobs_max_s": round(max(t for t, _ in jobs[1:]), 2) if len(jobs) > 1 else None,
+        "jobs_failed": len(errors),
+        "job_errors": errors[:3],
+    }
 
 
 def main() -> None:
@@ -188,12 +196,23 @@ def main() -> None:
     print(json.dumps({"run": "alone", **alone}), flush=True)
     mixed = asyncio.run(run_mixed(worker, stream_audio, long_b64, short_b64))
     print(json.dumps({"run": "mixed", **mixed}), flush=True)
-    dev = (torch.cuda.get_device_name(0) if worker.engine.device.type == "cuda"
-           else f"{platform.processor() or 'cpu'} ({torch.get_num_threads()} threads)")
-    result = {"device": dev, "model": args.model, "stream_s": args.stream_s, "long_s": args.long_s,
-              "short_jobs": args.short, "short_s": args.short_s, "step_s": worker.server.decoder.frame_samples / SR,
-              "alone": alone, "mixed": mixed,
-              "stall_ratio": round(mixed["max_gap_s"] / max(alone["max_gap_s"], 1e-9), 2)}
+    dev = (
+        torch.cuda.get_device_name(0)
+        if worker.engine.device.type == "cuda"
+        else f"{platform.processor() or 'cpu'} ({torch.get_num_threads()} threads)"
+    )
+    result = {
+        "device": dev,
+        "model": args.model,
+        "stream_s": args.stream_s,
+        "long_s": args.long_s,
+        "short_jobs": args.short,
+        "short_s": args.short_s,
+        "step_s": worker.server.decoder.frame_samples / SR,
+        "alone": alone,
+        "mixed": mixed,
+        "stall_ratio": round(mixed["max_gap_s"] / max(alone["max_gap_s"], 1e-9), 2),
+    }
     print(json.dumps(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1) + "\n")

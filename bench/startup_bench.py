@@ -52,17 +52,25 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=6)
     args = ap.parse_args()
     # (name, loader, warmup): the default deployment is "extracted" with warmup on
-    cases = [("warmup", "extracted", True), ("no_warmup", "extracted", False),
-             ("nemo_restore", "nemo", True), ("archive", "archive", True)]
+    cases = [
+        ("warmup", "extracted", True),
+        ("no_warmup", "extracted", False),
+        ("nemo_restore", "nemo", True),
+        ("archive", "archive", True),
+    ]
     rows = {}
     with tempfile.TemporaryDirectory(prefix="startup_bench_") as cache:
         from parakeet_worker.engine import model_loader
 
         model_loader.extract(args.model, cache)  # what the image's bake step does
         for name, loader, warmup in cases:
-            code = CHILD.format(model=args.model,
-                                warmup=warmup, n=max(args.requests, 2), loader=loader,
-                                cache=cache if loader == "extracted" else "")
+            code = CHILD.format(
+                model=args.model,
+                warmup=warmup,
+                n=max(args.requests, 2),
+                loader=loader,
+                cache=cache if loader == "extracted" else "",
+            )
             t0 = time.perf_counter()
             env = {**os.environ, "PYTHONPATH": os.pathsep.join(PATHS)}  # the child imports the repository
             out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env)
@@ -75,8 +83,10 @@ def main() -> None:
             rows[name] = row
             print(f"{name:<13}", row, flush=True)
     load = {name: row["load_s"] - row["import_s"] for name, row in rows.items()}
-    rows["load_speedup"] = {"extracted_vs_nemo": round(load["nemo_restore"] / load["warmup"], 2),
-                            "archive_vs_nemo": round(load["nemo_restore"] / load["archive"], 2)}
+    rows["load_speedup"] = {
+        "extracted_vs_nemo": round(load["nemo_restore"] / load["warmup"], 2),
+        "archive_vs_nemo": round(load["nemo_restore"] / load["archive"], 2),
+    }
     print("model load, NeMo restore_from / ours:", rows["load_speedup"], flush=True)
     print(json.dumps({"model": args.model, **rows}))
 

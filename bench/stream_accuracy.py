@@ -47,19 +47,30 @@ def main() -> None:
     url, decoder, device = start_local_server(args.model)
     engine = decoder.engine  # the server's own engine: offline and streamed on the same model
     sets = {
-        "padded": [*synth.make_utterances("en", synth.train_voices("en"), args.n_en, 7101),
-                   *synth.make_utterances("ru", synth.train_voices("ru"), args.n_ru, 7102)],
-        "unpadded": [u for u, _ in [*synth.edge_pairs("en", synth.train_voices("en"), args.n_en, 7103),
-                                    *synth.edge_pairs("ru", synth.train_voices("ru"), args.n_ru, 7104)]],
+        "padded": [
+            *synth.make_utterances("en", synth.train_voices("en"), args.n_en, 7101),
+            *synth.make_utterances("ru", synth.train_voices("ru"), args.n_ru, 7102),
+        ],
+        "unpadded": [
+            u
+            for u, _ in [
+                *synth.edge_pairs("en", synth.train_voices("en"), args.n_en, 7103),
+                *synth.edge_pairs("ru", synth.train_voices("ru"), args.n_ru, 7104),
+            ]
+        ],
     }
     result = {"model": args.model, "device": device, "sets": {}}
     for name, utts in sets.items():
         refs = [u.text for u in utts]
         streamed = [asyncio.run(stream_text(url, u.audio)) for u in utts]
         offline = [t.text for t in engine.transcribe_batch([u.audio for u in utts])]
-        row = {"clips": len(utts), "words": sum(len(r.split()) for r in refs),
-               "wer_streaming": round(jiwer.wer(refs, streamed), 4), "wer_offline": round(jiwer.wer(refs, offline), 4),
-               "wer_streaming_vs_offline": round(jiwer.wer(offline, streamed), 4)}
+        row = {
+            "clips": len(utts),
+            "words": sum(len(r.split()) for r in refs),
+            "wer_streaming": round(jiwer.wer(refs, streamed), 4),
+            "wer_offline": round(jiwer.wer(refs, offline), 4),
+            "wer_streaming_vs_offline": round(jiwer.wer(offline, streamed), 4),
+        }
         result["sets"][name] = row
         print(name, json.dumps(row), flush=True)
     if args.out:

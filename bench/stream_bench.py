@@ -98,18 +98,29 @@ async def run_level(url: str, n: int, decoder=None) -> dict:
     before = (decoder.steps, decoder.frames, decoder.step_seconds) if decoder else None
     res = await asyncio.gather(*(one_stream(url, a, e, w) for a, e, w in clips))
     eos = [r["eos_to_final"] for r in res if r["eos_to_final"] is not None]
-    row = {"streams": n, "audio_s_per_stream": round(float(np.mean([len(c[0]) for c in clips])) / 16000, 2),
-           "eos_to_final_p50": pct(eos, 50), "eos_to_final_p95": pct(eos, 95), "eos_to_final_p99": pct(eos, 99),
-           "first_final_missing": n - len(eos),
-           "stop_to_done_p50": pct([r["stop_to_done"] for r in res], 50),
-           "words_per_s": round(sum(len(r.get("text", "").split()) for r in res)
-                                / (sum(len(c[0]) for c in clips) / 16000), 2)}
+    row = {
+        "streams": n,
+        "audio_s_per_stream": round(float(np.mean([len(c[0]) for c in clips])) / 16000, 2),
+        "eos_to_final_p50": pct(eos, 50),
+        "eos_to_final_p95": pct(eos, 95),
+        "eos_to_final_p99": pct(eos, 99),
+        "first_final_missing": n - len(eos),
+        "stop_to_done_p50": pct([r["stop_to_done"] for r in res], 50),
+        "words_per_s": round(
+            sum(len(r.get("text", "").split()) for r in res) / (sum(len(c[0]) for c in clips) / 16000), 2
+        ),
+    }
     if decoder:
         steps, frames, secs = (x - y for x, y in zip((decoder.steps, decoder.frames, decoder.step_seconds), before))
         chunk = decoder.frame_samples / 16000
-        row.update({"steps": steps, "streams_per_step": round(frames / max(steps, 1), 2),
-                    "ms_per_step": round(1000 * secs / max(steps, 1), 1),
-                    "rtf": round(secs / max(frames * chunk, 1e-9), 4)})
+        row.update(
+            {
+                "steps": steps,
+                "streams_per_step": round(frames / max(steps, 1), 2),
+                "ms_per_step": round(1000 * secs / max(steps, 1), 1),
+                "rtf": round(secs / max(frames * chunk, 1e-9), 4),
+            }
+        )
     return row
 
 
@@ -141,8 +152,11 @@ def start_local_server(model: str):
 
     threading.Thread(target=run, daemon=True).start()
     ready.wait(300)
-    device = (torch.cuda.get_device_name(0) if engine.device.type == "cuda"
-              else f"{platform.processor() or 'cpu'} ({torch.get_num_threads()} threads)")
+    device = (
+        torch.cuda.get_device_name(0)
+        if engine.device.type == "cuda"
+        else f"{platform.processor() or 'cpu'} ({torch.get_num_threads()} threads)"
+    )
     return box["url"], box["server"].decoder, device
 
 
@@ -162,16 +176,31 @@ def main() -> None:
         row = asyncio.run(run_level(url, n, decoder))
         rows.append(row)
         print(json.dumps(row), flush=True)
-    ok = [r["streams"] for r in rows if r["eos_to_final_p95"] is not None and r["eos_to_final_p95"] <= args.target
-          and r["first_final_missing"] == 0]
+    ok = [
+        r["streams"]
+        for r in rows
+        if r["eos_to_final_p95"] is not None and r["eos_to_final_p95"] <= args.target and r["first_final_missing"] == 0
+    ]
     from parakeet_worker.config.settings import Settings
 
     st = Settings.from_env()
-    print(json.dumps({"device": device, "model": args.model if not args.url else args.url,
-                      "stream_config": {"chunk_s": st.stream_step_s, "left_s": st.stream_left_s,
-                                        "right_s": st.stream_right_s, "eou_ms": st.stream_eou_ms},
-                      "target_p95_s": args.target, "max_streams_within_target": max(ok) if ok else 0,
-                      "levels": rows}))
+    print(
+        json.dumps(
+            {
+                "device": device,
+                "model": args.model if not args.url else args.url,
+                "stream_config": {
+                    "chunk_s": st.stream_step_s,
+                    "left_s": st.stream_left_s,
+                    "right_s": st.stream_right_s,
+                    "eou_ms": st.stream_eou_ms,
+                },
+                "target_p95_s": args.target,
+                "max_streams_within_target": max(ok) if ok else 0,
+                "levels": rows,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -43,15 +43,24 @@ def lb_worker(tmp_path_factory):
     if not TINY_MODEL.exists():
         pytest.skip(f"{TINY_MODEL} is not built yet (python tools/test_model/build_tiny.py)")
     port, token = free_port(), "lb-secret"
-    env = {**os.environ, "WORKER_MODE": "load_balancer", "PORT": str(port), "WS_HOST": "127.0.0.1",
-           "PARAKEET_MODEL": str(TINY_MODEL), "DEVICE": "cpu", "WS_AUTH_TOKEN": token,
-           "MAX_AUDIO_BYTES": str(LB_MAX_BYTES), "PYTHONUNBUFFERED": "1"}
+    env = {
+        **os.environ,
+        "WORKER_MODE": "load_balancer",
+        "PORT": str(port),
+        "WS_HOST": "127.0.0.1",
+        "PARAKEET_MODEL": str(TINY_MODEL),
+        "DEVICE": "cpu",
+        "WS_AUTH_TOKEN": token,
+        "MAX_AUDIO_BYTES": str(LB_MAX_BYTES),
+        "PYTHONUNBUFFERED": "1",
+    }
     env.pop("WS_PORT", None)
     env.pop("API_TOKEN", None)
     log_path = tmp_path_factory.mktemp("lb") / "lb.log"
     with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "rp_handler.py"], cwd=ROOT, env=env, stdout=log,
-                                stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "rp_handler.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
         try:
             deadline = time.time() + 180
             while True:
@@ -68,4 +77,3 @@ def lb_worker(tmp_path_factory):
         finally:
             proc.terminate()
             proc.wait(15)
-

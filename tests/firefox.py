@@ -47,12 +47,26 @@ class PulseAudio:
             raise RuntimeError("pulseaudio is not installed: run scripts/install.sh")
         self.dir = tempfile.TemporaryDirectory(prefix="pulse-")
         socket = Path(self.dir.name, "native")
-        env = {**os.environ, "HOME": self.dir.name, "XDG_RUNTIME_DIR": self.dir.name,
-               "PULSE_RUNTIME_PATH": self.dir.name}
-        self.proc = subprocess.Popen([path, "-n", "--daemonize=no", "--exit-idle-time=-1", "--log-target=stderr",
-                                      "--load=module-null-sink sink_name=null",
-                                      f"--load=module-native-protocol-unix socket={socket} auth-anonymous=1"],
-                                     env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        env = {
+            **os.environ,
+            "HOME": self.dir.name,
+            "XDG_RUNTIME_DIR": self.dir.name,
+            "PULSE_RUNTIME_PATH": self.dir.name,
+        }
+        self.proc = subprocess.Popen(
+            [
+                path,
+                "-n",
+                "--daemonize=no",
+                "--exit-idle-time=-1",
+                "--log-target=stderr",
+                "--load=module-null-sink sink_name=null",
+                f"--load=module-native-protocol-unix socket={socket} auth-anonymous=1",
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.time() + 30
         while not socket.exists():
             if self.proc.poll() is not None or time.time() > deadline:
@@ -85,10 +99,15 @@ class Firefox:
         sound = self._pulse.__enter__()
         self._profile = tempfile.TemporaryDirectory(prefix="ff-profile-")
         Path(self._profile.name, "user.js").write_text(
-            "".join(f'user_pref("{k}", {json.dumps(v)});\n' for k, v in PREFS.items()))
-        self.proc = subprocess.Popen([path, "--headless", "--no-remote", "--profile", self._profile.name,
-                                      "--remote-debugging-port", "0"], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE, text=True, env={**os.environ, **sound})
+            "".join(f'user_pref("{k}", {json.dumps(v)});\n' for k, v in PREFS.items())
+        )
+        self.proc = subprocess.Popen(
+            [path, "--headless", "--no-remote", "--profile", self._profile.name, "--remote-debugging-port", "0"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **sound},
+        )
         self.ws = None
         try:
             url = await asyncio.to_thread(self._listening_url)
@@ -149,17 +168,40 @@ class Firefox:
     async def click(self, ctx: str, selector: str) -> None:
         """A real (trusted) mouse click on the element's centre: it counts as a user gesture, which
         Firefox requires before an AudioContext may run."""
-        x, y = await self.evaluate(ctx, f"(r => [r.x + r.width / 2, r.y + r.height / 2])"
-                                        f"(document.querySelector({selector!r}).getBoundingClientRect())")
-        await self.call("input.performActions", {"context": ctx, "actions": [{
-            "type": "pointer", "id": "mouse", "parameters": {"pointerType": "mouse"}, "actions": [
-                {"type": "pointerMove", "x": int(x), "y": int(y)},
-                {"type": "pointerDown", "button": 0}, {"type": "pointerUp", "button": 0}]}]})
+        x, y = await self.evaluate(
+            ctx,
+            f"(r => [r.x + r.width / 2, r.y + r.height / 2])"
+            f"(document.querySelector({selector!r}).getBoundingClientRect())",
+        )
+        await self.call(
+            "input.performActions",
+            {
+                "context": ctx,
+                "actions": [
+                    {
+                        "type": "pointer",
+                        "id": "mouse",
+                        "parameters": {"pointerType": "mouse"},
+                        "actions": [
+                            {"type": "pointerMove", "x": int(x), "y": int(y)},
+                            {"type": "pointerDown", "button": 0},
+                            {"type": "pointerUp", "button": 0},
+                        ],
+                    }
+                ],
+            },
+        )
 
     async def evaluate(self, ctx: str, expression: str):
         """The value of a JavaScript expression (promises awaited), as JSON-like Python data."""
-        r = await self.call("script.evaluate", {"expression": f"(async () => JSON.stringify(await ({expression})))()",
-                                                "target": {"context": ctx}, "awaitPromise": True})
+        r = await self.call(
+            "script.evaluate",
+            {
+                "expression": f"(async () => JSON.stringify(await ({expression})))()",
+                "target": {"context": ctx},
+                "awaitPromise": True,
+            },
+        )
         if r.get("type") == "exception":
             raise RuntimeError(f"JavaScript failed: {r['exceptionDetails'].get('text')}")
         value = r["result"].get("value")

@@ -15,7 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY_MODEL = Path(os.environ.get("TINY_MODEL_PATH", ROOT / "tests" / "assets" / "tiny_parakeet.nemo"))
 
 requires_model = pytest.mark.skipif(
-    not TINY_MODEL.exists(), reason=f"{TINY_MODEL} is not built yet (python tools/test_model/build_tiny.py)")
+    not TINY_MODEL.exists(), reason=f"{TINY_MODEL} is not built yet (python tools/test_model/build_tiny.py)"
+)
 
 FORMATS = synth.FORMATS  # every container/codec the product claims
 SAMPLE_TEXT = "good morning teacher please open window today"
@@ -80,6 +81,7 @@ class WorkerThread:
 
     def call(self, fn):
         """``fn()`` on the worker's loop (reads its state without racing it)."""
+
         async def wrap():
             return fn()
 

@@ -72,12 +72,24 @@ def speech_with_pauses(lead_s: float = 0.5) -> tuple[np.ndarray, str]:
     return np.concatenate(parts), " ".join(sentences)
 
 
-def check_streamed_page(*, reference: str, transcript: str, log: list, started: float, finals_while_playing: int,
-                        latency: str, errors: list, error_text: str, level: float | None = None) -> None:
+def check_streamed_page(
+    *,
+    reference: str,
+    transcript: str,
+    log: list,
+    started: float,
+    finals_while_playing: int,
+    latency: str,
+    errors: list,
+    error_text: str,
+    level: float | None = None,
+) -> None:
     """Partials while the speech plays, a final after each pause, finals that match the speech."""
     partials = [(t - started, text) for el, t, text in log if el == "partial" and text]
-    print(f"transcript: {transcript!r}; WER {jiwer.wer(reference, transcript):.3f}; latency {latency}; "
-          f"{len(partials)} partial updates; finals while playing {finals_while_playing}; level max {level}")
+    print(
+        f"transcript: {transcript!r}; WER {jiwer.wer(reference, transcript):.3f}; latency {latency}; "
+        f"{len(partials)} partial updates; finals while playing {finals_while_playing}; level max {level}"
+    )
     assert not errors and not error_text, (errors, error_text)
     first_final = min((t - started for el, t, text in log if el == "transcript" and text), default=None)
     # partials appear while the speech plays, before its first final, and change as it goes on

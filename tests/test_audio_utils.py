@@ -34,7 +34,7 @@ def test_base64_forms_decode_to_the_same_bytes(form):
         "urlsafe": base64.urlsafe_b64encode(raw).decode(),
         "unpadded": std.rstrip("="),
         "data_url": "data:audio/wav;base64," + std,
-        "wrapped": "\n".join(std[i:i + 76] for i in range(0, len(std), 76)),
+        "wrapped": "\n".join(std[i : i + 76] for i in range(0, len(std), 76)),
     }[form]
     assert decode_base64(text, 1 << 20) == raw
 
@@ -101,39 +101,45 @@ def test_silence_decodes_to_zeros(tmp_path):
 
 
 # ------------------------------------------------------------------ URL policy (no traffic)
-@pytest.mark.parametrize("url,addresses", [
-    ("http://127.0.0.1/a.wav", None),
-    ("http://127.3.4.5:8080/a.wav", None),
-    ("http://localhost/a.wav", None),
-    ("http://LOCALHOST./a.wav", None),
-    ("http://[::1]/a.wav", None),
-    ("http://0.0.0.0/a.wav", None),
-    ("http://10.1.2.3/a.wav", None),
-    ("http://192.168.1.10/a.wav", None),
-    ("http://172.20.0.1/a.wav", None),
-    ("http://100.100.100.200/latest/meta-data", None),
-    ("http://169.254.169.254/latest/meta-data/", None),
-    ("http://metadata.google.internal/computeMetadata/v1/", None),
-    ("http://[::ffff:127.0.0.1]/a.wav", None),
-    ("http://[fd00:ec2::254]/", None),
-    ("http://224.0.0.1/a.wav", None),
-    ("http://example.com/a.wav", ["127.0.0.1"]),  # DNS answer is checked, not only the name
-    ("http://example.com/a.wav", ["93.184.215.14", "10.0.0.7"]),  # any bad address refuses
-    ("http://example.com/a.wav", ["2002:7f00:1::1"]),  # 6to4 wrapping 127.0.0.1
-    ("file:///etc/passwd", None),
-    ("ftp://example.com/a.wav", None),
-    ("gopher://example.com/", None),
-    ("http://user:pw@example.com/a.wav", None),
-])
+@pytest.mark.parametrize(
+    "url,addresses",
+    [
+        ("http://127.0.0.1/a.wav", None),
+        ("http://127.3.4.5:8080/a.wav", None),
+        ("http://localhost/a.wav", None),
+        ("http://LOCALHOST./a.wav", None),
+        ("http://[::1]/a.wav", None),
+        ("http://0.0.0.0/a.wav", None),
+        ("http://10.1.2.3/a.wav", None),
+        ("http://192.168.1.10/a.wav", None),
+        ("http://172.20.0.1/a.wav", None),
+        ("http://100.100.100.200/latest/meta-data", None),
+        ("http://169.254.169.254/latest/meta-data/", None),
+        ("http://metadata.google.internal/computeMetadata/v1/", None),
+        ("http://[::ffff:127.0.0.1]/a.wav", None),
+        ("http://[fd00:ec2::254]/", None),
+        ("http://224.0.0.1/a.wav", None),
+        ("http://example.com/a.wav", ["127.0.0.1"]),  # DNS answer is checked, not only the name
+        ("http://example.com/a.wav", ["93.184.215.14", "10.0.0.7"]),  # any bad address refuses
+        ("http://example.com/a.wav", ["2002:7f00:1::1"]),  # 6to4 wrapping 127.0.0.1
+        ("file:///etc/passwd", None),
+        ("ftp://example.com/a.wav", None),
+        ("gopher://example.com/", None),
+        ("http://user:pw@example.com/a.wav", None),
+    ],
+)
 def test_url_policy_refuses(url, addresses):
     assert code_of(check_url, url, addresses) == "forbidden_url"
 
 
-@pytest.mark.parametrize("url,addresses", [
-    ("https://example.com/a.mp3", None),
-    ("https://example.com/a.mp3", ["93.184.215.14", "2606:2800:21f:cb07:6820:80da:af6b:8b2c"]),
-    ("http://8.8.8.8/a.wav", None),
-])
+@pytest.mark.parametrize(
+    "url,addresses",
+    [
+        ("https://example.com/a.mp3", None),
+        ("https://example.com/a.mp3", ["93.184.215.14", "2606:2800:21f:cb07:6820:80da:af6b:8b2c"]),
+        ("http://8.8.8.8/a.wav", None),
+    ],
+)
 def test_url_policy_allows_public(url, addresses):
     assert check_url(url, addresses).url.host == url.split("/")[2]
 
@@ -162,8 +168,9 @@ async def _serve(routes):
 
 
 def _policy(port, **kw):
-    return DownloadPolicy(**{"max_bytes": 1 << 20, "timeout_s": 5, "max_redirects": 3,
-                             "allowed_hosts": (f"127.0.0.1:{port}",), **kw})
+    return DownloadPolicy(
+        **{"max_bytes": 1 << 20, "timeout_s": 5, "max_redirects": 3, "allowed_hosts": (f"127.0.0.1:{port}",), **kw}
+    )
 
 
 def test_download_fetches_and_enforces_policy_on_every_hop(speech_files):
@@ -183,6 +190,7 @@ def test_download_fetches_and_enforces_policy_on_every_hop(speech_files):
         def redirect(to):
             async def handle(_):
                 raise web.HTTPFound(to() if callable(to) else to)
+
             return handle
 
         async def missing(_):
@@ -219,9 +227,14 @@ def test_download_fetches_and_enforces_policy_on_every_hop(speech_files):
                 with pytest.raises(ASRError) as ei:
                     await fetch.download(url, policy)
                 results[name] = ei.value.code
-            assert results == {"other_port": "forbidden_url", "localhost": "forbidden_url",
-                               "first_hop": "forbidden_url", "loop": "download_failed",
-                               "missing": "download_failed", "big": "audio_too_large"}
+            assert results == {
+                "other_port": "forbidden_url",
+                "localhost": "forbidden_url",
+                "first_hop": "forbidden_url",
+                "loop": "download_failed",
+                "missing": "download_failed",
+                "big": "audio_too_large",
+            }
         finally:
             await runner.cleanup()
             await other.cleanup()

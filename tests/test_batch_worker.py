@@ -65,11 +65,23 @@ def file_server(speech_files):
 def running_worker(extra_env: dict, log_path):
     """rp_handler.py under the SDK's local API server on a free loopback port; yields its URL."""
     port = free_port()
-    env = {**os.environ, "PARAKEET_MODEL": str(TINY_MODEL), "DEVICE": "cpu", "WS_HOST": "127.0.0.1",
-           "WS_AUTH_TOKEN": WS_TOKEN, "PYTHONUNBUFFERED": "1", **extra_env}
+    env = {
+        **os.environ,
+        "PARAKEET_MODEL": str(TINY_MODEL),
+        "DEVICE": "cpu",
+        "WS_HOST": "127.0.0.1",
+        "WS_AUTH_TOKEN": WS_TOKEN,
+        "PYTHONUNBUFFERED": "1",
+        **extra_env,
+    }
     log = open(log_path, "w")  # under the test's temporary folder, never in the tree
-    proc = subprocess.Popen([sys.executable, "rp_handler.py", "--rp_serve_api", "--rp_api_host", "127.0.0.1",
-                             "--rp_api_port", str(port)], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "rp_handler.py", "--rp_serve_api", "--rp_api_host", "127.0.0.1", "--rp_api_port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     deadline = time.time() + 180
     while time.time() < deadline:
         assert proc.poll() is None, f"worker exited during start-up; see {log_path}"
@@ -93,8 +105,13 @@ def running_worker(extra_env: dict, log_path):
 @pytest.fixture(scope="module")
 def worker(file_server, tmp_path_factory):
     """The batch worker; only the file server's port is allowed as a private URL host."""
-    env = {"MAX_AUDIO_SECONDS": str(MAX_SECONDS), "MAX_AUDIO_BYTES": str(MAX_BYTES), "WS_PORT": str(WS_PORT),
-           "ALLOWED_URL_HOSTS": f"127.0.0.1:{file_server[0]}", "MAX_BATCH_WAIT_MS": "30"}
+    env = {
+        "MAX_AUDIO_SECONDS": str(MAX_SECONDS),
+        "MAX_AUDIO_BYTES": str(MAX_BYTES),
+        "WS_PORT": str(WS_PORT),
+        "ALLOWED_URL_HOSTS": f"127.0.0.1:{file_server[0]}",
+        "MAX_BATCH_WAIT_MS": "30",
+    }
     with running_worker(env, tmp_path_factory.mktemp("worker") / "worker.log") as url:
         yield url
 
@@ -179,8 +196,10 @@ def test_chunked_job_reports_chunks(worker, tmp_path, speech_files):
     speech = decode_audio(speech_files["wav"].read_bytes(), 60).samples
     gap = np.zeros(8000, np.float32)
     long = np.concatenate([speech, gap] * 6)  # ~22 s
-    out = runsync(worker, {"audio_base64": b64(write_wav(tmp_path / "l.wav", long)), "chunk_long_audio": True,
-                           "chunk_duration": 8})["output"]
+    out = runsync(
+        worker,
+        {"audio_base64": b64(write_wav(tmp_path / "l.wav", long)), "chunk_long_audio": True, "chunk_duration": 8},
+    )["output"]
     assert out["chunks"] == 3
     assert jiwer.wer(" ".join([SAMPLE_TEXT] * 6), out["text"]) <= 0.15
 
@@ -193,8 +212,24 @@ def _b64text(text):
 def _flac_claiming_hours(tmp_path, hours):
     """A 1-second 8-channel 192 kHz FLAC whose STREAMINFO claims ``hours`` of audio."""
     path = tmp_path / "claims.flac"
-    subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-f", "lavfi", "-i", "anullsrc=r=192000:cl=7.1", "-t", "1",
-                    "-c:a", "flac", str(path)], check=True)
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            "anullsrc=r=192000:cl=7.1",
+            "-t",
+            "1",
+            "-c:a",
+            "flac",
+            str(path),
+        ],
+        check=True,
+    )
     data = path.read_bytes()
     packed = (int.from_bytes(data[18:26], "big") & ~((1 << 36) - 1)) | int(hours * 3600 * 192000)
     return data[:18] + packed.to_bytes(8, "big") + data[26:]
@@ -202,8 +237,10 @@ def _flac_claiming_hours(tmp_path, hours):
 
 def _hostile_cases(speech_files, tmp_path, file_server):
     long_silence = write_wav(tmp_path / "long.wav", np.zeros(16000 * (MAX_SECONDS + 5), np.float32))
-    subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-i", str(long_silence), "-c:a", "flac",
-                    str(tmp_path / "long.flac")], check=True)
+    subprocess.run(
+        ["ffmpeg", "-loglevel", "error", "-y", "-i", str(long_silence), "-c:a", "flac", str(tmp_path / "long.flac")],
+        check=True,
+    )
     mp3 = speech_files["mp3"].read_bytes()
     garbage = b"\x01" + random.Random(6).randbytes(30000).replace(b"\xff", b"\x01")
     wav = b64(speech_files["wav"])
@@ -211,16 +248,31 @@ def _hostile_cases(speech_files, tmp_path, file_server):
         # no known container: refused, never handed to ffmpeg to guess (issue 13)
         "garbage": ({"audio_base64": base64.b64encode(garbage).decode()}, "unsupported_format"),
         # ffmpeg's HLS/DASH/concat demuxers would read the local file these name (issue 13)
-        "hls_playlist": ({"audio_base64": _b64text(
-            f"#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:10,\n{speech_files['mp3']}\n#EXT-X-ENDLIST\n")},
-            "unsupported_format"),
-        "dash_manifest": ({"audio_base64": _b64text(
-            f"<MPD><Period><AdaptationSet><Representation><BaseURL>{speech_files['mp3']}</BaseURL>"
-            "</Representation></AdaptationSet></Period></MPD>")}, "unsupported_format"),
-        "concat_list": ({"audio_base64": _b64text(f"ffconcat version 1.0\nfile '{speech_files['mp3']}'\n")},
-                        "unsupported_format"),
-        "flac_claiming_5_hours": ({"audio_base64": base64.b64encode(_flac_claiming_hours(tmp_path, 5)).decode()},
-                                  "audio_too_long"),
+        "hls_playlist": (
+            {
+                "audio_base64": _b64text(
+                    f"#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:10,\n{speech_files['mp3']}\n#EXT-X-ENDLIST\n"
+                )
+            },
+            "unsupported_format",
+        ),
+        "dash_manifest": (
+            {
+                "audio_base64": _b64text(
+                    f"<MPD><Period><AdaptationSet><Representation><BaseURL>{speech_files['mp3']}</BaseURL>"
+                    "</Representation></AdaptationSet></Period></MPD>"
+                )
+            },
+            "unsupported_format",
+        ),
+        "concat_list": (
+            {"audio_base64": _b64text(f"ffconcat version 1.0\nfile '{speech_files['mp3']}'\n")},
+            "unsupported_format",
+        ),
+        "flac_claiming_5_hours": (
+            {"audio_base64": base64.b64encode(_flac_claiming_hours(tmp_path, 5)).decode()},
+            "audio_too_long",
+        ),
         "truncated_mp3": ({"audio_base64": base64.b64encode(mp3[: len(mp3) // 3]).decode()}, "invalid_audio"),
         "bad_base64": ({"audio_base64": "%%% not base64 %%%"}, "invalid_input"),
         "both_sources": ({"audio_base64": wav, "audio_url": "https://example.com/a.wav"}, "invalid_input"),
@@ -280,9 +332,13 @@ def test_disguised_loopback_urls_are_refused_before_any_connection(worker):
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     port = srv.server_address[1]
     try:
-        for url in (f"http://127。0。0。1:{port}/a.mp3", f"http://１２７.０.０.１:{port}/a.mp3",
-                    f"http://2130706433:{port}/a.mp3", f"http://[::ffff:127.0.0.1]:{port}/a.mp3",
-                    f"http://127.1:{port}/a.mp3"):
+        for url in (
+            f"http://127。0。0。1:{port}/a.mp3",
+            f"http://１２７.０.０.１:{port}/a.mp3",
+            f"http://2130706433:{port}/a.mp3",
+            f"http://[::ffff:127.0.0.1]:{port}/a.mp3",
+            f"http://127.1:{port}/a.mp3",
+        ):
             res = runsync(worker, {"audio_url": url})
             assert res["status"] == "FAILED" and res["error"].startswith("forbidden_url:"), (url, res)
             assert "127.0.0.1" not in res["error"], res["error"]
@@ -293,8 +349,23 @@ def test_disguised_loopback_urls_are_refused_before_any_connection(worker):
 
 def test_piped_flac_is_transcribed(worker, speech_files):
     """FLAC written to a pipe says 0 samples in STREAMINFO; it used to be refused as 576460752303424 s."""
-    piped = subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-i", str(speech_files["wav"]), "-c:a", "flac",
-                            "-f", "flac", "pipe:1"], capture_output=True, check=True).stdout
+    piped = subprocess.run(
+        [
+            "ffmpeg",
+            "-nostdin",
+            "-loglevel",
+            "error",
+            "-i",
+            str(speech_files["wav"]),
+            "-c:a",
+            "flac",
+            "-f",
+            "flac",
+            "pipe:1",
+        ],
+        capture_output=True,
+        check=True,
+    ).stdout
     res = runsync(worker, {"audio_base64": base64.b64encode(piped).decode()})
     assert res["status"] == "COMPLETED", res
     assert jiwer.wer(SAMPLE_TEXT, res["output"]["text"]) <= 0.15
@@ -309,8 +380,24 @@ def test_a_multichannel_flac_bomb_does_not_raise_the_workers_peak_memory(worker,
     """100 s of 8-channel 192 kHz silence: 60 KB of FLAC, 614 MB as float32 (the old decoder
     held all of it plus its mono mix). Its peak must stay near that of 100 s of plain mono audio."""
     bomb = tmp_path / "bomb.flac"
-    subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-f", "lavfi", "-i", "anullsrc=r=192000:cl=7.1", "-t", "100",
-                    "-c:a", "flac", str(bomb)], check=True)
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            "anullsrc=r=192000:cl=7.1",
+            "-t",
+            "100",
+            "-c:a",
+            "flac",
+            str(bomb),
+        ],
+        check=True,
+    )
     plain = write_wav(tmp_path / "plain.wav", np.zeros(16000 * 100, np.float32))
     pid = WORKER_PIDS[worker]
     rises = {}
@@ -329,10 +416,12 @@ def test_a_multichannel_flac_bomb_does_not_raise_the_workers_peak_memory(worker,
 def test_non_object_input_is_refused(worker):
     """The SDK's local server refuses a non-object input itself (422, before any job); RunPod
     passes it to the handler, which must fail that job with invalid_input."""
+
     async def go():
         async with aiohttp.ClientSession() as s:
             async with s.post(f"{worker}/runsync", json={"input": ["not", "an", "object"]}) as r:
                 return r.status, await r.text()
+
     status, body = asyncio.run(go())
     assert status == 422 and "Traceback" not in body, (status, body)
 
@@ -355,8 +444,9 @@ def test_six_concurrent_jobs_each_get_their_own_text(worker, tmp_path):
 
     rng = random.Random(6301)
     words = synth.load_words("en")
-    utts = [synth.synthesize(synth.random_sentence(rng, words, 6, 9), "en", "en-us", rng, augment=False)
-            for _ in range(6)]
+    utts = [
+        synth.synthesize(synth.random_sentence(rng, words, 6, 9), "en", "en-us", rng, augment=False) for _ in range(6)
+    ]
     inputs = [{"audio_base64": b64(write_wav(tmp_path / f"c{i}.wav", u.audio))} for i, u in enumerate(utts)]
 
     async def all_at_once():
@@ -393,8 +483,9 @@ async def _stream_when_listening(port, audio_file):
             break
         except OSError:
             await asyncio.sleep(0.1)
-    return await client.stream_file_to_websocket(f"ws://127.0.0.1:{port}", audio_file, realtime=False,
-                                                 token=WS_TOKEN, show=False)
+    return await client.stream_file_to_websocket(
+        f"ws://127.0.0.1:{port}", audio_file, realtime=False, token=WS_TOKEN, show=False
+    )
 
 
 async def _websocket_job(url: str, poll: str, ws_port: int, audio_file) -> tuple[str, dict]:
@@ -450,6 +541,8 @@ def test_progress_of_long_jobs_is_throttled_and_ends_at_one():
     report = ProgressReporter({"id": "j"}, 3600.04, send=lambda job, msg: sent.append((job["id"], msg)))
     for fraction in (0.0, 0.25, 0.5, 1.0):  # within PROGRESS_INTERVAL_S of each other
         report(fraction)
-    assert sent == [("j", {"stage": "transcribing", "duration": 3600.0, "progress": 0.0}),
-                    ("j", {"stage": "transcribing", "duration": 3600.0, "progress": 1.0})]
+    assert sent == [
+        ("j", {"stage": "transcribing", "duration": 3600.0, "progress": 0.0}),
+        ("j", {"stage": "transcribing", "duration": 3600.0, "progress": 1.0}),
+    ]
     assert report.sent == 2

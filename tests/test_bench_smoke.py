@@ -29,16 +29,26 @@ def sane(x, lo=1e-6, hi=1e6) -> bool:
 def test_batch_bench_runs_every_mode_and_reports_ratios():
     res = _run(["bench/batch_bench.py", "--n", "4"])
     assert res["clips"] == 4 and sane(res["audio_seconds"], 4.0, 60.0) and res["device"]
-    assert set(res["modes"]) == {"nemo_one_by_one", "nemo_batched", "engine_single", "engine_concurrent",
-                                 "handler_concurrent", "handler_no_expecting"}
+    assert set(res["modes"]) == {
+        "nemo_one_by_one",
+        "nemo_batched",
+        "engine_single",
+        "engine_concurrent",
+        "handler_concurrent",
+        "handler_no_expecting",
+    }
     for name, m in res["modes"].items():
         assert sane(m["rtfx"]) and sane(m["seconds"]), (name, m)  # and every mode transcribes right:
         assert 3 <= m["tokens_per_s"] <= 10 and m["wer"] <= 0.15, (name, m)
     for mode in ("engine_concurrent", "handler_concurrent", "handler_no_expecting"):
         assert res["modes"][mode]["latency_p50"] <= res["modes"][mode]["latency_p95"]
-    assert set(res["speedup"]) == {"engine_single/nemo_one_by_one", "engine_concurrent/nemo_one_by_one",
-                                   "engine_concurrent/nemo_batched", "handler_concurrent/nemo_one_by_one",
-                                   "handler_concurrent/handler_no_expecting"}
+    assert set(res["speedup"]) == {
+        "engine_single/nemo_one_by_one",
+        "engine_concurrent/nemo_one_by_one",
+        "engine_concurrent/nemo_batched",
+        "handler_concurrent/nemo_one_by_one",
+        "handler_concurrent/handler_no_expecting",
+    }
     assert all(sane(r) for r in res["speedup"].values()), res["speedup"]
 
 
@@ -84,8 +94,9 @@ def test_gpu_levers_run_on_cpu_and_skip_cuda_only_levers():
     assert sane(lev["sdpa"]["speedup_on_vs_off"]) and sane(lev["lean_masks"]["speedup_on_vs_off"])
     assert [r["batch"] for r in lev["batch"]] == [1, 2] and all(sane(r["rtfx"]) for r in lev["batch"])
     # every lever and batch size still transcribes: speech-like token rates (real speech: 3-8 per s)
-    rates = [r["tokens_per_s"] for r in lev["batch"]] + [lev[k][s]["tokens_per_s"] for k in ("sdpa", "lean_masks")
-                                                         for s in ("off", "on")]
+    rates = [r["tokens_per_s"] for r in lev["batch"]] + [
+        lev[k][s]["tokens_per_s"] for k in ("sdpa", "lean_masks") for s in ("off", "on")
+    ]
     assert all(3 <= r <= 10 for r in rates), rates
     for name in ("precision", "cuda_graphs", "compile"):
         assert lev[name] == {"skipped": "needs CUDA"}
@@ -95,16 +106,34 @@ def test_gpu_suite_runs_parts_merges_json_and_plots(tmp_path):
     import os
 
     env = {**os.environ, "SUITE_QUICK": "1", "FULL_MODEL": str(ROOT / "tests" / "assets" / "tiny_parakeet.nemo")}
-    out = subprocess.run(["bash", "bench/gpu_suite.sh", str(tmp_path), "levers", "startup"], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        ["bash", "bench/gpu_suite.sh", str(tmp_path), "levers", "startup"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     suite = json.loads((tmp_path / "gpu_suite.json").read_text())
     assert set(suite["parts"]) == {"levers", "startup"} and suite["machine"]["torch"]
     assert sane(suite["parts"]["levers"]["full"]["levers"]["batch"][0]["rtfx"])
     startup = suite["parts"]["startup"]["full"]["warmup"]
     assert 0 < startup["load_s"] <= startup["ready_s"]
-    plots = subprocess.run([sys.executable, "bench/plots.py", str(tmp_path / "gpu_suite.json"), "--out",
-                            str(tmp_path / "img"), "--tag", "t"], cwd=ROOT, capture_output=True, text=True)
+    plots = subprocess.run(
+        [
+            sys.executable,
+            "bench/plots.py",
+            str(tmp_path / "gpu_suite.json"),
+            "--out",
+            str(tmp_path / "img"),
+            "--tag",
+            "t",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert plots.returncode == 0, plots.stderr[-2000:]
     assert (tmp_path / "img" / "rtfx_vs_batch_t.png").stat().st_size > 5000
 
@@ -128,8 +157,14 @@ def _gpu_check(tmp_path, *parts):
 
     out_dir = tmp_path / "out"
     env = {**os.environ, "GPU_CHECK_CPU": "1", "GPU_CHECK_LOGS": str(tmp_path / "logs")}
-    out = subprocess.run(["bash", "bench/gpu_check.sh", str(out_dir), *parts], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=900)
+    out = subprocess.run(
+        ["bash", "bench/gpu_check.sh", str(out_dir), *parts],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert [p.name for p in out_dir.iterdir()] == ["gpu_check.json"]
     res = json.loads((out_dir / "gpu_check.json").read_text())

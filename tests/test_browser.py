@@ -25,8 +25,12 @@ from tests.page_checks import (
 )
 from tools.test_model import synth
 
-CHROMIUM_ARGS = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream", "--no-sandbox",
-                 "--autoplay-policy=no-user-gesture-required"]
+CHROMIUM_ARGS = [
+    "--use-fake-ui-for-media-stream",
+    "--use-fake-device-for-media-stream",
+    "--no-sandbox",
+    "--autoplay-policy=no-user-gesture-required",
+]
 
 
 def chromium() -> str:
@@ -49,8 +53,11 @@ def test_the_page_streams_the_microphone_and_shows_partials_and_finals(lb_worker
     url, token = lb_worker
     wav, seconds, reference = microphone_wav
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium(), headless=True,
-                                    args=[*CHROMIUM_ARGS, f"--use-file-for-fake-audio-capture={wav}%noloop"])
+        browser = p.chromium.launch(
+            executable_path=chromium(),
+            headless=True,
+            args=[*CHROMIUM_ARGS, f"--use-file-for-fake-audio-capture={wav}%noloop"],
+        )
         try:
             page = browser.new_page(viewport={"width": 900, "height": 720})
             page.add_init_script(RECORDER)
@@ -86,9 +93,17 @@ def test_the_page_streams_the_microphone_and_shows_partials_and_finals(lb_worker
             browser.close()
     if os.environ.get("SAVE_DEMO_SCREENSHOT"):
         shutil.copy(tmp_path / "demo_page.png", os.environ["SAVE_DEMO_SCREENSHOT"])
-    check_streamed_page(reference=reference, transcript=transcript, log=log, started=started,
-                        finals_while_playing=finals_while_playing, latency=latency, errors=errors,
-                        error_text=error_text, level=level)
+    check_streamed_page(
+        reference=reference,
+        transcript=transcript,
+        log=log,
+        started=started,
+        finals_while_playing=finals_while_playing,
+        latency=latency,
+        errors=errors,
+        error_text=error_text,
+        level=level,
+    )
 
 
 @pytest.mark.parametrize("rate", [48000, 44100])

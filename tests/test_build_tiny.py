@@ -29,8 +29,9 @@ def test_fast_first_conv_swaps_only_the_one_channel_conv_and_back():
     class Pre(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            self.conv = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, 2, 1), torch.nn.ReLU(),
-                                            torch.nn.Conv2d(4, 4, 3, 2, 1, groups=4))
+            self.conv = torch.nn.Sequential(
+                torch.nn.Conv2d(1, 4, 3, 2, 1), torch.nn.ReLU(), torch.nn.Conv2d(4, 4, 3, 2, 1, groups=4)
+            )
 
     class Model(torch.nn.Module):
         def __init__(self):

@@ -89,7 +89,7 @@ async def stream(url: str, audio: np.ndarray, *, pace_s: float = 0.0, chunk: int
         async def send():
             try:
                 for k in range(0, len(audio), chunk):
-                    await ws.send(pcm16(audio[k: k + chunk]))
+                    await ws.send(pcm16(audio[k : k + chunk]))
                     await asyncio.sleep(pace_s)
                 await ws.send(json.dumps({"action": "stop"}))
             except websockets.ConnectionClosed:
@@ -115,8 +115,7 @@ def kinds(got) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------
-def test_failing_stream_is_told_once_gets_done_and_the_others_keep_their_results(fresh_worker, speech,
-                                                                                 monkeypatch):
+def test_failing_stream_is_told_once_gets_done_and_the_others_keep_their_results(fresh_worker, speech, monkeypatch):
     w = fresh_worker
     pipe = w.server.decoder.pipeline
     real, target, shared_steps = pipe.transcribe_step, {}, []
@@ -135,8 +134,7 @@ def test_failing_stream_is_told_once_gets_done_and_the_others_keep_their_results
 
     async def run():
         # three streams sent faster than real time, so their frames share steps
-        return await asyncio.gather(stream(w.url, speech, on_start=mark),
-                                    stream(w.url, speech), stream(w.url, speech))
+        return await asyncio.gather(stream(w.url, speech, on_start=mark), stream(w.url, speech), stream(w.url, speech))
 
     (bad, bad_code), *good = w.submit(run()).result(180)
     assert shared_steps, "the failing stream never shared a step: the retry was not exercised"
@@ -152,7 +150,8 @@ def test_failing_stream_is_told_once_gets_done_and_the_others_keep_their_results
 
 
 def test_cuda_error_in_a_stream_step_fails_every_stream_at_once_and_the_worker_reports_unhealthy(
-        fresh_worker, speech, monkeypatch):
+    fresh_worker, speech, monkeypatch
+):
     w = fresh_worker
     pipe = w.server.decoder.pipeline
     real, raised_at, calls = pipe.transcribe_step, [], []
@@ -186,14 +185,16 @@ def test_cuda_error_in_a_stream_step_fails_every_stream_at_once_and_the_worker_r
 
 
 def test_cuda_error_in_offline_decoding_fails_the_job_with_refresh_worker_and_marks_the_worker(
-        fresh_worker, speech, monkeypatch):
+    fresh_worker, speech, monkeypatch
+):
     from runpod.serverless.modules.rp_job import run_job
 
     w = fresh_worker
     engine = w.engine
     assert w.run_jobs([{"audio_base64": wav_b64(speech)}])[0]["text"]  # healthy before the fault
-    monkeypatch.setattr(engine, "_model_pass", lambda *a, **k: (_ for _ in ()).throw(
-        torch.AcceleratorError(CUDA_MESSAGE)))
+    monkeypatch.setattr(
+        engine, "_model_pass", lambda *a, **k: (_ for _ in ()).throw(torch.AcceleratorError(CUDA_MESSAGE))
+    )
     t0 = time.monotonic()
     outs = w.run_jobs([{"audio_base64": wav_b64(speech)}] * 3)
     assert time.monotonic() - t0 < 5.0
@@ -211,17 +212,24 @@ def test_cuda_error_in_offline_decoding_fails_the_job_with_refresh_worker_and_ma
 # a real worker process, the fault injected where the GPU would raise it
 def start_worker(mode: str, tmp_path, extra_env=None):
     port = free_port()
-    env = {**os.environ, "PARAKEET_MODEL": str(TINY_MODEL), "DEVICE": "cpu", "PYTHONUNBUFFERED": "1",
-           "WS_HOST": "127.0.0.1", "WORKER_MODE": "load_balancer", "PORT": str(port), "DRAIN_TIMEOUT_S": "30",
-           "INJECT_DEVICE_ERROR": mode,
-           "PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "fault_injection"), os.environ.get("PYTHONPATH", "")]),
-           **(extra_env or {})}
+    env = {
+        **os.environ,
+        "PARAKEET_MODEL": str(TINY_MODEL),
+        "DEVICE": "cpu",
+        "PYTHONUNBUFFERED": "1",
+        "WS_HOST": "127.0.0.1",
+        "WORKER_MODE": "load_balancer",
+        "PORT": str(port),
+        "DRAIN_TIMEOUT_S": "30",
+        "INJECT_DEVICE_ERROR": mode,
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "fault_injection"), os.environ.get("PYTHONPATH", "")]),
+        **(extra_env or {}),
+    }
     for k in ("WS_PORT", "WS_AUTH_TOKEN", "API_TOKEN"):
         env.pop(k, None)
     log_path = tmp_path / f"worker-{mode}.log"
     log = open(log_path, "w")
-    proc = subprocess.Popen([sys.executable, "rp_handler.py"], cwd=ROOT, env=env, stdout=log,
-                            stderr=subprocess.STDOUT)
+    proc = subprocess.Popen([sys.executable, "rp_handler.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.time() + 240
     while ping_or_none(port) != 200:
         assert proc.poll() is None, log_path.read_text()[-3000:]
@@ -295,14 +303,31 @@ def test_real_queue_worker_with_a_lost_gpu_fails_the_job_and_exits_nonzero(tmp_p
     from tests.helpers import write_wav
 
     api_port = free_port()
-    env = {**os.environ, "PARAKEET_MODEL": str(TINY_MODEL), "DEVICE": "cpu", "PYTHONUNBUFFERED": "1",
-           "INJECT_DEVICE_ERROR": "offline",
-           "PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "fault_injection"), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "PARAKEET_MODEL": str(TINY_MODEL),
+        "DEVICE": "cpu",
+        "PYTHONUNBUFFERED": "1",
+        "INJECT_DEVICE_ERROR": "offline",
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "fault_injection"), os.environ.get("PYTHONPATH", "")]),
+    }
     env.pop("WORKER_MODE", None)
     log_path = tmp_path / "queue.log"
-    proc = subprocess.Popen([sys.executable, "rp_handler.py", "--rp_serve_api", "--rp_api_host", "127.0.0.1",
-                             "--rp_api_port", str(api_port)], cwd=ROOT, env=env, stdout=open(log_path, "w"),
-                            stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "rp_handler.py",
+            "--rp_serve_api",
+            "--rp_api_host",
+            "127.0.0.1",
+            "--rp_api_port",
+            str(api_port),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=open(log_path, "w"),
+        stderr=subprocess.STDOUT,
+    )
     try:
         audio = base64.b64encode(write_wav(tmp_path / "s.wav", speech).read_bytes()).decode()
         body = json.dumps({"input": {"audio_base64": audio}}).encode()
@@ -311,8 +336,9 @@ def test_real_queue_worker_with_a_lost_gpu_fails_the_job_and_exits_nonzero(tmp_p
             assert proc.poll() is None, log_path.read_text()[-3000:]
             assert time.time() < deadline, "the queue worker did not get ready"
             try:
-                req = urllib.request.Request(f"http://127.0.0.1:{api_port}/runsync", data=body,
-                                             headers={"Content-Type": "application/json"})
+                req = urllib.request.Request(
+                    f"http://127.0.0.1:{api_port}/runsync", data=body, headers={"Content-Type": "application/json"}
+                )
                 with urllib.request.urlopen(req, timeout=60) as r:
                     out = json.loads(r.read())
                 break

@@ -46,8 +46,15 @@ def utterance():
 
 
 def start_process(args, env_extra, log_path, ready_port):
-    env = {**os.environ, "PARAKEET_MODEL": str(TINY_MODEL), "DEVICE": "cpu", "PYTHONUNBUFFERED": "1",
-           "DRAIN_TIMEOUT_S": str(DRAIN_TIMEOUT_S), "WS_HOST": "127.0.0.1", **env_extra}
+    env = {
+        **os.environ,
+        "PARAKEET_MODEL": str(TINY_MODEL),
+        "DEVICE": "cpu",
+        "PYTHONUNBUFFERED": "1",
+        "DRAIN_TIMEOUT_S": str(DRAIN_TIMEOUT_S),
+        "WS_HOST": "127.0.0.1",
+        **env_extra,
+    }
     log = open(log_path, "w")
     proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.time() + 300
@@ -70,7 +77,7 @@ async def stream_then_wait_for_close(url, audio, token=None, on_sent=None):
     async with ASRWebSocketClient(url, token) as c:
         await c.start(16000, chunk_duration=0.0)
         for i in range(0, len(audio), 1600):
-            await c.send_audio(pcm16(audio[i: i + 1600]))
+            await c.send_audio(pcm16(audio[i : i + 1600]))
         # the server holds the audio (a partial proves it is being decoded) when the signal comes
         while True:
             msg = json.loads(await c.ws.recv())
@@ -102,8 +109,7 @@ def test_sigterm_in_load_balancer_mode_flushes_the_open_utterance_and_exits_0(ut
     audio, ref = utterance
     port = free_port()
     log_path = tmp_path / "lb.log"
-    proc, log = start_process(["websocket_handler.py", "--host", "127.0.0.1", "--port", str(port)], {},
-                              log_path, port)
+    proc, log = start_process(["websocket_handler.py", "--host", "127.0.0.1", "--port", str(port)], {}, log_path, port)
     try:
         t_sig = {}
 
@@ -129,6 +135,7 @@ def test_a_draining_server_refuses_new_connections_and_ping_says_503(tiny_model)
     settings = Settings(model="tiny", max_batch_size=4, warmup=False)
     w = WorkerThread(Engine(settings, model=tiny_model), dataclasses.replace(settings, ws_idle_timeout_s=30.0))
     try:
+
         async def idle_client():
             async with ASRWebSocketClient(w.url) as c:
                 try:

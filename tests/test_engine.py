@@ -126,16 +126,18 @@ def test_seam_falls_in_a_pause_both_chunks_agree_on():
 def long_clip():
     rng = random.Random(6202)
     words = synth.load_words("en")
-    utts = [synth.synthesize(synth.random_sentence(rng, words, 8, 12), "en", "en-us", rng, augment=False)
-            for _ in range(8)]
+    utts = [
+        synth.synthesize(synth.random_sentence(rng, words, 8, 12), "en", "en-us", rng, augment=False) for _ in range(8)
+    ]
     # ~35 s, little silence between sentences
     return np.concatenate([u.audio for u in utts]), " ".join(u.text for u in utts)
 
 
 def test_local_attention_windows_merge_without_losing_words(tiny_model, long_clip):
     audio, ref = long_clip
-    eng = Engine(Settings(model="tiny", local_attention_window_s=12.0, max_batch_size=2, warmup=False),
-                 model=tiny_model)  # two windows per forward
+    eng = Engine(
+        Settings(model="tiny", local_attention_window_s=12.0, max_batch_size=2, warmup=False), model=tiny_model
+    )  # two windows per forward
     fractions = []
     t = asyncio.run(eng.transcribe(audio, use_local_attention=True, on_progress=fractions.append))
     assert t.attention == "local" and t.chunks == len(window_spans(len(audio) / 16000, 12.0, 16.0)) >= 4

@@ -33,8 +33,13 @@ from tools.test_model import synth
 
 pytestmark = requires_model
 MAX_WER = 0.34  # the tiny model on one clean espeak-ng sentence of its training words: one slip at most
-SENTENCES = ["green river open window", "brother will bring bread and cheese", "father cook dinner every evening",
-             "doctor drive car across bridge", "good morning teacher please open window today"]
+SENTENCES = [
+    "green river open window",
+    "brother will bring bread and cheese",
+    "father cook dinner every evening",
+    "doctor drive car across bridge",
+    "good morning teacher please open window today",
+]
 
 
 @pytest.fixture(scope="module")
@@ -102,9 +107,15 @@ def download_server(files):
 @pytest.fixture(scope="module")
 def worker(tiny_model, download_server):
     port = download_server.rsplit(":", 1)[1]
-    settings = Settings(model="tiny", max_batch_size=8, max_batch_wait_ms=100, warmup=False,
-                        allowed_url_hosts=(f"127.0.0.1:{port}",), download_timeout_s=2.0,
-                        ws_idle_timeout_s=30.0)
+    settings = Settings(
+        model="tiny",
+        max_batch_size=8,
+        max_batch_wait_ms=100,
+        warmup=False,
+        allowed_url_hosts=(f"127.0.0.1:{port}",),
+        download_timeout_s=2.0,
+        ws_idle_timeout_s=30.0,
+    )
     saved = rp_handler.SETTINGS
     rp_handler.SETTINGS = settings  # the handler reads its settings from here
     w = WorkerThread(Engine(settings, model=tiny_model))
@@ -184,8 +195,14 @@ def test_ffmpeg_killed_mid_decode_fails_that_job_only(worker, clips, files, tmp_
 
 
 def test_download_that_drops_or_trickles_fails_with_download_failed(worker, clips, download_server):
-    outs = worker.run_jobs([{"audio_url": f"{download_server}/drop"}, {"audio_url": f"{download_server}/trickle"},
-                            {"audio_url": f"{download_server}/ok.wav"}, job(clips[1][0])])
+    outs = worker.run_jobs(
+        [
+            {"audio_url": f"{download_server}/drop"},
+            {"audio_url": f"{download_server}/trickle"},
+            {"audio_url": f"{download_server}/ok.wav"},
+            job(clips[1][0]),
+        ]
+    )
     assert code_of(outs[0]) == errors.DOWNLOAD_FAILED, outs[0]
     assert code_of(outs[1]) == errors.DOWNLOAD_FAILED and "timed out" in outs[1]["error"], outs[1]
     assert_transcribed(outs[2:], [clips[0], clips[1]])
@@ -198,8 +215,10 @@ def test_client_gone_mid_job_leaves_the_batch_and_the_worker_unaffected(worker, 
 
     async def scenario():
         doomed = asyncio.ensure_future(worker.handler({"id": "gone", "input": job(long_clip)}))
-        others = [asyncio.ensure_future(worker.handler({"id": f"ok{i}", "input": job(a)}))
-                  for i, (a, _) in enumerate(clips[:3])]
+        others = [
+            asyncio.ensure_future(worker.handler({"id": f"ok{i}", "input": job(a)}))
+            for i, (a, _) in enumerate(clips[:3])
+        ]
         await asyncio.sleep(0.05)
         doomed.cancel()
         return await asyncio.gather(*others), doomed.cancelled()
@@ -225,7 +244,7 @@ async def _stream(url, audio, *, abort_after_s=None):
                 if abort_after_s is not None and i >= abort_after_s * 16000:
                     c.ws.transport.abort()
                     return
-                await c.send_audio(pcm16(audio[i: i + 1600]))
+                await c.send_audio(pcm16(audio[i : i + 1600]))
                 await asyncio.sleep(max(0.0, t0 + (k + 1) * 0.1 - time.monotonic()))
             await c.stop()
 
@@ -289,8 +308,11 @@ def test_metrics_endpoint_counts_jobs_errors_and_sessions(worker, clips):
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
         assert r.status == 200 and r.headers["Content-Type"].startswith("text/plain")
         text = r.read().decode()
-    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
-               for fam in text_string_to_metric_families(text) for s in fam.samples}
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+    }
     assert samples[("asr_requests_total", (("kind", "batch"), ("outcome", "ok")))] >= 1
     assert samples[("asr_errors_total", (("code", "invalid_input"),))] >= 1
     assert samples[("asr_audio_seconds_total", (("kind", "batch"),))] > 0
@@ -310,7 +332,8 @@ def test_structured_logs_name_the_job_but_never_its_text(worker, clips, caplog):
 
 
 def test_settings_for_fairness_and_drain_are_read_from_the_environment():
-    s = Settings.from_env({"DRAIN_TIMEOUT_S": "12", "LIVE_BATCH_PASS_S": "0.2", "LIVE_MIN_WINDOW_S": "8",
-                           "MEMORY_HIGH_WATER": "0.7"})
+    s = Settings.from_env(
+        {"DRAIN_TIMEOUT_S": "12", "LIVE_BATCH_PASS_S": "0.2", "LIVE_MIN_WINDOW_S": "8", "MEMORY_HIGH_WATER": "0.7"}
+    )
     assert (s.drain_timeout_s, s.live_batch_pass_s, s.live_min_window_s, s.memory_high_water) == (12, 0.2, 8, 0.7)
     assert dataclasses.replace(s, drain_timeout_s=1).drain_timeout_s == 1

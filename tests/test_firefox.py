@@ -27,8 +27,11 @@ from tools.test_model import synth
 
 # Runs before the page's script: the microphone plays window.__speechWav (base64 WAV, set by the
 # test) once, in real time, at the AudioContext's default rate; window.__micRate tells that rate.
-FAKE_MICROPHONE = """() => {
-  """ + RECORDER + """
+FAKE_MICROPHONE = (
+    """() => {
+  """
+    + RECORDER
+    + """
   window.__errors = [];
   window.addEventListener("error", (e) => window.__errors.push(String(e.message)));
   navigator.mediaDevices.getUserMedia = async () => {
@@ -45,6 +48,7 @@ FAKE_MICROPHONE = """() => {
     return out.stream;
   };
 }"""
+)
 
 
 @pytest.fixture(scope="module")
@@ -62,15 +66,19 @@ def _text(id_: str) -> str:
 async def _stream_the_page(url: str, token: str, wav_b64: str, seconds: float) -> dict:
     async with firefox.Firefox() as ff:
         ctx = await ff.open(url + "/", before=FAKE_MICROPHONE)
-        await ff.evaluate(ctx, f"(window.__speechWav = {wav_b64!r}, document.getElementById('token').value = "
-                               f"{token!r}, true)")
+        await ff.evaluate(
+            ctx, f"(window.__speechWav = {wav_b64!r}, document.getElementById('token').value = {token!r}, true)"
+        )
         await ff.click(ctx, "#start")
 
         async def wait_for(expression: str, timeout: float):
             deadline = time.time() + timeout
             while not await ff.evaluate(ctx, expression):
-                assert time.time() < deadline, (expression, await ff.evaluate(ctx, _text("state")),
-                                                await ff.evaluate(ctx, _text("error")))
+                assert time.time() < deadline, (
+                    expression,
+                    await ff.evaluate(ctx, _text("state")),
+                    await ff.evaluate(ctx, _text("error")),
+                )
                 await asyncio.sleep(0.2)
 
         await wait_for(f"{_text('state')} === 'streaming'", 30)
@@ -81,13 +89,22 @@ async def _stream_the_page(url: str, token: str, wav_b64: str, seconds: float) -
             level = max(level, await ff.evaluate(ctx, "parseFloat(document.getElementById('level').style.width) || 0"))
             await asyncio.sleep(0.2)
         await wait_for("window.__micEnded !== undefined", 30)
-        out = {"finals_while_playing": await ff.evaluate(ctx, "document.querySelectorAll('#transcript span').length"),
-               "started": started, "level": level, "mic_rate": await ff.evaluate(ctx, "window.__micRate")}
+        out = {
+            "finals_while_playing": await ff.evaluate(ctx, "document.querySelectorAll('#transcript span').length"),
+            "started": started,
+            "level": level,
+            "mic_rate": await ff.evaluate(ctx, "window.__micRate"),
+        }
         await ff.click(ctx, "#stop")
         await wait_for(f"{_text('state')} === 'done'", 60)
-        for key, expression in (("transcript", _text("transcript") + ".trim()"), ("latency", _text("latency")),
-                                ("log", "window.__log"), ("error_text", _text("error")),
-                                ("errors", "window.__errors"), ("agent", "navigator.userAgent")):
+        for key, expression in (
+            ("transcript", _text("transcript") + ".trim()"),
+            ("latency", _text("latency")),
+            ("log", "window.__log"),
+            ("error_text", _text("error")),
+            ("errors", "window.__errors"),
+            ("agent", "navigator.userAgent"),
+        ):
             out[key] = await ff.evaluate(ctx, expression)
         return out
 
@@ -98,9 +115,17 @@ def test_the_page_streams_the_microphone_in_firefox(lb_worker, speech):
     r = asyncio.run(_stream_the_page(url, token, wav_b64, seconds))
     print(r["agent"], "microphone context rate", r["mic_rate"])
     assert "Firefox/" in r["agent"] and r["mic_rate"] != 16000  # the worklet had to resample
-    check_streamed_page(reference=reference, transcript=r["transcript"], log=r["log"], started=r["started"],
-                        finals_while_playing=r["finals_while_playing"], latency=r["latency"], errors=r["errors"],
-                        error_text=r["error_text"], level=r["level"])
+    check_streamed_page(
+        reference=reference,
+        transcript=r["transcript"],
+        log=r["log"],
+        started=r["started"],
+        finals_while_playing=r["finals_while_playing"],
+        latency=r["latency"],
+        errors=r["errors"],
+        error_text=r["error_text"],
+        level=r["level"],
+    )
 
 
 @pytest.mark.parametrize("rate", [48000, 44100])

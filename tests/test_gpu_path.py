@@ -35,9 +35,13 @@ def bf16_engine():
 
 def _float_tensors_outside_encoder(model):
     enc = {id(m) for m in model.encoder.modules()}
-    return {f"{name}.{k}": t.detach().clone() for name, mod in model.named_modules() if id(mod) not in enc
-            for k, t in list(mod._parameters.items()) + list(mod._buffers.items())
-            if t is not None and t.is_floating_point()}
+    return {
+        f"{name}.{k}": t.detach().clone()
+        for name, mod in model.named_modules()
+        if id(mod) not in enc
+        for k, t in list(mod._parameters.items()) + list(mod._buffers.items())
+        if t is not None and t.is_floating_point()
+    }
 
 
 def _joint_inputs(model):
@@ -66,8 +70,12 @@ def test_bf16_offline_runs_the_gpus_casts_and_matches_fp32(bf16_engine, tiny_mod
     finally:
         hook.remove()
     assert seen and set(seen) == {torch.float32}  # the joint never gets the bf16 encoder output
-    fp32 = [t.text for t in Engine(Settings(model="tiny", warmup=False), model=tiny_model)
-            .transcribe_batch([c.audio for c in clips])]
+    fp32 = [
+        t.text
+        for t in Engine(Settings(model="tiny", warmup=False), model=tiny_model).transcribe_batch(
+            [c.audio for c in clips]
+        )
+    ]
     refs = [c.text for c in clips]
     assert jiwer.wer(refs, bf16) <= 0.1 and jiwer.wer(fp32, bf16) <= 0.1
 
@@ -124,6 +132,7 @@ def _raise_oom_when(monkeypatch, engine, doomed):
         if doomed(sig.shape[0], sig.shape[-1], engine.attention):
             raise torch.OutOfMemoryError("CUDA out of memory (injected)")
         return real(*args, **kwargs)
+
     monkeypatch.setattr(enc, "forward", forward)
     return calls
 
@@ -143,18 +152,23 @@ def test_oom_split_keeps_each_clips_hotwords(oom_engine, clips, monkeypatch):
     from parakeet_worker.engine import hotwords
 
     audios = [c.audio for c in clips]
-    trees = [oom_engine.hotword_trees.boosting(hotwords.parse_hotwords(words, 3.0))
-             for words in (["kubernetes"], ["grafana", "postgres"])]
+    trees = [
+        oom_engine.hotword_trees.boosting(hotwords.parse_hotwords(words, 3.0))
+        for words in (["kubernetes"], ["grafana", "postgres"])
+    ]
     assert all(t is not None for t in trees)
     boostings = [trees[0], None, trees[1], None]
     expected = [t.text for t in oom_engine.transcribe_batch(audios, boostings=boostings)]
     decoded = []
-    real_decode = oom_engine._decode
+    from parakeet_worker.engine import engine as engine_module
+
+    real_decode = engine_module.decode
 
     def decode(m, enc, enc_len, bs):
         decoded.append(list(bs))
         return real_decode(m, enc, enc_len, bs)
-    monkeypatch.setattr(oom_engine, "_decode", decode)
+
+    monkeypatch.setattr(engine_module, "decode", decode)
     _raise_oom_when(monkeypatch, oom_engine, lambda n, _frames, _att: n > 1)
     got = oom_engine.transcribe_batch(audios, boostings=boostings)
     assert [t.text for t in got] == expected and oom_engine.stats["oom_split"] == 3
@@ -179,8 +193,10 @@ def test_a_clip_that_never_fits_fails_alone_with_out_of_memory(oom_engine, clips
     assert isinstance(got[1], ASRError) and got[1].code == OUT_OF_MEMORY
 
     async def jobs():  # through the batcher, as concurrent jobs: only the doomed one fails
-        return await asyncio.gather(*(oom_engine.transcribe(a) for a in (short[0], long, short[1])),
-                                    return_exceptions=True)
+        return await asyncio.gather(
+            *(oom_engine.transcribe(a) for a in (short[0], long, short[1])), return_exceptions=True
+        )
+
     a, b, c = asyncio.run(jobs())
     assert [a.text, c.text] == expected and isinstance(b, ASRError) and b.code == OUT_OF_MEMORY
 
@@ -198,6 +214,7 @@ def test_attention_is_built_once_and_a_failed_build_leaves_the_engine_whole(tiny
         layers[0].self_attn = torch.nn.Identity()
         tiny_model.encoder.pos_enc = torch.nn.Identity()
         raise RuntimeError("failed mid-switch")
+
     monkeypatch.setattr(tiny_model.encoder, "change_attention_model", half_then_fail)
     with pytest.raises(RuntimeError, match="mid-switch"):
         engine.transcribe_batch([audio], "local")

@@ -39,6 +39,7 @@ def test_bf16_means_native_bf16_and_falls_back_to_fp16(monkeypatch):
     def bf16_supported(including_emulation=True):
         calls.append(including_emulation)
         return including_emulation  # a T4: bf16 only emulated
+
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", bf16_supported)
     gpu = torch.device("cuda")
     assert hardware.compute_dtype(gpu, "auto") == torch.float16
@@ -99,21 +100,34 @@ def test_image_user_does_not_collide_with_ubuntus_uid_1000():
 
 def test_cuda_match_step_refuses_a_torch_without_the_images_cuda():
     image = "12.8.1" if (torch.version.cuda or "").startswith("13") else "13.0.0"
-    out = subprocess.run(["bash", "docker/setup.sh", "cuda-match"], cwd=ROOT, capture_output=True, text=True,
-                         env={"PATH": "/usr/bin:/bin", "CUDA_VERSION": image, "PYTHON": sys.executable})
+    out = subprocess.run(
+        ["bash", "docker/setup.sh", "cuda-match"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "CUDA_VERSION": image, "PYTHON": sys.executable},
+    )
     assert out.returncode != 0
     assert ("CPU-only build" if torch.version.cuda is None else "built for CUDA") in out.stderr
 
 
-@pytest.mark.parametrize(("entry", "mode"), [("rp_handler.py", "queue"), ("rp_handler.py", "load_balancer"),
-                                           ("websocket_handler.py", "")])
+@pytest.mark.parametrize(
+    ("entry", "mode"), [("rp_handler.py", "queue"), ("rp_handler.py", "load_balancer"), ("websocket_handler.py", "")]
+)
 def test_worker_with_device_cuda_and_no_gpu_refuses_to_start(entry, mode, tmp_path):
     """The image sets DEVICE=cuda: on a host where torch cannot use the GPU the worker must stop
     with the reason, not serve the 0.6 B model on CPU (queue and load-balancer mode alike)."""
     if torch.cuda.is_available():
         pytest.skip("a usable GPU is present")
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "DEVICE": "cuda", "PARAKEET_MODEL": "/nonexistent.nemo",
-           "WORKER_MODE": mode or "queue", "WS_PORT": "0", "WS_HOST": "127.0.0.1"}
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "DEVICE": "cuda",
+        "PARAKEET_MODEL": "/nonexistent.nemo",
+        "WORKER_MODE": mode or "queue",
+        "WS_PORT": "0",
+        "WS_HOST": "127.0.0.1",
+    }
     out = subprocess.run([sys.executable, entry], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode != 0
     assert "DEVICE=cuda but CUDA is not available" in out.stderr and f"torch {torch.__version__}" in out.stderr

@@ -36,23 +36,26 @@ VOICES = synth.HELD_OUT["en"]  # voices the model never heard: it errs often eno
 
 # ---------------------------------------------------------------------------------------------
 # limits and spellings (no model)
-@pytest.mark.parametrize("hotwords, boost, message", [
-    ("kubernetes", None, "must be a list"),
-    (["ok"] * (hw.MAX_HOTWORDS + 1), None, f"at most {hw.MAX_HOTWORDS}"),
-    ([""], None, "is empty"),
-    (["   "], None, "is empty"),
-    ([42], None, "must be a string"),
-    (["x" * (hw.MAX_PHRASE_CHARS + 1)], None, "longer than"),
-    (["one two three four five six"], None, "more than"),
-    (["<script>"], None, "contains"),
-    (["line\nbreak"], None, None),  # whitespace is normalized: this one is fine
-    (["emoji 🎉"], None, "contains"),
-    (["ok"], -1, "hotword_boost"),
-    (["ok"], 99, "hotword_boost"),
-    (["ok"], "high", "hotword_boost"),
-    (["ok"], True, "hotword_boost"),
-    (["ok"], float("nan"), "hotword_boost"),
-])
+@pytest.mark.parametrize(
+    "hotwords, boost, message",
+    [
+        ("kubernetes", None, "must be a list"),
+        (["ok"] * (hw.MAX_HOTWORDS + 1), None, f"at most {hw.MAX_HOTWORDS}"),
+        ([""], None, "is empty"),
+        (["   "], None, "is empty"),
+        ([42], None, "must be a string"),
+        (["x" * (hw.MAX_PHRASE_CHARS + 1)], None, "longer than"),
+        (["one two three four five six"], None, "more than"),
+        (["<script>"], None, "contains"),
+        (["line\nbreak"], None, None),  # whitespace is normalized: this one is fine
+        (["emoji 🎉"], None, "contains"),
+        (["ok"], -1, "hotword_boost"),
+        (["ok"], 99, "hotword_boost"),
+        (["ok"], "high", "hotword_boost"),
+        (["ok"], True, "hotword_boost"),
+        (["ok"], float("nan"), "hotword_boost"),
+    ],
+)
 def test_hotword_limits(hotwords, boost, message):
     if message is None:
         assert hw.parse_hotwords(hotwords, boost).phrases == ("line break",)
@@ -64,7 +67,8 @@ def test_hotword_limits(hotwords, boost, message):
 def test_parse_normalizes_and_deduplicates():
     given = ["  Kubernetes ", "kubernetes", "O\u2019Brien", "Node.js", "AT&T", "C++", "Müller", "мальчик"]
     assert hw.parse_hotwords(given, 2) == hw.Hotwords(
-        ("Kubernetes", "O'Brien", "Node.js", "AT&T", "C++", "Müller", "мальчик"), 2.0)
+        ("Kubernetes", "O'Brien", "Node.js", "AT&T", "C++", "Müller", "мальчик"), 2.0
+    )
     for nothing in [(None, None), ([], None), (["a"], 0)]:  # no list, an empty one, or boost 0: nothing to do
         assert hw.parse_hotwords(*nothing) is None
     assert hw.parse_hotwords(["a"], None).boost == hw.DEFAULT_BOOST
@@ -80,6 +84,7 @@ def test_spellings_follow_the_tokenizer_case():
 # ---------------------------------------------------------------------------------------------
 # the gain, with the tiny model
 
+
 @pytest.fixture(scope="module")
 def engine(tiny_model):
     # a long batching window: the batcher test below must not depend on this shared CPU's speed
@@ -91,8 +96,9 @@ def sample(engine):
     """80 fresh sentences in held-out voices, their offline transcripts, and for the wrong ones the
     reference words the transcript misses."""
     utts = synth.make_utterances("en", VOICES, 80, seed=2611)
-    got = [t.text for k in range(0, len(utts), 16)
-           for t in engine.transcribe_batch([u.audio for u in utts[k: k + 16]])]
+    got = [
+        t.text for k in range(0, len(utts), 16) for t in engine.transcribe_batch([u.audio for u in utts[k : k + 16]])
+    ]
     refs = [u.text.strip() for u in utts]
     wrong = [i for i in range(len(utts)) if got[i] != refs[i]]
     missed = {i: sorted(set(refs[i].split()) - set(got[i].split())) for i in wrong}
@@ -115,14 +121,16 @@ def test_missed_words_as_hotwords_fix_most_wrong_sentences_in_one_mixed_batch(en
     right = [i for i in range(len(utts)) if got[i] == refs[i]][:8]
     # one forward pass: wrong sentences with their own hotwords, right ones with none
     idx = wrong + right
-    out = engine.transcribe_batch([utts[i].audio for i in idx],
-                                  boostings=[boosting(engine, missed[i]) if i in missed else None for i in idx])
+    out = engine.transcribe_batch(
+        [utts[i].audio for i in idx], boostings=[boosting(engine, missed[i]) if i in missed else None for i in idx]
+    )
     fixed = [i for i, t in zip(idx, out) if i in missed and recovered(t.text, missed[i])]
     assert len(fixed) >= MIN_FIXED * len(wrong), [(refs[i], got[i], t.text) for i, t in zip(idx, out) if i in missed]
-    assert jiwer.wer([refs[i] for i in wrong], [t.text for t in out[: len(wrong)]]) < \
-        0.6 * jiwer.wer([refs[i] for i in wrong], [got[i] for i in wrong])
+    assert jiwer.wer([refs[i] for i in wrong], [t.text for t in out[: len(wrong)]]) < 0.6 * jiwer.wer(
+        [refs[i] for i in wrong], [got[i] for i in wrong]
+    )
     # the utterances without hotwords decode exactly as before, timestamps included
-    for i, t in zip(right, out[len(wrong):]):
+    for i, t in zip(right, out[len(wrong) :]):
         assert t.text == got[i]
     for t in out:  # boosted or not: word times in order, inside the audio
         assert [w.word for w in t.words] == t.text.split()
@@ -146,8 +154,10 @@ def test_engine_transcribe_takes_hotwords_through_the_batcher(engine, sample):
     i = next(i for i in wrong if boosting(engine, missed[i]) is not None)
 
     async def both():
-        return await asyncio.gather(engine.transcribe(utts[i].audio, hotwords=hw.parse_hotwords(missed[i], None)),
-                                    engine.transcribe(utts[i].audio))
+        return await asyncio.gather(
+            engine.transcribe(utts[i].audio, hotwords=hw.parse_hotwords(missed[i], None)),
+            engine.transcribe(utts[i].audio),
+        )
 
     batches = engine._batcher.batches_run
     with_hw, without = asyncio.run(both())
@@ -187,8 +197,9 @@ def test_streaming_with_hotwords_gives_the_same_gain(engine, sample):
     stream_wrong = [k for k, i in enumerate(idx) if i in missed and not recovered(plain[k], missed[i])]
     fixed = [k for k in stream_wrong if recovered(boosted[k], missed[idx[k]])]
     assert len(stream_wrong) >= 6
-    assert len(fixed) >= MIN_FIXED_STREAMING * len(stream_wrong), \
-        [(refs[idx[k]], plain[k], boosted[k]) for k in stream_wrong]
+    assert len(fixed) >= MIN_FIXED_STREAMING * len(stream_wrong), [
+        (refs[idx[k]], plain[k], boosted[k]) for k in stream_wrong
+    ]
     sentences = [refs[idx[k]] for k in stream_wrong]
     before, after = ([texts[k] for k in stream_wrong] for texts in (plain, boosted))
     assert jiwer.wer(sentences, after) < jiwer.wer(sentences, before)
@@ -198,10 +209,16 @@ def test_streaming_with_hotwords_gives_the_same_gain(engine, sample):
 
 # ---------------------------------------------------------------------------------------------
 # refusals at the entry points
-@pytest.mark.parametrize("extra", [
-    {"hotwords": "one"}, {"hotwords": ["ok"] * 101}, {"hotwords": ["<b>"]}, {"hotword_boost": 50},
-    {"hotwords": ["ok"], "hotword_boost": "x"},
-])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"hotwords": "one"},
+        {"hotwords": ["ok"] * 101},
+        {"hotwords": ["<b>"]},
+        {"hotword_boost": 50},
+        {"hotwords": ["ok"], "hotword_boost": "x"},
+    ],
+)
 def test_batch_job_refuses_invalid_hotwords(extra):
     with pytest.raises(ASRError) as e:
         parse_request({"audio_url": "https://example.com/a.wav", **extra})

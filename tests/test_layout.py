@@ -67,7 +67,7 @@ def test_no_import_circles():
         state[node] = 1
         for dep in graph[node]:
             if state.get(dep) == 1:
-                raise AssertionError("import circle: " + " -> ".join(path[path.index(dep):] + [dep]))
+                raise AssertionError("import circle: " + " -> ".join(path[path.index(dep) :] + [dep]))
             if dep not in state:
                 visit(dep, path + [dep])
         state[node] = 2
@@ -97,16 +97,27 @@ def _modules_after(statement: str) -> set[str]:
 def test_batch_worker_does_not_import_the_websocket_stack():
     loaded = _modules_after("import rp_handler")
     assert "rp_handler" in loaded and "parakeet_worker.engine.engine" in loaded
-    stack = {"websockets", "websocket_handler"} | {f"parakeet_worker.{m}" for m in (
-        "serving.websocket_job", "serving.session", "serving.asr_server", "serving.http_server",
-        "serving.openai_api", "engine.streaming", "engine.stream_pipeline")}
+    stack = {"websockets", "websocket_handler"} | {
+        f"parakeet_worker.{m}"
+        for m in (
+            "serving.websocket_job",
+            "serving.session",
+            "serving.asr_server",
+            "serving.http_server",
+            "serving.openai_api",
+            "engine.streaming",
+            "engine.stream_pipeline",
+        )
+    }
     assert not stack & loaded, stack & loaded
 
 
 def test_formatting_and_result_types_do_not_import_torch():
-    loaded = _modules_after("import parakeet_worker.serving.formatting, parakeet_worker.engine.transcript, "
-                            "parakeet_worker.engine.windows, parakeet_worker.serving.job_schema, "
-                            "parakeet_worker.config.settings, parakeet_worker.config.errors")
+    loaded = _modules_after(
+        "import parakeet_worker.serving.formatting, parakeet_worker.engine.transcript, "
+        "parakeet_worker.engine.windows, parakeet_worker.serving.job_schema, "
+        "parakeet_worker.config.settings, parakeet_worker.config.errors"
+    )
     assert "torch" not in loaded and "parakeet_worker.engine.engine" not in loaded
 
 
@@ -118,9 +129,19 @@ def test_every_setting_has_one_variable_and_its_default_from_the_dataclass():
 
 
 def test_settings_parse_each_type():
-    s = Settings.from_env({"MAX_BATCH_SIZE": "4", "MAX_BATCH_WAIT_MS": "2.5", "TORCH_COMPILE": "yes",
-                           "CUDA_GRAPHS": "0", "ALLOWED_URL_HOSTS": "Example.com, a:81,", "PRECISION": "BF16",
-                           "WORKER_MODE": "Load_Balancer", "PARAKEET_MODEL": "", "RUNPOD_GENERATOR_HANDLER": "1"})
+    s = Settings.from_env(
+        {
+            "MAX_BATCH_SIZE": "4",
+            "MAX_BATCH_WAIT_MS": "2.5",
+            "TORCH_COMPILE": "yes",
+            "CUDA_GRAPHS": "0",
+            "ALLOWED_URL_HOSTS": "Example.com, a:81,",
+            "PRECISION": "BF16",
+            "WORKER_MODE": "Load_Balancer",
+            "PARAKEET_MODEL": "",
+            "RUNPOD_GENERATOR_HANDLER": "1",
+        }
+    )
     assert (s.max_batch_size, s.max_batch_wait_ms, s.compile, s.cuda_graphs) == (4, 2.5, True, False)
     assert s.allowed_url_hosts == ("example.com", "a:81") and s.precision == "bf16"
     assert s.worker_mode == "load_balancer" and s.generator_handler and s.model == Settings.model
@@ -131,3 +152,25 @@ def test_ws_port_falls_back_to_port_and_names_its_public_mapping():
     assert (s.ws_port, s.runpod_public_ws_port) == (9000, 40123)
     s = Settings.from_env({"WS_PORT": "8765", "PORT": "9000", "RUNPOD_TCP_PORT_8765": "40124"})
     assert (s.ws_port, s.runpod_public_ws_port) == (8765, 40124)
+
+
+def test_no_machine_paths_and_no_large_files_are_tracked():
+    """Committed files name paths relative to the repository (results JSONs included), and
+    nothing over 1 MB is tracked but the test model."""
+    import re
+
+    listed = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    machine = re.compile(r"(?<![\w.])(/work|/root|/home/[\w.-]+|/Users/[\w.-]+)/[\w.-]+")
+    for name in listed:
+        path = ROOT / name
+        if not path.is_file():
+            continue
+        if path.stat().st_size > 1 << 20:
+            assert name == "tests/assets/tiny_parakeet.nemo", f"{name} is over 1 MB"
+            continue
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            continue
+        found = machine.search(text)
+        assert not found, f"{name} names a machine path: {found.group(0)}"

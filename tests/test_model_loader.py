@@ -62,8 +62,9 @@ def test_engine_restores_from_the_callers_cache_folder(tmp_path, monkeypatch):
     monkeypatch.delenv("PARAKEET_MODEL_CACHE", raising=False)
     model_loader.extract(str(TINY_MODEL), str(tmp_path))
     seen, restore = [], model_loader.restore
-    monkeypatch.setattr(model_loader, "restore",
-                        lambda name, dev, cache: seen.append(cache) or restore(name, dev, cache))
+    monkeypatch.setattr(
+        model_loader, "restore", lambda name, dev, cache: seen.append(cache) or restore(name, dev, cache)
+    )
     engine = Engine(Settings(model=str(TINY_MODEL), device="cpu", model_cache_dir=str(tmp_path), warmup=False))
     assert seen == [str(tmp_path)] and engine.device.type == "cpu"
 

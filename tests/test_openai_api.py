@@ -40,8 +40,9 @@ def cues(text, sep):
     out = []
     for m in re.finditer(pattern, text):
         g = [int(x) for x in m.groups()[:8]]
-        out.append((g[0] * 3600 + g[1] * 60 + g[2] + g[3] / 1000, g[4] * 3600 + g[5] * 60 + g[6] + g[7] / 1000,
-                    m.group(9)))
+        out.append(
+            (g[0] * 3600 + g[1] * 60 + g[2] + g[3] / 1000, g[4] * 3600 + g[5] * 60 + g[6] + g[7] / 1000, m.group(9))
+        )
     return out
 
 
@@ -67,8 +68,15 @@ def test_text_srt_and_vtt(client, speech_files):
 
 
 def test_verbose_json_with_word_and_segment_timestamps(client, speech_files):
-    r = transcribe(client, speech_files["flac"], response_format="verbose_json", language="en",
-                   timestamp_granularities=["word", "segment"], prompt="ignored", temperature=0.2)
+    r = transcribe(
+        client,
+        speech_files["flac"],
+        response_format="verbose_json",
+        language="en",
+        timestamp_granularities=["word", "segment"],
+        prompt="ignored",
+        temperature=0.2,
+    )
     assert jiwer.wer(SAMPLE_TEXT, r.text) <= MAX_WER, r.text
     assert r.language == "english" and r.duration == pytest.approx(3.1, abs=1.0)
     assert [w.word for w in r.words] == r.text.split()
@@ -83,8 +91,9 @@ def test_verbose_json_with_word_and_segment_timestamps(client, speech_files):
 def test_verbose_json_granularities_follow_openai(client, speech_files):
     default = transcribe(client, speech_files["mp3"], response_format="verbose_json")
     assert default.segments and getattr(default, "words", None) is None and default.language == "unknown"
-    words_only = transcribe(client, speech_files["mp3"], response_format="verbose_json",
-                            timestamp_granularities=["word"])
+    words_only = transcribe(
+        client, speech_files["mp3"], response_format="verbose_json", timestamp_granularities=["word"]
+    )
     assert words_only.words and getattr(words_only, "segments", None) is None
     # OpenAI takes timestamp granularities only with verbose_json
     with pytest.raises(openai.BadRequestError) as e:
@@ -92,9 +101,15 @@ def test_verbose_json_granularities_follow_openai(client, speech_files):
     assert e.value.body["param"] == "timestamp_granularities[]"
 
 
-@pytest.mark.parametrize("kw,param", [({"language": "zh"}, "language"), ({"response_format": "xml"},
-                                      "response_format"), ({"temperature": 3}, "temperature"),
-                                      ({"extra_body": {"diarize": "true"}}, "diarize")])
+@pytest.mark.parametrize(
+    "kw,param",
+    [
+        ({"language": "zh"}, "language"),
+        ({"response_format": "xml"}, "response_format"),
+        ({"temperature": 3}, "temperature"),
+        ({"extra_body": {"diarize": "true"}}, "diarize"),
+    ],
+)
 def test_invalid_fields_are_bad_requests(client, speech_files, kw, param):
     with pytest.raises(openai.BadRequestError) as e:
         transcribe(client, speech_files["mp3"], **kw)
@@ -134,16 +149,16 @@ def test_raw_http_errors_415_and_missing_key(lb_worker):
 
     async def run():
         async with aiohttp.ClientSession() as s:
-            async with s.post(f"{url}/v1/audio/transcriptions", json={"file": "x"},
-                              headers={"Authorization": f"Bearer {token}"}) as r:
+            async with s.post(
+                f"{url}/v1/audio/transcriptions", json={"file": "x"}, headers={"Authorization": f"Bearer {token}"}
+            ) as r:
                 unsupported = r.status, (await r.json())["error"]
             async with s.post(f"{url}/v1/audio/transcriptions", data={"model": "x"}) as r:
                 missing_key = r.status, (await r.json())["error"]
         return unsupported, missing_key
 
     (status, err), (status_401, err_401) = asyncio.run(run())
-    assert status == 415 and err["type"] == "invalid_request_error" and set(err) == {"message", "type", "param",
-                                                                                     "code"}
+    assert status == 415 and err["type"] == "invalid_request_error" and set(err) == {"message", "type", "param", "code"}
     assert status_401 == 401 and err_401["code"] == "invalid_api_key"
 
 
@@ -160,8 +175,14 @@ def test_503_while_the_model_loads_or_the_server_drains():
             form = aiohttp.FormData({"model": "x"})
             form.add_field("file", b"RIFF", filename="a.wav")
             draining = await c.post("/v1/audio/transcriptions", data=form, headers={"Authorization": "Bearer t"})
-            return (loading.status, (await loading.json())["error"], ping_loading, draining.status,
-                    (await draining.json())["error"], (await c.get("/ping")).status)
+            return (
+                loading.status,
+                (await loading.json())["error"],
+                ping_loading,
+                draining.status,
+                (await draining.json())["error"],
+                (await c.get("/ping")).status,
+            )
 
     status, err, ping_loading, status_drain, err_drain, ping_drain = asyncio.run(run())
     assert (status, err["code"], err["type"], ping_loading) == (503, "model_loading", "server_error", 204)
@@ -169,8 +190,15 @@ def test_503_while_the_model_loads_or_the_server_drains():
 
 
 def test_field_rules_without_a_server():
-    req = parse_fields({"file": ["a.mp3"], "model": ["whisper-1"], "response_format": ["VERBOSE_JSON"],
-                        "timestamp_granularities[]": ["word", "segment", "word"], "language": ["DE"]})
+    req = parse_fields(
+        {
+            "file": ["a.mp3"],
+            "model": ["whisper-1"],
+            "response_format": ["VERBOSE_JSON"],
+            "timestamp_granularities[]": ["word", "segment", "word"],
+            "language": ["DE"],
+        }
+    )
     assert (req.response_format, req.granularities, req.language) == ("verbose_json", ("word", "segment"), "de")
     assert parse_fields({"file": ["a"]}).granularities == ("segment",)
     assert len(LANGUAGES) == 25
@@ -187,10 +215,15 @@ def test_models_lists_the_served_model(client, lb_worker):
         openai.OpenAI(base_url=f"{url}/v1", api_key="wrong", max_retries=0).models.list()
 
 
-@pytest.mark.parametrize("extra,param", [({"hotwords": ["<b>"]}, "hotwords[]"),
-                                         ({"hotwords": ["ok"] * 101}, "hotwords[]"),
-                                         ({"hotwords": ["ok"], "hotword_boost": "9"}, "hotword_boost"),
-                                         ({"hotwords": ["ok"], "hotword_boost": "x"}, "hotword_boost")])
+@pytest.mark.parametrize(
+    "extra,param",
+    [
+        ({"hotwords": ["<b>"]}, "hotwords[]"),
+        ({"hotwords": ["ok"] * 101}, "hotwords[]"),
+        ({"hotwords": ["ok"], "hotword_boost": "9"}, "hotword_boost"),
+        ({"hotwords": ["ok"], "hotword_boost": "x"}, "hotword_boost"),
+    ],
+)
 def test_invalid_hotwords_are_bad_requests(client, speech_files, extra, param):
     with pytest.raises(openai.BadRequestError) as e:
         transcribe(client, speech_files["mp3"], extra_body=extra)
@@ -219,8 +252,12 @@ def test_requests_are_counted_in_the_metrics(client, lb_worker, speech_files):
 
     def counts():
         body = urllib.request.urlopen(f"{url}/metrics", timeout=30).read().decode()
-        return {o: float(m.group(1)) if (m := re.search(
-            rf'asr_requests_total{{kind="openai",outcome="{o}"}} ([0-9.e+]+)', body)) else 0.0 for o in ("ok", "error")}
+        return {
+            o: float(m.group(1))
+            if (m := re.search(rf'asr_requests_total{{kind="openai",outcome="{o}"}} ([0-9.e+]+)', body))
+            else 0.0
+            for o in ("ok", "error")
+        }
 
     before = counts()
     transcribe(client, speech_files["mp3"])
@@ -282,6 +319,7 @@ def test_audio_that_never_fits_in_gpu_memory_is_500_out_of_memory(tiny_model, sp
         server = ASRServer(settings, engine)
         try:
             async with TestClient(TestServer(build_app(server, http_api=True))) as c:
+
                 async def post():
                     form = aiohttp.FormData({"model": "x"})
                     form.add_field("file", speech_files["flac"].read_bytes(), filename="a.flac")

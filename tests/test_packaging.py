@@ -34,8 +34,9 @@ def test_dockerfile_runs_only_steps_that_exist():
 @pytest.mark.parametrize("step", ["check", "bake"])
 def test_docker_setup_steps_run_here(step, tmp_path):
     env = {**ENV, "PARAKEET_MODEL_CACHE": str(tmp_path / "extracted")}
-    out = subprocess.run(["bash", "docker/setup.sh", step], cwd=ROOT, env=env, capture_output=True, text=True,
-                         timeout=300)
+    out = subprocess.run(
+        ["bash", "docker/setup.sh", step], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     if step == "bake":  # the model is unpacked into the cache and loaded from there
         (folder,) = (tmp_path / "extracted").iterdir()
@@ -55,10 +56,33 @@ def test_runpod_convention_files_match_the_schema():
 
 def test_sdk_local_test_run_with_test_input_json():
     """`python rp_handler.py` outside RunPod: the SDK runs test_input.json once and exits."""
-    out = subprocess.run([sys.executable, "rp_handler.py"], cwd=ROOT, env=ENV, capture_output=True, text=True,
-                         timeout=300)
+    out = subprocess.run(
+        [sys.executable, "rp_handler.py"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300
+    )
     log = out.stdout + out.stderr
     assert out.returncode == 0, log[-3000:]
     m = re.search(r"Job result: \{'output': \{'text': '([^']*)'", log)
     assert m, log[-3000:]
     assert jiwer.wer("good morning teacher please open window today", m.group(1)) <= 0.15
+
+
+def test_the_image_context_holds_the_worker_only():
+    """.dockerignore keeps tests, benchmarks, docs and tools out of the image, and nothing the
+    image's build needs."""
+    rules = {
+        line.strip().rstrip("/")
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    assert {"tests", "bench", "docs", "tools", ".git"} <= rules
+    needed = [
+        "requirements.txt",
+        "docker",
+        "parakeet_worker",
+        "rp_handler.py",
+        "asr_engine.py",
+        "websocket_handler.py",
+        "audio_utils.py",
+        "client.py",
+    ]
+    assert not rules & set(needed)

@@ -24,8 +24,13 @@ SECRET = "s3cret-token"
 @pytest.fixture(scope="module")
 def api_only_worker(tiny_model):
     """API_TOKEN set, WS_AUTH_TOKEN not; short idle and start deadlines."""
-    settings = Settings(model="tests/assets/tiny_parakeet.nemo", api_token=SECRET, warmup=False,
-                        ws_idle_timeout_s=2.0, ws_start_timeout_s=1.0)
+    settings = Settings(
+        model="tests/assets/tiny_parakeet.nemo",
+        api_token=SECRET,
+        warmup=False,
+        ws_idle_timeout_s=2.0,
+        ws_start_timeout_s=1.0,
+    )
     w = WorkerThread(Engine(settings, model=tiny_model), http_api=True)
     yield w
     w.stop()
@@ -127,10 +132,12 @@ def test_a_normal_client_is_served_meanwhile(api_only_worker, speech_files):
 
 
 def test_log_level_is_honoured_after_the_runpod_sdk_configured_logging():
-    code = ("import runpod, logging\n"
-            "from settings import Settings, configure_logging\n"
-            "configure_logging(Settings(log_level='WARNING'))\n"
-            "print(logging.getLogger().getEffectiveLevel())")
+    code = (
+        "import runpod, logging\n"
+        "from settings import Settings, configure_logging\n"
+        "configure_logging(Settings(log_level='WARNING'))\n"
+        "print(logging.getLogger().getEffectiveLevel())"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.stdout.strip().splitlines()[-1] == str(logging.WARNING), out.stderr[-2000:]
 
@@ -147,8 +154,10 @@ def open_worker(tiny_model):
 
 def http(port: int, method: str, path: str, headers=None, data=None):
     async def go():
-        async with aiohttp.ClientSession() as s, s.request(method, f"http://127.0.0.1:{port}{path}",
-                                                           headers=headers or {}, data=data) as r:
+        async with (
+            aiohttp.ClientSession() as s,
+            s.request(method, f"http://127.0.0.1:{port}{path}", headers=headers or {}, data=data) as r,
+        ):
             return r.status, await r.text()
 
     return asyncio.run(go())
@@ -256,8 +265,14 @@ def test_an_idle_keepalive_connection_is_closed_after_its_response(tight_worker)
 # uploads: bounded in time, number, bytes and disk; malformed forms are the client's 400
 @pytest.fixture(scope="module")
 def upload_worker(tiny_model):
-    settings = Settings(model="tiny", warmup=False, upload_stall_s=1.0, max_uploads=2, max_audio_bytes=1_000_000,
-                        spool_budget_bytes=1_500_000)
+    settings = Settings(
+        model="tiny",
+        warmup=False,
+        upload_stall_s=1.0,
+        max_uploads=2,
+        max_audio_bytes=1_000_000,
+        spool_budget_bytes=1_500_000,
+    )
     w = WorkerThread(Engine(settings, model=tiny_model), http_api=True)
     yield w
     w.stop()
@@ -296,13 +311,28 @@ def _length(data: bytes) -> int:
 
 
 def form(boundary: bytes, payload: bytes, closing: bool = True) -> bytes:
-    body = (b"--" + boundary + b"\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\n\r\n"
-            + payload + b"\r\n")
+    body = (
+        b"--"
+        + boundary
+        + b'\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\n'
+        + payload
+        + b"\r\n"
+    )
     return body + (b"--" + boundary + b"--\r\n" if closing else b"")
 
 
-@pytest.mark.parametrize("case", ["no_boundary", "empty_boundary", "long_boundary", "wrong_boundary",
-                                  "no_closing_boundary", "bad_transfer_encoding", "nul_in_name"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "no_boundary",
+        "empty_boundary",
+        "long_boundary",
+        "wrong_boundary",
+        "no_closing_boundary",
+        "bad_transfer_encoding",
+        "nul_in_name",
+    ],
+)
 def test_malformed_forms_are_the_clients_400_in_openai_shape(upload_worker, case):
     w = upload_worker
     b = b"XyZ"
@@ -331,17 +361,20 @@ def test_a_stalled_upload_times_out_and_uploads_are_bounded_in_number(upload_wor
     import socket
 
     w = upload_worker
-    head = (b"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-            b"Content-Type: multipart/form-data; boundary=XyZ\r\nContent-Length: 500000\r\n\r\n")
+    head = (
+        b"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Content-Type: multipart/form-data; boundary=XyZ\r\nContent-Length: 500000\r\n\r\n"
+    )
     stalled = []
     for _ in range(2):  # two uploads that stop sending: they hold both upload slots
         s = socket.create_connection(("127.0.0.1", w.port))
-        s.sendall(head + b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a\"\r\n\r\nabc")
+        s.sendall(head + b'--XyZ\r\nContent-Disposition: form-data; name="file"; filename="a"\r\n\r\nabc')
         stalled.append(s)
     time.sleep(0.3)
     body = form(b"XyZ", b"x" * 100)
-    status, text = raw_post(w.port, b"Content-Type: multipart/form-data; boundary=XyZ\r\n"
-                                    b"Content-Length: %d\r\n" % len(body), body)
+    status, text = raw_post(
+        w.port, b"Content-Type: multipart/form-data; boundary=XyZ\r\nContent-Length: %d\r\n" % len(body), body
+    )
     assert status == 429 and json.loads(text)["error"]["code"] == "too_many_uploads"
     for s in stalled:  # each answered 408 after UPLOAD_STALL_S without data, and closed
         s.settimeout(5)
@@ -355,27 +388,32 @@ def test_bytes_before_the_first_part_count_and_the_spool_budget_holds(upload_wor
     preamble = b"p" * 3_000_000
     body = preamble + b"\r\n" + form(b"XyZ", b"x")
     chunked = b"%x\r\n" % len(body) + body + b"\r\n0\r\n\r\n"
-    status, text = raw_post(w.port, b"Content-Type: multipart/form-data; boundary=XyZ\r\n"
-                                     b"Transfer-Encoding: chunked\r\n", chunked)
+    status, text = raw_post(
+        w.port, b"Content-Type: multipart/form-data; boundary=XyZ\r\nTransfer-Encoding: chunked\r\n", chunked
+    )
     assert status in (400, 413) and "ppp" not in text, (status, text[:300])  # refused early, nothing echoed
     # an upload holding 900 kB on disk (stalled before its end) and a second one of 900 kB pass
     # the 1.5 MB spool budget together: the second is refused with 503
     import socket
 
     held = socket.create_connection(("127.0.0.1", w.port))
-    held.sendall(b"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                 b"Content-Type: multipart/form-data; boundary=XyZ\r\nContent-Length: 990000\r\n\r\n"
-                 + form(b"XyZ", b"y" * 900_000, closing=False)[:-2])
+    held.sendall(
+        b"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Content-Type: multipart/form-data; boundary=XyZ\r\nContent-Length: 990000\r\n\r\n"
+        + form(b"XyZ", b"y" * 900_000, closing=False)[:-2]
+    )
     time.sleep(0.3)
     body = form(b"XyZ", b"z" * 900_000)
-    status, text = raw_post(w.port, b"Content-Type: multipart/form-data; boundary=XyZ\r\n"
-                                    b"Content-Length: %d\r\n" % len(body), body)
+    status, text = raw_post(
+        w.port, b"Content-Type: multipart/form-data; boundary=XyZ\r\nContent-Length: %d\r\n" % len(body), body
+    )
     held.close()
     assert status == 503 and json.loads(text)["error"]["code"] == "server_busy", (status, text[:300])
 
 
-def test_work_of_a_client_that_went_away_is_cancelled_and_counted_as_such(upload_worker, speech_files,
-                                                                          monkeypatch, caplog):
+def test_work_of_a_client_that_went_away_is_cancelled_and_counted_as_such(
+    upload_worker, speech_files, monkeypatch, caplog
+):
     import glob
     import socket
     import tempfile as tf
@@ -393,11 +431,12 @@ def test_work_of_a_client_that_went_away_is_cancelled_and_counted_as_such(upload
 
     monkeypatch.setattr(w.engine, "transcribe", slow_transcribe)
     audio = open(speech_files["wav"], "rb").read()
-    body = (b"--XyZ\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nparakeet\r\n"
-            + form(b"XyZ", audio))
+    body = b'--XyZ\r\nContent-Disposition: form-data; name="model"\r\n\r\nparakeet\r\n' + form(b"XyZ", audio)
     sock = socket.create_connection(("127.0.0.1", w.port))
-    sock.sendall(b"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                 b"Content-Type: multipart/form-data; boundary=XyZ\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    sock.sendall(
+        b"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Content-Type: multipart/form-data; boundary=XyZ\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+    )
     deadline = time.monotonic() + 20
     while not started:
         assert time.monotonic() < deadline
@@ -436,9 +475,11 @@ def test_a_drip_fed_upload_is_refused_by_its_average_rate(tiny_model):
     w = WorkerThread(Engine(settings, model=tiny_model), http_api=True)
     try:
         s = socket.create_connection(("127.0.0.1", w.port))
-        s.sendall(b"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                  b"Content-Type: multipart/form-data; boundary=XyZ\r\nContent-Length: 100000\r\n\r\n"
-                  b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a\"\r\n\r\n")
+        s.sendall(
+            b"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: multipart/form-data; boundary=XyZ\r\nContent-Length: 100000\r\n\r\n"
+            b'--XyZ\r\nContent-Disposition: form-data; name="file"; filename="a"\r\n\r\n'
+        )
         s.settimeout(0.1)
         t0, answer = time.monotonic(), b""
         while not answer and time.monotonic() - t0 < 10:

@@ -115,7 +115,16 @@ def test_metrics_render_valid_exposition_with_the_documented_series():
     with metrics.JobRecord("job-1") as rec:
         rec.audio_s = 3.0
     names = {s.name for fam in text_string_to_metric_families(metrics.render().decode()) for s in fam.samples}
-    for want in ("asr_active_sessions", "asr_jobs_queued", "asr_jobs_running", "asr_audio_seconds_total",
-                 "asr_real_time_factor", "asr_stream_step_seconds_bucket", "asr_errors_total", "asr_drains_total",
-                 "asr_engine_wait_seconds_bucket", "process_resident_memory_bytes"):
+    for want in (
+        "asr_active_sessions",
+        "asr_jobs_queued",
+        "asr_jobs_running",
+        "asr_audio_seconds_total",
+        "asr_real_time_factor",
+        "asr_stream_step_seconds_bucket",
+        "asr_errors_total",
+        "asr_drains_total",
+        "asr_engine_wait_seconds_bucket",
+        "process_resident_memory_bytes",
+    ):
         assert want in names, want

@@ -341,8 +341,9 @@ def bombs(tmp_path_factory):
     long_bomb = d / "long.flac"
     long_bomb.write_bytes(_claim_total_samples(bomb.read_bytes(), 5 * 3600 * 192000))  # claims 5 h
     piped = d / "piped.flac"  # written to a pipe: STREAMINFO says 0 samples (unknown length)
-    piped.write_bytes(synth.ffmpeg_lavfi("anullsrc=r=192000:cl=7.1", "pipe:1", "-t", "60", "-c:a", "flac",
-                                         "-f", "flac"))
+    piped.write_bytes(
+        synth.ffmpeg_lavfi("anullsrc=r=192000:cl=7.1", "pipe:1", "-t", "60", "-c:a", "flac", "-f", "flac")
+    )
     warm = write_wav(d / "warm.wav", np.zeros(16000, np.float32))
     return {"bomb": bomb, "long": long_bomb, "piped": piped, "warm": warm}
 
@@ -465,8 +466,9 @@ def test_cancelled_download_leaves_no_partial_file(private_tmp):
 @pytest.fixture(scope="module")
 def long_mp3(tmp_path_factory):
     path = tmp_path_factory.mktemp("long") / "long.mp3"
-    synth.ffmpeg_lavfi("sine=f=300:sample_rate=8000", path, "-t", "1200", "-ac", "1", "-c:a", "libmp3lame",
-                       "-b:a", "8k")
+    synth.ffmpeg_lavfi(
+        "sine=f=300:sample_rate=8000", path, "-t", "1200", "-ac", "1", "-c:a", "libmp3lame", "-b:a", "8k"
+    )
     return path
 
 

@@ -58,16 +58,33 @@ def _wait_port(port, proc, log_path, timeout=300):
 def worker(tmp_path_factory):
     d = tmp_path_factory.mktemp("findings")
     api, ws = free_port(), free_port()
-    env = {**os.environ, "PARAKEET_MODEL": str(TINY_MODEL), "DEVICE": "cpu", "WS_HOST": "127.0.0.1",
-           "WS_PORT": str(ws), "WS_AUTH_TOKEN": TOKEN, "PYTHONUNBUFFERED": "1", "UVICORN_LOG_LEVEL": "warning",
-           "DRAIN_TIMEOUT_S": str(DRAIN_TIMEOUT_S), "WS_IDLE_TIMEOUT_S": str(IDLE_TIMEOUT_S),
-           "INJECT_DEVICE_ERROR": "slow_stream", "SLOW_STEP_FLAG": str(d / "slow"), "SLOW_STEP_S": str(SLOW_STEP_S),
-           "PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "fault_injection"), str(ROOT),
-                                          os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "PARAKEET_MODEL": str(TINY_MODEL),
+        "DEVICE": "cpu",
+        "WS_HOST": "127.0.0.1",
+        "WS_PORT": str(ws),
+        "WS_AUTH_TOKEN": TOKEN,
+        "PYTHONUNBUFFERED": "1",
+        "UVICORN_LOG_LEVEL": "warning",
+        "DRAIN_TIMEOUT_S": str(DRAIN_TIMEOUT_S),
+        "WS_IDLE_TIMEOUT_S": str(IDLE_TIMEOUT_S),
+        "INJECT_DEVICE_ERROR": "slow_stream",
+        "SLOW_STEP_FLAG": str(d / "slow"),
+        "SLOW_STEP_S": str(SLOW_STEP_S),
+        "PYTHONPATH": os.pathsep.join(
+            [str(ROOT / "tests" / "fault_injection"), str(ROOT), os.environ.get("PYTHONPATH", "")]
+        ),
+    }
     log_path = d / "worker.log"
     log = open(log_path, "w")
-    proc = subprocess.Popen([sys.executable, "rp_handler.py", "--rp_serve_api", "--rp_api_host", "127.0.0.1",
-                             "--rp_api_port", str(api)], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "rp_handler.py", "--rp_serve_api", "--rp_api_host", "127.0.0.1", "--rp_api_port", str(api)],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         _wait_port(api, proc, log_path, 600)
         yield {"api": f"http://127.0.0.1:{api}", "ws_port": ws, "proc": proc, "slow": d / "slow", "log": log_path}
@@ -130,13 +147,15 @@ def test_sigterm_with_a_stream_far_behind_real_time_still_sends_final_done_and_1
         import aiohttp
 
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
-            async with http.post(f"{worker['api']}/run", json={"input": {"action": "websocket",
-                                                                          "idle_timeout": 3600}}) as r:
+            async with http.post(
+                f"{worker['api']}/run", json={"input": {"action": "websocket", "idle_timeout": 3600}}
+            ) as r:
                 job = await r.json()
 
             async def status():  # the SDK's local API runs a /run job while its status is asked for
-                async with http.post(f"{worker['api']}/status/{job['id']}",
-                                     timeout=aiohttp.ClientTimeout(total=None)) as r:
+                async with http.post(
+                    f"{worker['api']}/status/{job['id']}", timeout=aiohttp.ClientTimeout(total=None)
+                ) as r:
                     return await r.json()
 
             job_task = asyncio.create_task(status())
@@ -148,8 +167,10 @@ def test_sigterm_with_a_stream_far_behind_real_time_still_sends_final_done_and_1
                 proc.send_signal(signal.SIGTERM)
 
             # the soak's own drain-phase client: real time, 0.1 s frames, no stop
-            stream = await asyncio.wait_for(_soak().stream_until_closed(
-                f"ws://127.0.0.1:{worker['ws_port']}", audio, TOKEN, sigterm), DRAIN_TIMEOUT_S + 60)
+            stream = await asyncio.wait_for(
+                _soak().stream_until_closed(f"ws://127.0.0.1:{worker['ws_port']}", audio, TOKEN, sigterm),
+                DRAIN_TIMEOUT_S + 60,
+            )
             return stream, await asyncio.wait_for(job_task, DRAIN_TIMEOUT_S + 15)
 
     stream, job = asyncio.run(scenario())

@@ -12,10 +12,37 @@ from tests.helpers import ROOT, TINY_MODEL, requires_model
 @requires_model
 def test_soak_smoke(tmp_path):
     out = tmp_path / "soak"
-    proc = subprocess.run([sys.executable, "bench/soak.py", "--model", str(TINY_MODEL), "--seconds", "12",
-                           "--streams", "1", "--batch-clients", "1", "--hostile-every", "1", "--sentences", "1",
-                           "--sample-s", "4", "--window-s", "6", "--drain-timeout", "20", "--no-plots",
-                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "bench/soak.py",
+            "--model",
+            str(TINY_MODEL),
+            "--seconds",
+            "12",
+            "--streams",
+            "1",
+            "--batch-clients",
+            "1",
+            "--hostile-every",
+            "1",
+            "--sentences",
+            "1",
+            "--sample-s",
+            "4",
+            "--window-s",
+            "6",
+            "--drain-timeout",
+            "20",
+            "--no-plots",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["valid_requests"] >= 2 and summary["valid_failed"] == 0, summary["failures"]

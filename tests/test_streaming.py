@@ -136,8 +136,9 @@ def test_two_utterances_give_two_finals_partials_first_and_done_is_their_concate
 
 
 def test_streaming_accuracy_and_gap_to_offline(server, engine):
-    utts = synth.make_utterances("en", synth.train_voices("en"), 14, 7011) + \
-        synth.make_utterances("ru", synth.train_voices("ru"), 6, 7012)
+    utts = synth.make_utterances("en", synth.train_voices("en"), 14, 7011) + synth.make_utterances(
+        "ru", synth.train_voices("ru"), 6, 7012
+    )
 
     async def all_streams():
         return [(await stream(server.url, u.audio))[1]["text"] for u in utts]
@@ -154,11 +155,13 @@ def test_session_joined_mid_speech_recognises_its_first_words(server):
     """The stream starts at the first sample of speech (a client that joins mid-speech, a VAD that
     cut the silence away) and ends right after the last: the first final still holds the first
     words. Two utterances per stream, a pause between them, no silence before the first."""
-    pairs = synth.edge_pairs("en", synth.train_voices("en"), 10, 7031) + \
-        synth.edge_pairs("ru", synth.train_voices("ru"), 6, 7032)
+    pairs = synth.edge_pairs("en", synth.train_voices("en"), 10, 7031) + synth.edge_pairs(
+        "ru", synth.train_voices("ru"), 6, 7032
+    )
     gap = np.zeros(int(1.2 * 16000), np.float32)
-    clips = [(np.concatenate([a.audio, gap, b.audio]), a.text, b.text)
-             for (a, _), (b, _) in zip(pairs[0::2], pairs[1::2])]
+    clips = [
+        (np.concatenate([a.audio, gap, b.audio]), a.text, b.text) for (a, _), (b, _) in zip(pairs[0::2], pairs[1::2])
+    ]
 
     async def all_streams():
         return [finals((await stream(server.url, audio))[0]) for audio, _, _ in clips]
@@ -194,6 +197,7 @@ def test_sample_rates_other_than_16k_are_transcribed(server):
 
     utts = synth.make_utterances("en", ["en-us", "en-gb"], 4, 7002, augment=False)
     for rate in (8000, 44100):
+
         async def run(audio, rate=rate):
             raw = pcm16(soxr.resample(audio, 16000, rate).astype(np.float32))
             async with ASRWebSocketClient(server.url) as c:
@@ -247,11 +251,15 @@ def test_recoverable_errors_keep_the_connection(server):
         async with connect(server.url) as ws:
             assert json.loads(await ws.recv())["type"] == "welcome"
             codes = []
-            for bad in ("not json", "[1, 2]", json.dumps({"action": "dance"}),
-                        json.dumps({"action": "start", "sample_rate": 4000}),
-                        json.dumps({"action": "start", "sample_rate": "fast"}),
-                        json.dumps({"action": "start", "bogus": 1}),
-                        json.dumps({"action": "stop"})):
+            for bad in (
+                "not json",
+                "[1, 2]",
+                json.dumps({"action": "dance"}),
+                json.dumps({"action": "start", "sample_rate": 4000}),
+                json.dumps({"action": "start", "sample_rate": "fast"}),
+                json.dumps({"action": "start", "bogus": 1}),
+                json.dumps({"action": "stop"}),
+            ):
                 await ws.send(bad)
                 codes.append(json.loads(await ws.recv()))
             await ws.send(b"\x00\x01" * 100)  # audio before start
@@ -267,8 +275,16 @@ def test_recoverable_errors_keep_the_connection(server):
 
     codes, started, again, done = asyncio.run(run())
     assert all(c["type"] == "error" and c["message"] for c in codes)
-    assert [c["code"] for c in codes] == ["invalid_json", "invalid_json", "unknown_action", "invalid_sample_rate",
-                                          "invalid_sample_rate", "invalid_input", "not_started", "not_started"]
+    assert [c["code"] for c in codes] == [
+        "invalid_json",
+        "invalid_json",
+        "unknown_action",
+        "invalid_sample_rate",
+        "invalid_sample_rate",
+        "invalid_input",
+        "not_started",
+        "not_started",
+    ]
     assert started["type"] == "started" and again["code"] == "already_started"
     assert done == {"type": "done", "text": "", "duration": 0.0}
 
@@ -326,10 +342,16 @@ def test_ping_is_200_when_warm(server):
 
 
 def test_auth_capacity_and_idle_timeout(engine):
-    s = dataclasses.replace(engine.settings, ws_auth_token="s3cret", ws_max_sessions=1, ws_idle_timeout_s=1.0,
-                            ws_max_message_bytes=64 * 1024)
+    s = dataclasses.replace(
+        engine.settings,
+        ws_auth_token="s3cret",
+        ws_max_sessions=1,
+        ws_idle_timeout_s=1.0,
+        ws_max_message_bytes=64 * 1024,
+    )
     srv = ServerThread(s, engine)
     try:
+
         async def run():
             with pytest.raises(InvalidStatus) as no_token:
                 async with connect(srv.url):
@@ -382,6 +404,7 @@ def test_keepalive_pings_do_not_keep_an_idle_session_open(engine, monkeypatch):
     monkeypatch.setattr(http_server, "PING_INTERVAL_S", 0.2)
     srv = ServerThread(dataclasses.replace(engine.settings, ws_idle_timeout_s=1.5), engine)
     try:
+
         async def run():
             pings, texts = 0, []
             async with aiohttp.ClientSession() as s, s.ws_connect(srv.url, autoping=False) as ws:
@@ -435,8 +458,15 @@ def test_load_balancer_mode_serves_ping_and_streams(tmp_path):
     from tests.helpers import ROOT, TINY_MODEL, free_port
 
     port, health = free_port(), free_port()
-    env = {**os.environ, "WORKER_MODE": "load_balancer", "PORT": str(port), "PORT_HEALTH": str(health),
-           "WS_HOST": "127.0.0.1", "PARAKEET_MODEL": str(TINY_MODEL), "DEVICE": "cpu"}
+    env = {
+        **os.environ,
+        "WORKER_MODE": "load_balancer",
+        "PORT": str(port),
+        "PORT_HEALTH": str(health),
+        "WS_HOST": "127.0.0.1",
+        "PARAKEET_MODEL": str(TINY_MODEL),
+        "DEVICE": "cpu",
+    }
     env.pop("WS_PORT", None)
     log = open(tmp_path / "lb.log", "w")
     proc = subprocess.Popen([sys.executable, "rp_handler.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -467,18 +497,24 @@ def test_start_takes_hotwords_for_its_stream_and_refuses_invalid_ones(server):
     async def run():
         async with connect(server.url) as ws:
             assert json.loads(await ws.recv())["type"] == "welcome"
-            for bad in ({"hotwords": "river"}, {"hotwords": ["<b>"]}, {"hotwords": ["ok"] * 101},
-                        {"hotwords": ["x" * 51]}, {"hotwords": ["river"], "hotword_boost": 9}):
+            for bad in (
+                {"hotwords": "river"},
+                {"hotwords": ["<b>"]},
+                {"hotwords": ["ok"] * 101},
+                {"hotwords": ["x" * 51]},
+                {"hotwords": ["river"], "hotword_boost": 9},
+            ):
                 await ws.send(json.dumps({"action": "start", **bad}))
                 msg = json.loads(await ws.recv())
                 assert (msg["type"], msg["code"]) == ("error", "invalid_input"), (bad, msg)
             # still usable: a stream with hotwords ("River" is the same hotword as "river")
-            await ws.send(json.dumps({"action": "start", "hotwords": ["river", "River", "yellow birds"],
-                                      "hotword_boost": 2}))
+            await ws.send(
+                json.dumps({"action": "start", "hotwords": ["river", "River", "yellow birds"], "hotword_boost": 2})
+            )
             started = json.loads(await ws.recv())
             assert (started["type"], started["hotwords"]) == ("started", 2)
             for i in range(0, len(audio), 3200):
-                await ws.send(pcm16(audio[i: i + 3200]))
+                await ws.send(pcm16(audio[i : i + 3200]))
             await ws.send(json.dumps({"action": "stop"}))
             while (msg := json.loads(await ws.recv()))["type"] != "done":
                 pass

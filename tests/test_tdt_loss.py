@@ -1,6 +1,5 @@
 """The CPU TDT loss used to train the test model, checked against independent references."""
 
-
 import pytest
 import torch
 
@@ -50,10 +49,12 @@ def test_matches_path_enumeration(seed, sigma):
     logits, labels, act_lens, label_lens, V = random_case(seed)
     ours = tdt_loss(logits, labels, act_lens, label_lens, DURATIONS, blank=V, sigma=sigma, reduction="none")
     (g_ours,) = torch.autograd.grad(ours.sum(), logits)
-    ref = torch.stack([
-        path_enumeration_nll(logits[b], labels[b], int(act_lens[b]), int(label_lens[b]), DURATIONS, V, sigma)
-        for b in range(logits.shape[0])
-    ])
+    ref = torch.stack(
+        [
+            path_enumeration_nll(logits[b], labels[b], int(act_lens[b]), int(label_lens[b]), DURATIONS, V, sigma)
+            for b in range(logits.shape[0])
+        ]
+    )
     (g_ref,) = torch.autograd.grad(ref.sum(), logits)
     torch.testing.assert_close(ours, ref, atol=1e-4, rtol=0)
     torch.testing.assert_close(g_ours, g_ref, atol=1e-4, rtol=0)
@@ -111,7 +112,8 @@ def test_rnnt_lattice_matches_nemo_rnnt_reference():
     labels = torch.randint(0, V, (B, U), generator=g)
     act_lens, label_lens = torch.tensor([6, 5]), torch.tensor([3, 2])
     ref = rnnt_pytorch.RNNTLossPytorch(blank=V, reduction="sum")(
-        acts=logits, labels=labels, act_lens=act_lens, label_lens=label_lens)
+        acts=logits, labels=labels, act_lens=act_lens, label_lens=label_lens
+    )
     (g_ref,) = torch.autograd.grad(ref, logits)
     ours = -tdt_log_likelihood(torch.log_softmax(logits, -1), None, labels, act_lens, label_lens, DURATIONS, V).sum()
     (g_ours,) = torch.autograd.grad(ours, logits)

@@ -231,11 +231,15 @@ def check_multipart(case) -> None:
 
     async def run():
         loop = asyncio.get_running_loop()
-        stream = StreamReader(BaseProtocol(loop), 2 ** 16, loop=loop)
+        stream = StreamReader(BaseProtocol(loop), 2**16, loop=loop)
         stream.feed_data(body)
         stream.feed_eof()
-        request = types.SimpleNamespace(content_type=ctype.split(";")[0].strip().lower(), content_length=len(body),
-                                        headers=CIMultiDict({"Content-Type": ctype}), content=stream)
+        request = types.SimpleNamespace(
+            content_type=ctype.split(";")[0].strip().lower(),
+            content_length=len(body),
+            headers=CIMultiDict({"Content-Type": ctype}),
+            content=stream,
+        )
         with tempfile.TemporaryDirectory() as tmp:
             budget = openai_api.UploadBudget(4, 1 << 22)
             try:
@@ -250,12 +254,23 @@ def check_multipart(case) -> None:
 
 def multipart_cases():
     boundary = st.sampled_from(["XyZ", "----b", "a" * 70, "a" * 71, "", "x y", "é"]) | st.text(max_size=12)
-    headers = st.lists(st.sampled_from([
-        'Content-Disposition: form-data; name="file"; filename="a.wav"', 'Content-Disposition: form-data; name="model"',
-        'Content-Disposition: form-data; name="file"; filename*=UTF-8\'\'%E2%82%AC.wav', "Content-Disposition: x",
-        "Content-Transfer-Encoding: base64", "Content-Transfer-Encoding: rot13", "Content-Encoding: gzip",
-        "Content-Type: text/plain; charset=utf-99", "X: " + "h" * 9000, 'Content-Disposition: form-data; name="a\x00"',
-    ]), max_size=4)
+    headers = st.lists(
+        st.sampled_from(
+            [
+                'Content-Disposition: form-data; name="file"; filename="a.wav"',
+                'Content-Disposition: form-data; name="model"',
+                "Content-Disposition: form-data; name=\"file\"; filename*=UTF-8''%E2%82%AC.wav",
+                "Content-Disposition: x",
+                "Content-Transfer-Encoding: base64",
+                "Content-Transfer-Encoding: rot13",
+                "Content-Encoding: gzip",
+                "Content-Type: text/plain; charset=utf-99",
+                "X: " + "h" * 9000,
+                'Content-Disposition: form-data; name="a\x00"',
+            ]
+        ),
+        max_size=4,
+    )
     payload = st.binary(max_size=300)
 
     def body(b, parts, preamble, closing, cut):
@@ -267,10 +282,19 @@ def multipart_cases():
             raw += b"--" + b.encode("utf-8", "replace") + b"--\r\n"
         return (raw[:cut] if cut is not None else raw).decode("latin-1")
 
-    bodies = st.builds(body, boundary, st.lists(st.tuples(headers, payload), max_size=4), st.binary(max_size=40),
-                       st.booleans(), st.none() | st.integers(0, 600))
-    ctype = st.builds(lambda b, extra: f"multipart/form-data; boundary={b}{extra}", boundary,
-                      st.sampled_from(["", "; charset=utf-8", '"', "; boundary=other"]))
+    bodies = st.builds(
+        body,
+        boundary,
+        st.lists(st.tuples(headers, payload), max_size=4),
+        st.binary(max_size=40),
+        st.booleans(),
+        st.none() | st.integers(0, 600),
+    )
+    ctype = st.builds(
+        lambda b, extra: f"multipart/form-data; boundary={b}{extra}",
+        boundary,
+        st.sampled_from(["", "; charset=utf-8", '"', "; boundary=other"]),
+    )
     return st.tuples(ctype | st.just("multipart/form-data"), bodies)
 
 
@@ -388,12 +412,47 @@ def ws_cases():
 
 def openai_cases():
     """Form fields as the multipart reader hands them over: name -> list of strings."""
-    names = st.sampled_from(["file", "model", "response_format", "timestamp_granularities[]",
-                             "timestamp_granularities", "language", "prompt", "temperature", "stream",
-                             "hotwords[]", "hotwords", "hotword_boost"]) | st.text(max_size=8)
-    values = st.sampled_from(["json", "verbose_json", "text", "srt", "vtt", "word", "segment", "en", "EN", "zh",
-                              "0", "1", "0.5", "nan", "-1", "1e308", "true", "false", "Kubernetes", "<b>", ""]) \
-        | st.text(max_size=60)
+    names = st.sampled_from(
+        [
+            "file",
+            "model",
+            "response_format",
+            "timestamp_granularities[]",
+            "timestamp_granularities",
+            "language",
+            "prompt",
+            "temperature",
+            "stream",
+            "hotwords[]",
+            "hotwords",
+            "hotword_boost",
+        ]
+    ) | st.text(max_size=8)
+    values = st.sampled_from(
+        [
+            "json",
+            "verbose_json",
+            "text",
+            "srt",
+            "vtt",
+            "word",
+            "segment",
+            "en",
+            "EN",
+            "zh",
+            "0",
+            "1",
+            "0.5",
+            "nan",
+            "-1",
+            "1e308",
+            "true",
+            "false",
+            "Kubernetes",
+            "<b>",
+            "",
+        ]
+    ) | st.text(max_size=60)
     return st.dictionaries(names, st.lists(values, min_size=1, max_size=4), max_size=8)
 
 

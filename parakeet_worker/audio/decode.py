@@ -67,7 +67,6 @@ async def _reserve(budget: DecodeBudget | None, max_samples: int, overhead: int)
         yield max_samples if granted >= need else max(0, int((granted - overhead) / _GROWTH) // 4)
 
 
-
 class _TooLong(Exception):
     pass
 
@@ -107,8 +106,9 @@ def _samples(seconds: float) -> int:
     return int(math.ceil(seconds * SAMPLE_RATE))
 
 
-def decode_audio(source: bytes | Path, max_seconds: float, format_hint: str | None = None,
-                 budget: DecodeBudget | None = None) -> DecodedAudio:
+def decode_audio(
+    source: bytes | Path, max_seconds: float, format_hint: str | None = None, budget: DecodeBudget | None = None
+) -> DecodedAudio:
     """Blocking form of ``decode_audio_async`` for scripts, tools and tests (callable from inside
     a running event loop too: it runs its own loop on a helper thread)."""
     coro_args = (source, max_seconds, format_hint, budget)
@@ -132,8 +132,9 @@ def decode_audio(source: bytes | Path, max_seconds: float, format_hint: str | No
     return result[0]
 
 
-async def decode_audio_async(source: bytes | Path, max_seconds: float, format_hint: str | None = None,
-                             budget: DecodeBudget | None = None) -> DecodedAudio:
+async def decode_audio_async(
+    source: bytes | Path, max_seconds: float, format_hint: str | None = None, budget: DecodeBudget | None = None
+) -> DecodedAudio:
     """Decode audio bytes or a file to 16 kHz mono float32.
 
     WAV and FLAC go through soundfile (exact, in blocks); other recognised containers, and WAV/FLAC
@@ -143,8 +144,10 @@ async def decode_audio_async(source: bytes | Path, max_seconds: float, format_hi
     if format_hint is not None:
         hint = format_hint.strip().lower().lstrip(".") if isinstance(format_hint, str) else ""
         if hint not in KNOWN_FORMATS:
-            raise ASRError(UNSUPPORTED_FORMAT, f"format {format_hint!r} is not supported; use one of "
-                           + ", ".join(sorted(KNOWN_FORMATS)))
+            raise ASRError(
+                UNSUPPORTED_FORMAT,
+                f"format {format_hint!r} is not supported; use one of " + ", ".join(sorted(KNOWN_FORMATS)),
+            )
     head = bytes(source[:512]) if isinstance(source, (bytes, bytearray)) else _read_head(source)
     if not head:
         raise ASRError(INVALID_AUDIO, "the audio is empty (0 bytes)")
@@ -153,9 +156,13 @@ async def decode_audio_async(source: bytes | Path, max_seconds: float, format_hi
         what = not_audio(head)
         # Never "let ffmpeg try": its probing would pick playlist and manifest demuxers that open
         # other files and URLs (an HLS playlist naming a local file is ~90 bytes).
-        raise ASRError(UNSUPPORTED_FORMAT, f"the input is {what}, not audio" if what else
-                       "the input is not a recognised audio container (WAV, FLAC, MP3, OGG/Opus, WebM, "
-                       "M4A/MP4, AAC, AIFF, AMR, WMA)")
+        raise ASRError(
+            UNSUPPORTED_FORMAT,
+            f"the input is {what}, not audio"
+            if what
+            else "the input is not a recognised audio container (WAV, FLAC, MP3, OGG/Opus, WebM, "
+            "M4A/MP4, AAC, AIFF, AMR, WMA)",
+        )
     if fmt in ("wav", "flac"):
         samples = await _decode_soundfile(source, max_seconds, budget)
         if samples is not None:
@@ -208,8 +215,9 @@ async def _decode_soundfile(source: bytes | Path, max_seconds: float, budget: De
             cancelled.set()
 
 
-def _soundfile_blocks(source: bytes | Path, block: int, max_samples: int, max_seconds: float,
-                      cancelled: threading.Event) -> np.ndarray | None:
+def _soundfile_blocks(
+    source: bytes | Path, block: int, max_samples: int, max_seconds: float, cancelled: threading.Event
+) -> np.ndarray | None:
     import soxr
 
     out = PcmBuffer(max_samples)
@@ -244,16 +252,40 @@ def _soundfile_blocks(source: bytes | Path, block: int, max_samples: int, max_se
 
 
 def _ffmpeg_command(path: Path, demuxer: str, max_seconds: float) -> list[str]:
-    return ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error",
-            # the input may open exactly one local file (no http, no other protocols), read with
-            # the demuxer sniffing chose (no probing)
-            "-protocol_whitelist", "file", "-f", demuxer, "-i", f"file:{path}",
-            "-map", "0:a:0", "-vn", "-sn", "-dn", "-ac", "1", "-ar", str(SAMPLE_RATE),
-            "-t", f"{max_seconds + 1:.3f}", "-f", "f32le", "pipe:1"]
+    return [
+        "ffmpeg",
+        "-nostdin",
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        # the input may open exactly one local file (no http, no other protocols), read with
+        # the demuxer sniffing chose (no probing)
+        "-protocol_whitelist",
+        "file",
+        "-f",
+        demuxer,
+        "-i",
+        f"file:{path}",
+        "-map",
+        "0:a:0",
+        "-vn",
+        "-sn",
+        "-dn",
+        "-ac",
+        "1",
+        "-ar",
+        str(SAMPLE_RATE),
+        "-t",
+        f"{max_seconds + 1:.3f}",
+        "-f",
+        "f32le",
+        "pipe:1",
+    ]
 
 
-async def _decode_ffmpeg(source: bytes | Path, demuxer: str, max_seconds: float,
-                         budget: DecodeBudget | None) -> np.ndarray:
+async def _decode_ffmpeg(
+    source: bytes | Path, demuxer: str, max_seconds: float, budget: DecodeBudget | None
+) -> np.ndarray:
     tmp: Path | None = None
     proc = None
     try:
@@ -268,8 +300,11 @@ async def _decode_ffmpeg(source: bytes | Path, demuxer: str, max_seconds: float,
         async with _reserve(budget, _samples(max_seconds), overhead) as max_samples:
             out = PcmBuffer(max_samples)
             proc = await asyncio.create_subprocess_exec(
-                *_ffmpeg_command(path, demuxer, max_seconds), stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+                *_ffmpeg_command(path, demuxer, max_seconds),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
             try:
                 err = await asyncio.wait_for(_collect(proc, out), timeout=max(60.0, max_seconds / 10))
             except _TooLong:
@@ -327,4 +362,3 @@ async def _read_capped(stream, limit: int) -> bytes:
         if len(kept) < limit:
             kept += chunk[: limit - len(kept)]
     return bytes(kept)
-

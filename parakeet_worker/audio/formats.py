@@ -23,7 +23,7 @@ def decode_base64(text: str, max_bytes: int) -> bytes:
         raise ASRError(INVALID_INPUT, "audio_base64 is empty")
     m = _DATA_URL.match(text)
     if m:
-        text = text[m.end():]
+        text = text[m.end() :]
     text = "".join(text.split())  # line breaks from MIME encoders
     if len(text) * 3 // 4 > max_bytes:
         raise ASRError(AUDIO_TOO_LARGE, f"audio is larger than the {max_bytes} byte limit")
@@ -67,12 +67,27 @@ def sniff_format(head: bytes) -> str | None:
 
 # The ffmpeg demuxer for each sniffed container, passed with -f: ffmpeg never probes, so no
 # playlist (HLS), manifest (DASH), concat, SDP or image-sequence demuxer can ever be chosen.
-DEMUXERS = {"wav": "wav", "flac": "flac", "ogg": "ogg", "opus": "ogg", "webm": "matroska", "m4a": "mov",
-            "mp3": "mp3", "aac": "aac", "aiff": "aiff", "amr": "amr", "wma": "asf"}
+DEMUXERS = {
+    "wav": "wav",
+    "flac": "flac",
+    "ogg": "ogg",
+    "opus": "ogg",
+    "webm": "matroska",
+    "m4a": "mov",
+    "mp3": "mp3",
+    "aac": "aac",
+    "aiff": "aiff",
+    "amr": "amr",
+    "wma": "asf",
+}
 
 _NOT_AUDIO = {  # common non-audio files, refused with a clear name rather than "invalid audio"
-    b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image", b"%PDF": "a PDF document",
-    b"PK\x03\x04": "a ZIP archive", b"GIF8": "a GIF image", b"\x7fELF": "an executable",
+    b"\x89PNG": "a PNG image",
+    b"\xff\xd8\xff": "a JPEG image",
+    b"%PDF": "a PDF document",
+    b"PK\x03\x04": "a ZIP archive",
+    b"GIF8": "a GIF image",
+    b"\x7fELF": "an executable",
 }
 
 

@@ -45,8 +45,13 @@ class AttentionModes:
 
     def _capture(self) -> _ModuleSet:
         enc = self.encoder
-        return _ModuleSet(enc.self_attention_model, list(enc.att_context_size), enc.pos_enc,
-                          [layer.self_attn for layer in self._layers()], enc.max_audio_length)
+        return _ModuleSet(
+            enc.self_attention_model,
+            list(enc.att_context_size),
+            enc.pos_enc,
+            [layer.self_attn for layer in self._layers()],
+            enc.max_audio_length,
+        )
 
     def _attach(self, s: _ModuleSet) -> None:
         enc = self.encoder
@@ -78,8 +83,9 @@ class AttentionModes:
         sdpa = enc.use_pytorch_sdpa
         try:
             enc.use_pytorch_sdpa = False  # NeMo's local (Longformer) attention refuses SDPA
-            enc.change_attention_model("rel_pos_local_attn", [self.local_context, self.local_context],
-                                       update_config=False, device=param.device)
+            enc.change_attention_model(
+                "rel_pos_local_attn", [self.local_context, self.local_context], update_config=False, device=param.device
+            )
             local = self._capture()
             with torch.no_grad():
                 for full_attn, local_attn in zip(full.attns, local.attns):

@@ -32,7 +32,8 @@ from parakeet_worker.config.settings import Settings
 from parakeet_worker.engine import long_audio
 from parakeet_worker.engine.attention import AttentionModes
 from parakeet_worker.engine.batcher import DynamicBatcher, plan_groups
-from parakeet_worker.engine.hotwords import Boosting, Hotwords, PerUtteranceBiasing, TreeCache, register, unregister
+from parakeet_worker.engine.decoding import decode, offline_decoding_cfg
+from parakeet_worker.engine.hotwords import Boosting, Hotwords, PerUtteranceBiasing, TreeCache
 from parakeet_worker.engine.long_audio import BATCH_AUDIO_BUDGET_S
 from parakeet_worker.engine.nemo_patches import compile_encoder, lean_subsampling_masks
 from parakeet_worker.engine.transcript import Transcript, from_hypothesis
@@ -80,8 +81,11 @@ class Engine:
         if s.warmup:
             self.warmup()
         self.ready = True
-        log.info("engine on %s; full attention up to %.0f s", hardware.describe(self.device, self.dtype),
-                 self.full_attention_limit_s)
+        log.info(
+            "engine on %s; full attention up to %.0f s",
+            hardware.describe(self.device, self.dtype),
+            self.full_attention_limit_s,
+        )
 
     @property
     def attention(self) -> str:
@@ -91,25 +95,11 @@ class Engine:
     def reconfigure(self) -> None:
         """Apply the offline set-up: eval mode, SDPA, encoder dtype, decoding with timestamps and
         confidence. Also re-applied after the streaming pipeline, which resets decoding, is built."""
-        from omegaconf import open_dict
-
         m = self.model
         m.eval()
         self._use_sdpa()
         m.encoder.to(self.dtype)  # the mel front end, decoder and joint stay fp32 (see _model_pass)
-        dec = self._checkpoint_decoding.copy()
-        with open_dict(dec):
-            dec.strategy = "greedy_batch"
-            dec.compute_timestamps = True  # always: a request without timestamps just drops them
-            dec.greedy.use_cuda_graph_decoder = bool(self.settings.cuda_graphs and self.device.type == "cuda")
-            # one hotword tree per utterance (hotwords.py). NeMo's multi-model keeps CUDA graphs only
-            # with Triton (part of PyTorch's CUDA wheels); without it NeMo turns graphs off and says so
-            dec.greedy.enable_per_stream_biasing = True
-            dec.confidence_cfg = {
-                "preserve_frame_confidence": True, "preserve_token_confidence": True,
-                "preserve_word_confidence": True, "exclude_blank": True, "aggregation": "min",
-                "method_cfg": {"name": "max_prob"},
-            }
+        dec = offline_decoding_cfg(self._checkpoint_decoding, self.settings.cuda_graphs and self.device.type == "cuda")
         m.change_decoding_strategy(dec, verbose=False)
         greedy = m.decoding.decoding
         greedy.decoding_computer = PerUtteranceBiasing(greedy.decoding_computer)
@@ -210,8 +200,9 @@ class Engine:
             self.lost = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
             lifecycle.LIFECYCLE.poison(self.lost)
 
-    def transcribe_batch(self, signals: list[np.ndarray], attention: str = "full",
-                         boostings: list[Boosting | None] | None = None) -> list[Transcript | ASRError]:
+    def transcribe_batch(
+        self, signals: list[np.ndarray], attention: str = "full", boostings: list[Boosting | None] | None = None
+    ) -> list[Transcript | ASRError]:
         """Transcribe 16 kHz float32 signals in one forward pass (synchronous, takes the lock).
         ``boostings``: each signal's hotwords (``hotword_trees.boosting``), or None.
 
@@ -231,8 +222,9 @@ class Engine:
             out[i] = t
         return out  # type: ignore[return-value]
 
-    def _recovering_pass(self, signals: list[np.ndarray], attention: str,
-                         boostings: list[Boosting | None]) -> list[Transcript | ASRError]:
+    def _recovering_pass(
+        self, signals: list[np.ndarray], attention: str, boostings: list[Boosting | None]
+    ) -> list[Transcript | ASRError]:
         if not signals:
             return []
         try:
@@ -246,16 +238,22 @@ class Engine:
             self.stats["oom_split"] += 1
             log.warning("out of memory on %d clips (longest %.0f s): retrying as two halves", len(signals), longest)
             half = len(signals) // 2
-            return (self._recovering_pass(signals[:half], attention, boostings[:half])
-                    + self._recovering_pass(signals[half:], attention, boostings[half:]))
+            return self._recovering_pass(signals[:half], attention, boostings[:half]) + self._recovering_pass(
+                signals[half:], attention, boostings[half:]
+            )
         if attention == "full":
             self.stats["oom_local"] += 1
             log.warning("out of memory on one %.0f s clip with full attention: retrying with local attention", longest)
             return self._recovering_pass(signals, "local", boostings)
         self.stats["oom_failed"] += 1
         log.error("out of memory on one %.0f s clip even with local attention", longest)
-        return [ASRError(OUT_OF_MEMORY, f"a {longest:.0f} s clip does not fit in GPU memory even with local "
-                                        "attention; send it with chunk_long_audio or a shorter chunk_duration")]
+        return [
+            ASRError(
+                OUT_OF_MEMORY,
+                f"a {longest:.0f} s clip does not fit in GPU memory even with local "
+                "attention; send it with chunk_long_audio or a shorter chunk_duration",
+            )
+        ]
 
     def free_memory(self) -> None:
         """After an OOM: give the allocator's cached blocks back. Captured graphs are dropped
@@ -286,42 +284,34 @@ class Engine:
         The encoder output is cast to the decoder/joint's dtype before decoding: NeMo's CUDA-graph
         decoder turns autocast off, and its joint would then multiply a bf16 encoder output with
         fp32 weights ("mat1 and mat2 must have the same dtype")."""
-        autocast = (torch.autocast(self.device.type, dtype=self.dtype) if self.dtype != torch.float32
-                    else contextlib.nullcontext())
+        autocast = (
+            torch.autocast(self.device.type, dtype=self.dtype)
+            if self.dtype != torch.float32
+            else contextlib.nullcontext()
+        )
         t0 = time.perf_counter()
         with torch.inference_mode():
             batch, length = batch.to(self.device), length.to(self.device)
             feats, feat_len = m.preprocessor(input_signal=batch, length=length)
             with autocast:
                 enc, enc_len = m.encoder(audio_signal=feats.to(self.dtype), length=feat_len)
-            hyps = self._decode(m, enc.to(self.decode_dtype), enc_len, boostings)
+            hyps = decode(m, enc.to(self.decode_dtype), enc_len, boostings)
         took, padded_s = time.perf_counter() - t0, batch.numel() / SAMPLE_RATE
         self.budget.record(padded_s, took)  # what one second of padded audio costs on this device
         metrics.forward_pass("batch", float(length.sum()) / SAMPLE_RATE, took)
         return hyps
 
-    def _decode(self, m, enc: torch.Tensor, enc_len: torch.Tensor, boostings: list[Boosting | None]):
-        """TDT greedy decoding, each utterance with its own hotword tree (or none): the trees are
-        in the decoder's biasing multi-model for this call only. Call with the lock held."""
-        from nemo.collections.asr.parts.utils.timestamp_utils import process_timestamp_outputs
-
-        computer = m.decoding.decoding.decoding_computer
-        ids = register(computer.biasing_multi_model, boostings) if any(boostings) else None
-        computer.ids = None if ids is None else torch.tensor(ids, dtype=torch.long)
-        try:
-            hyps = m.decoding.rnnt_decoder_predictions_tensor(
-                encoder_output=enc, encoded_lengths=enc_len, return_hypotheses=True)
-        finally:
-            computer.ids = None
-            if ids is not None:
-                unregister(computer.biasing_multi_model, ids)
-        return process_timestamp_outputs(hyps, m.encoder.subsampling_factor, m.cfg.preprocessor.window_stride)
-
     # ---- the async entry point
-    async def transcribe(self, signal: np.ndarray, *, use_local_attention: bool = False,
-                         chunk_long_audio: bool = False, chunk_duration: float = 30.0,
-                         hotwords: Hotwords | None = None,
-                         on_progress: Callable[[float], None] | None = None) -> Transcript:
+    async def transcribe(
+        self,
+        signal: np.ndarray,
+        *,
+        use_local_attention: bool = False,
+        chunk_long_audio: bool = False,
+        chunk_duration: float = 30.0,
+        hotwords: Hotwords | None = None,
+        on_progress: Callable[[float], None] | None = None,
+    ) -> Transcript:
         """Transcribe one signal. Short audio goes through the dynamic batcher; long audio gets
         local attention (above the threshold, or when asked) or is chunked (``chunk_long_audio``:
         windows of ``chunk_duration`` s); both run in windows
@@ -337,16 +327,25 @@ class Engine:
         if chunk_long_audio and duration > chunk_duration:
             # chunks longer than full attention fits run with local attention
             attention = "local" if use_local_attention or chunk_duration > limit else "full"
-            return await long_audio.transcribe_windows(self, signal, chunk_duration, None, attention, on_progress,
-                                                          boosting)
+            return await long_audio.transcribe_windows(
+                self, signal, chunk_duration, None, attention, on_progress, boosting
+            )
         if use_local_attention or duration > limit:
-            return await long_audio.transcribe_windows(self, signal, self.settings.local_attention_window_s,
-                                                       LOCAL_WINDOW_OVERLAP_S, "local", on_progress, boosting)
+            return await long_audio.transcribe_windows(
+                self,
+                signal,
+                self.settings.local_attention_window_s,
+                LOCAL_WINDOW_OVERLAP_S,
+                "local",
+                on_progress,
+                boosting,
+            )
         if self.budget.live and duration > self.budget.audio_s():
             # a stream is live: short windows through the batcher, so neither the stream nor the
             # short jobs queued behind this one wait for one long pass
-            return await long_audio.transcribe_windows(self, signal, self.budget.audio_s(), None, "full", on_progress,
-                                                       boosting)
+            return await long_audio.transcribe_windows(
+                self, signal, self.budget.audio_s(), None, "full", on_progress, boosting
+            )
         return await self._batcher.submit((signal, boosting))
 
     def submit(self, signal: np.ndarray, boosting: Boosting | None = None):
@@ -370,8 +369,9 @@ class Engine:
         clip by clip, so only the clip that fails gets the error."""
         signals = [s for s, _ in items]
         out: list[Transcript | Exception | None] = [None] * len(signals)
-        groups = plan_groups([len(x) for x in signals], self.budget.audio_s() * SAMPLE_RATE,
-                             self.settings.max_padding_ratio)
+        groups = plan_groups(
+            [len(x) for x in signals], self.budget.audio_s() * SAMPLE_RATE, self.settings.max_padding_ratio
+        )
         for group in groups:
             for k, t in zip(group, self._run_group([signals[k] for k in group], [items[k][1] for k in group])):
                 out[k] = t

@@ -54,8 +54,12 @@ def parse_hotwords(hotwords, boost) -> Hotwords | None:
     None when there is nothing to boost (no list, an empty list, or boost 0)."""
     if boost is None:
         boost = DEFAULT_BOOST
-    elif isinstance(boost, bool) or not isinstance(boost, (int, float)) or not math.isfinite(boost) \
-            or not MIN_BOOST <= boost <= MAX_BOOST:
+    elif (
+        isinstance(boost, bool)
+        or not isinstance(boost, (int, float))
+        or not math.isfinite(boost)
+        or not MIN_BOOST <= boost <= MAX_BOOST
+    ):
         raise HotwordError(f"hotword_boost must be a number from {MIN_BOOST:g} to {MAX_BOOST:g}")
     if hotwords is None:
         return None
@@ -77,8 +81,9 @@ def parse_hotwords(hotwords, boost) -> Hotwords | None:
             raise HotwordError(f"hotwords[{i}] has more than {MAX_PHRASE_WORDS} words")
         bad = sorted({c for c in phrase if not _allowed(c)})
         if bad:
-            raise HotwordError(f"hotwords[{i}] contains {''.join(bad)!r}: "
-                               f"use letters, digits, spaces and {' '.join(PUNCTUATION)}")
+            raise HotwordError(
+                f"hotwords[{i}] contains {''.join(bad)!r}: use letters, digits, spaces and {' '.join(PUNCTUATION)}"
+            )
         if phrase.casefold() not in seen:
             seen.add(phrase.casefold())
             phrases.append(phrase)
@@ -98,8 +103,12 @@ def spellings(phrase: str, cased: bool) -> list[str]:
     first letter, and with every word capitalized ("new york" -> "New York")."""
     if not cased:
         return [phrase.lower()]
-    forms = [phrase, phrase.lower(), phrase[:1].upper() + phrase[1:],
-             " ".join(w[:1].upper() + w[1:] for w in phrase.split())]
+    forms = [
+        phrase,
+        phrase.lower(),
+        phrase[:1].upper() + phrase[1:],
+        " ".join(w[:1].upper() + w[1:] for w in phrase.split()),
+    ]
     return list(dict.fromkeys(forms))
 
 
@@ -165,8 +174,9 @@ class TreeCache:
         forms = self.forms(phrases)
         if not forms:
             return None
-        cfg = BoostingTreeModelConfig(key_phrases_list=forms, context_score=CONTEXT_SCORE,
-                                      depth_scaling=DEPTH_SCALING, use_triton=None)
+        cfg = BoostingTreeModelConfig(
+            key_phrases_list=forms, context_score=CONTEXT_SCORE, depth_scaling=DEPTH_SCALING, use_triton=None
+        )
         return GPUBoostingTreeModel.from_config(cfg, tokenizer=self.tokenizer)
 
 
@@ -208,5 +218,6 @@ class PerUtteranceBiasing:
     def __call__(self, x, out_len, prev_batched_state=None, multi_biasing_ids=None):
         if self.ids is not None:
             multi_biasing_ids = self.ids.to(out_len.device)
-        return self.computer(x=x, out_len=out_len, prev_batched_state=prev_batched_state,
-                             multi_biasing_ids=multi_biasing_ids)
+        return self.computer(
+            x=x, out_len=out_len, prev_batched_state=prev_batched_state, multi_biasing_ids=multi_biasing_ids
+        )

@@ -26,7 +26,7 @@ BATCH_AUDIO_BUDGET_S = 1200.0  # padded seconds of audio in one forward pass
 def cut(signal: np.ndarray, window_s: float, overlap_s: float | None = None):
     """(spans in seconds, the signal's pieces)."""
     spans = window_spans(len(signal) / SAMPLE_RATE, window_s, overlap_s)
-    return spans, [signal[int(a * SAMPLE_RATE): int(b * SAMPLE_RATE)] for a, b in spans]
+    return spans, [signal[int(a * SAMPLE_RATE) : int(b * SAMPLE_RATE)] for a, b in spans]
 
 
 def first_failure(results: list) -> list:
@@ -46,8 +46,14 @@ def merged(spans, results: list[Transcript], duration: float, attention: str) ->
     return t
 
 
-def run_windows(engine, signal: np.ndarray, attention: str, boosting: Boosting | None, window_s: float,
-                overlap_s: float | None = None) -> Transcript:
+def run_windows(
+    engine,
+    signal: np.ndarray,
+    attention: str,
+    boosting: Boosting | None,
+    window_s: float,
+    overlap_s: float | None = None,
+) -> Transcript:
     """Synchronous: one clip in consecutive passes of ``window_s`` each (a clip that fits runs in
     one pass), every pass with ``attention``. Called with no lock held (each pass takes it)."""
     spans, pieces = cut(signal, window_s, overlap_s)
@@ -64,8 +70,15 @@ def run_pieces(engine, pieces: list[np.ndarray], attention: str, boosting: Boost
     return [run_windows(engine, p, attention, boosting, engine.budget.audio_s()) for p in pieces]
 
 
-async def transcribe_windows(engine, signal: np.ndarray, window_s: float, overlap_s: float | None, attention: str,
-                             on_progress: Callable[[float], None] | None, boosting: Boosting | None) -> Transcript:
+async def transcribe_windows(
+    engine,
+    signal: np.ndarray,
+    window_s: float,
+    overlap_s: float | None,
+    attention: str,
+    on_progress: Callable[[float], None] | None,
+    boosting: Boosting | None,
+) -> Transcript:
     """A long job: full-attention windows go through the batcher one wave at a time (jobs that
     arrive meanwhile are queued before the next wave, so a 3 h file does not hold up a 3 s one);
     local-attention windows run off the batcher, a few per pass. Cancelling leaves nothing queued."""
@@ -83,14 +96,14 @@ async def transcribe_windows(engine, signal: np.ndarray, window_s: float, overla
             # while streams are live, a wave is one pass: jobs queued meanwhile go in between
             wave = max(1, int(engine.budget.audio_s() // window_s)) if engine.budget.live else engine.batch_size
             for k in range(0, len(pieces), wave):
-                pending = [asyncio.ensure_future(engine.submit(p, boosting)) for p in pieces[k: k + wave]]
+                pending = [asyncio.ensure_future(engine.submit(p, boosting)) for p in pieces[k : k + wave]]
                 for fut in pending:
                     results.append(await fut)
                     progressed()
         else:
             per_pass = max(1, min(engine.batch_size, int(BATCH_AUDIO_BUDGET_S // window_s)))
             for k in range(0, len(pieces), per_pass):
-                done = await run_in(BATCH_POOL, run_pieces, engine, pieces[k: k + per_pass], attention, boosting)
+                done = await run_in(BATCH_POOL, run_pieces, engine, pieces[k : k + per_pass], attention, boosting)
                 results += first_failure(done)  # a window that never fits fails the job (out_of_memory)
                 progressed()
     finally:

@@ -43,8 +43,9 @@ class StreamConfig:
         return cls(s.stream_step_s, s.stream_left_s, s.stream_right_s, s.stream_eou_ms)
 
 
-def make_frame(samples: np.ndarray, stream_id: int, first: bool, last: bool, length: int, eou_ms: int | None = None,
-               biasing=None):
+def make_frame(
+    samples: np.ndarray, stream_id: int, first: bool, last: bool, length: int, eou_ms: int | None = None, biasing=None
+):
     """One fixed-size frame of a stream for ``transcribe_step``. ``length``: its true length (the
     last frame is zero-padded); the first frame carries the stream's options (end-of-utterance
     silence, hotword tree)."""
@@ -53,10 +54,17 @@ def make_frame(samples: np.ndarray, stream_id: int, first: bool, last: bool, len
 
     options = None
     if first:
-        options = ASRRequestOptions() if eou_ms is None else ASRRequestOptions(stop_history_eou=eou_ms,
-                                                                               biasing_cfg=biasing)
-    return Frame(samples=torch.from_numpy(np.ascontiguousarray(samples)), stream_id=stream_id, is_first=first,
-                 is_last=last, length=length if last else -1, options=options)
+        options = (
+            ASRRequestOptions() if eou_ms is None else ASRRequestOptions(stop_history_eou=eou_ms, biasing_cfg=biasing)
+        )
+    return Frame(
+        samples=torch.from_numpy(np.ascontiguousarray(samples)),
+        stream_id=stream_id,
+        is_first=first,
+        is_last=last,
+        length=length if last else -1,
+        options=options,
+    )
 
 
 def build_pipeline(engine, config: StreamConfig):
@@ -84,23 +92,46 @@ def build_pipeline(engine, config: StreamConfig):
     model = engine.model
     dtype_name = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}[engine.dtype]
     cuda_graphs = engine.device.type == "cuda" and engine.settings.cuda_graphs
-    cfg = OmegaConf.create({
-        "pipeline_type": "buffered", "asr_decoding_type": "rnnt", "asr_output_granularity": "word",
-        "enable_itn": False, "enable_nmt": False, "return_tail_result": False,
-        "asr": {"model_name": "engine", "device": engine.device.type, "device_id": engine.device.index or 0,
-                "compute_dtype": dtype_name, "use_amp": False,
-                "decoding": {"strategy": "greedy_batch",
-                             "greedy": {"max_symbols": 10, "loop_labels": True,
-                                        "use_cuda_graph_decoder": cuda_graphs,
-                                        "enable_per_stream_biasing": True}}},
-        "streaming": {"sample_rate": SAMPLE_RATE, "batch_size": engine.settings.max_batch_size,
-                      "stateful": True, "chunk_size": c.step_s, "left_padding_size": c.left_s,
-                      "right_padding_size": c.right_s, "request_type": "frame", "padding_mode": "right",
-                      "word_boundary_tolerance": 4},
-        "endpointing": {"stop_history_eou": c.eou_ms, "residue_tokens_at_end": 0},
-        "confidence": {"exclude_blank": True, "aggregation": "min", "method_cfg": {"name": "max_prob"}},
-        "itn": {"batch_size": 32, "n_jobs": 1, "left_padding_size": 4},
-    })
+    cfg = OmegaConf.create(
+        {
+            "pipeline_type": "buffered",
+            "asr_decoding_type": "rnnt",
+            "asr_output_granularity": "word",
+            "enable_itn": False,
+            "enable_nmt": False,
+            "return_tail_result": False,
+            "asr": {
+                "model_name": "engine",
+                "device": engine.device.type,
+                "device_id": engine.device.index or 0,
+                "compute_dtype": dtype_name,
+                "use_amp": False,
+                "decoding": {
+                    "strategy": "greedy_batch",
+                    "greedy": {
+                        "max_symbols": 10,
+                        "loop_labels": True,
+                        "use_cuda_graph_decoder": cuda_graphs,
+                        "enable_per_stream_biasing": True,
+                    },
+                },
+            },
+            "streaming": {
+                "sample_rate": SAMPLE_RATE,
+                "batch_size": engine.settings.max_batch_size,
+                "stateful": True,
+                "chunk_size": c.step_s,
+                "left_padding_size": c.left_s,
+                "right_padding_size": c.right_s,
+                "request_type": "frame",
+                "padding_mode": "right",
+                "word_boundary_tolerance": 4,
+            },
+            "endpointing": {"stop_history_eou": c.eou_ms, "residue_tokens_at_end": 0},
+            "confidence": {"exclude_blank": True, "aggregation": "min", "method_cfg": {"name": "max_prob"}},
+            "itn": {"batch_size": 32, "n_jobs": 1, "left_padding_size": 4},
+        }
+    )
 
     class SharedModel(RNNTInferenceWrapper):
         def load_model(self, model_name, map_location):  # noqa: ARG002 - the engine's model
@@ -121,17 +152,31 @@ def build_pipeline(engine, config: StreamConfig):
 
         def decode(self, encoded, encoded_len, partial_hypotheses):
             return self.own_decoding.rnnt_decoder_predictions_tensor(
-                encoded.to(engine.decode_dtype), encoded_len, return_hypotheses=True,
-                partial_hypotheses=partial_hypotheses)
+                encoded.to(engine.decode_dtype),
+                encoded_len,
+                return_hypotheses=True,
+                partial_hypotheses=partial_hypotheses,
+            )
 
     with engine.exclusive():
-        wrapper = SharedModel(model_name="engine", decoding_cfg=BufferedPipelineBuilder.get_rnnt_decoding_cfg(cfg),
-                              device=cfg.asr.device, device_id=cfg.asr.device_id,
-                              compute_dtype=dtype_name, use_amp=False)
+        wrapper = SharedModel(
+            model_name="engine",
+            decoding_cfg=BufferedPipelineBuilder.get_rnnt_decoding_cfg(cfg),
+            device=cfg.asr.device,
+            device_id=cfg.asr.device_id,
+            compute_dtype=dtype_name,
+            use_amp=False,
+        )
         pipeline = BufferedRNNTPipeline(cfg, wrapper, itn_model=None, nmt_model=None)
         engine.reconfigure()
-    log.info("streaming pipeline: step %.2f s, left %.2f s, right %.2f s, EoU %d ms, %s",
-             pipeline.chunk_size, pipeline.left_padding_size, pipeline.right_padding_size, c.eou_ms, engine.dtype)
+    log.info(
+        "streaming pipeline: step %.2f s, left %.2f s, right %.2f s, EoU %d ms, %s",
+        pipeline.chunk_size,
+        pipeline.left_padding_size,
+        pipeline.right_padding_size,
+        c.eou_ms,
+        engine.dtype,
+    )
     return pipeline
 
 
@@ -141,6 +186,8 @@ def warm_streams(pipeline, n: int) -> None:
     The caller holds the engine (``Engine.exclusive``)."""
     size = int(round(pipeline.chunk_size * SAMPLE_RATE))
     rng = np.random.default_rng(0)
-    frames = [make_frame((rng.standard_normal(size) * 1e-3).astype(np.float32), new_stream_id(), True, True, size)
-              for _ in range(n)]
+    frames = [
+        make_frame((rng.standard_normal(size) * 1e-3).astype(np.float32), new_stream_id(), True, True, size)
+        for _ in range(n)
+    ]
     pipeline.transcribe_step(frames)

@@ -153,8 +153,9 @@ class StreamDecoder:
             self._demand = True
             self._wake.set()
 
-    async def transcribe_whole(self, audios: list[np.ndarray],
-                               boostings: list[Boosting | None] | None = None) -> list[str | None]:
+    async def transcribe_whole(
+        self, audios: list[np.ndarray], boostings: list[Boosting | None] | None = None
+    ) -> list[str | None]:
         """Each whole signal as its own stream, all at once and faster than real time (benchmarks
         and tests; the decoder must be started): each stream's finals joined, None where it failed."""
         streams = [self.open(b) for b in (boostings or [None] * len(audios))]
@@ -211,8 +212,9 @@ class StreamDecoder:
                 self.step_seconds += took
                 self.steps += 1
                 self.frames += len(frames)
-                metrics.stream_step(took, sum(f.length if f.length >= 0 else self.frame_samples
-                                              for f in frames) / SAMPLE_RATE)
+                metrics.stream_step(
+                    took, sum(f.length if f.length >= 0 else self.frame_samples for f in frames) / SAMPLE_RATE
+                )
                 for s, frame, out in zip(batch, frames, outputs):
                     self._deliver(s, frame, out)
                 self._update_demand()
@@ -233,8 +235,12 @@ class StreamDecoder:
         if len(batch) == 1:
             log.warning("streaming step failed for stream %d: %s", batch[0].id, type(exc).__name__, exc_info=exc)
         else:
-            log.warning("a streaming step over %d streams failed (%s): retrying them one by one", len(batch),
-                        type(exc).__name__, exc_info=exc)
+            log.warning(
+                "a streaming step over %d streams failed (%s): retrying them one by one",
+                len(batch),
+                type(exc).__name__,
+                exc_info=exc,
+            )
         if isinstance(exc, torch.OutOfMemoryError):
             await run_in(STREAM_POOL, self.engine.free_memory)  # the next step (and batch jobs) get the cache back
         if len(batch) == 1:
@@ -265,10 +271,14 @@ class StreamDecoder:
         with contextlib.suppress(Exception):  # on a lost GPU freeing may fail too: nothing to keep
             self._free_aborted()
         s.failed = True
-        message = ("the GPU of this worker failed; it is being replaced: reconnect" if fatal
-                   else "decoding failed for this stream; send stop, then start again")
-        s.updates.put_nowait(StreamUpdate(partial="", end=s.samples_done / SAMPLE_RATE, last=True,
-                                          error=message, fatal=fatal))
+        message = (
+            "the GPU of this worker failed; it is being replaced: reconnect"
+            if fatal
+            else "decoding failed for this stream; send stop, then start again"
+        )
+        s.updates.put_nowait(
+            StreamUpdate(partial="", end=s.samples_done / SAMPLE_RATE, last=True, error=message, fatal=fatal)
+        )
 
     def _fail_all(self) -> None:
         """The GPU is lost: every live stream gets a fatal error now, and no stream opens again."""
@@ -288,8 +298,9 @@ class StreamDecoder:
             log.error("the streaming scheduler died", exc_info=task.exception())
         for s in list(self.streams.values()):
             s.closed = s.failed = True
-            s.updates.put_nowait(StreamUpdate(partial="", last=True, error="the streaming decoder stopped; reconnect",
-                                              fatal=True))
+            s.updates.put_nowait(
+                StreamUpdate(partial="", last=True, error="the streaming decoder stopped; reconnect", fatal=True)
+            )
         self.streams.clear()
         self._count_live()
 
@@ -311,7 +322,7 @@ class StreamDecoder:
             if len(part) == len(head):
                 s.pending.popleft()
             else:
-                s.pending[0] = head[len(part):]
+                s.pending[0] = head[len(part) :]
             take.append(part)
             got += len(part)
         s.pending_n -= got
@@ -355,10 +366,23 @@ class StreamDecoder:
         words: list[Word] = []
         if out.final_transcript or frame.is_last:
             final = out.final_transcript.strip()
-            words = [Word(w.text.strip(), round(float(w.start), 3), round(float(w.end), 3),
-                          round(float(w.conf), 4) if w.conf else None) for w in out.final_segments or []]
-        update = StreamUpdate(partial=out.partial_transcript.strip(), final=final, words=words,
-                              end=s.samples_done / SAMPLE_RATE, last=frame.is_last, lag=s.pending_n / SAMPLE_RATE)
+            words = [
+                Word(
+                    w.text.strip(),
+                    round(float(w.start), 3),
+                    round(float(w.end), 3),
+                    round(float(w.conf), 4) if w.conf else None,
+                )
+                for w in out.final_segments or []
+            ]
+        update = StreamUpdate(
+            partial=out.partial_transcript.strip(),
+            final=final,
+            words=words,
+            end=s.samples_done / SAMPLE_RATE,
+            last=frame.is_last,
+            lag=s.pending_n / SAMPLE_RATE,
+        )
         if frame.is_last:
             s.closed = True
             self.streams.pop(s.id, None)

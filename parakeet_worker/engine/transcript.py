@@ -44,8 +44,9 @@ def make_segments(words: list[Word]) -> list[Segment]:
     segments: list[Segment] = []
     cur: list[Word] = []
     for w in words:
-        if cur and (w.start - cur[-1].end > SEGMENT_GAP_S or w.end - cur[0].start > SEGMENT_MAX_S
-                    or cur[-1].word[-1:] in ".?!"):
+        if cur and (
+            w.start - cur[-1].end > SEGMENT_GAP_S or w.end - cur[0].start > SEGMENT_MAX_S or cur[-1].word[-1:] in ".?!"
+        ):
             segments.append(Segment(cur[0].start, cur[-1].end, " ".join(x.word for x in cur)))
             cur = []
         cur.append(w)

@@ -39,8 +39,11 @@ def warm_up(engine) -> dict:
     if pipe is not None:
         report["stream_pipeline"] = round(time.perf_counter() - t, 2)
     rng = np.random.default_rng(0)
-    shapes = ([(1, 2.0), (s.max_batch_size, 2.0), (1, 30.0), (s.max_batch_size, 30.0)] if cuda
-              else [(min(2, s.max_batch_size), 2.0)])
+    shapes = (
+        [(1, 2.0), (s.max_batch_size, 2.0), (1, 30.0), (s.max_batch_size, 30.0)]
+        if cuda
+        else [(min(2, s.max_batch_size), 2.0)]
+    )
     for batch, seconds in shapes:
         t = time.perf_counter()
         clip = (rng.standard_normal(int(SAMPLE_RATE * seconds)) * 0.01).astype(np.float32)
@@ -54,11 +57,14 @@ def warm_up(engine) -> dict:
         with engine.exclusive() as m, torch.inference_mode():
             # NeMo re-captures its graph when a batch or a clip is larger than any before:
             # capture it once at the largest (lengths of 1 frame: the loop itself is trivial)
-            enc = torch.zeros(s.max_batch_size, m.encoder._feat_out, frames, device=engine.device,
-                              dtype=engine.decode_dtype)
+            enc = torch.zeros(
+                s.max_batch_size, m.encoder._feat_out, frames, device=engine.device, dtype=engine.decode_dtype
+            )
             m.decoding.rnnt_decoder_predictions_tensor(
-                encoder_output=enc, encoded_lengths=torch.ones(s.max_batch_size, dtype=torch.long,
-                                                               device=engine.device), return_hypotheses=True)
+                encoder_output=enc,
+                encoded_lengths=torch.ones(s.max_batch_size, dtype=torch.long, device=engine.device),
+                return_hypotheses=True,
+            )
         report[f"decoder_graph_{s.max_batch_size}x{frames}frames"] = round(time.perf_counter() - t, 2)
     t = time.perf_counter()
     if cuda:  # local attention's modules and kernels

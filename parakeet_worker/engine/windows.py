@@ -57,19 +57,25 @@ def merge_windows(spans: list[tuple[float, float]], results: list[Transcript]) -
     the left one's before the seam, the right one's after it. Where the two windows disagree
     near a seam (one heard a word the other did not), the word is kept if the window that heard
     it had it well inside its span and no chosen word covers that time."""
-    shifted = [[Word(w.word, round(start + w.start, 3), round(start + w.end, 3), w.confidence) for w in r.words]
-               for (start, _), r in zip(spans, results)]
+    shifted = [
+        [Word(w.word, round(start + w.start, 3), round(start + w.end, 3), w.confidence) for w in r.words]
+        for (start, _), r in zip(spans, results)
+    ]
     seams = [seam_between(shifted[i], shifted[i + 1], spans[i + 1][0], spans[i][1]) for i in range(len(spans) - 1)]
     bounds = [-math.inf] + seams + [math.inf]
     words = [w for i, ws in enumerate(shifted) for w in ws if bounds[i] <= _mid(w) < bounds[i + 1]]
     extra = []
     for i, seam in enumerate(seams):
         lo, hi = spans[i + 1][0], spans[i][1]
-        others = ([w for w in shifted[i] if seam <= _mid(w) < hi - SEAM_TRUST_S]
-                  + [w for w in shifted[i + 1] if lo + SEAM_TRUST_S <= _mid(w) < seam])
+        others = [w for w in shifted[i] if seam <= _mid(w) < hi - SEAM_TRUST_S] + [
+            w for w in shifted[i + 1] if lo + SEAM_TRUST_S <= _mid(w) < seam
+        ]
         near = [c for c in words if c.end > lo - 1.0 and c.start < hi + 1.0]
-        extra += [w for w in others
-                  if not any(c.start - SEAM_COVER_S < w.end and w.start < c.end + SEAM_COVER_S for c in near)]
+        extra += [
+            w
+            for w in others
+            if not any(c.start - SEAM_COVER_S < w.end and w.start < c.end + SEAM_COVER_S for c in near)
+        ]
     if extra:
         words = sorted(words + extra, key=_mid)
     for a, b in zip(words, words[1:]):  # keep starts monotone across seams

@@ -32,8 +32,10 @@ class DeviceUnavailable(RuntimeError):
 
 def cuda_diagnosis() -> str:
     """Why CUDA is not usable here, in one line: torch's CUDA build, the driver, the devices."""
-    parts = [f"torch {torch.__version__}",
-             f"built for CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build (no CUDA)"]
+    parts = [
+        f"torch {torch.__version__}",
+        f"built for CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build (no CUDA)",
+    ]
     driver = nvidia_driver_version()
     parts.append(f"NVIDIA driver {driver}" if driver else "no NVIDIA driver visible (nvidia-smi absent or failing)")
     try:
@@ -42,15 +44,21 @@ def cuda_diagnosis() -> str:
         parts.append(f"device count failed: {exc}")
     hint = ""
     if torch.version.cuda and driver:
-        hint = (f"; a driver too old for CUDA {torch.version.cuda} is the usual cause (CUDA 13 builds need"
-                " driver >= 580, CUDA 12.8 builds >= 570): pick hosts with a matching CUDA version")
+        hint = (
+            f"; a driver too old for CUDA {torch.version.cuda} is the usual cause (CUDA 13 builds need"
+            " driver >= 580, CUDA 12.8 builds >= 570): pick hosts with a matching CUDA version"
+        )
     return ", ".join(parts) + hint
 
 
 def nvidia_driver_version() -> str:
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=20)
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
     except (OSError, subprocess.SubprocessError):
         return ""
     return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else ""
@@ -65,8 +73,10 @@ def resolve_device(requested: str = "") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(requested)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise DeviceUnavailable(f"DEVICE={requested} but CUDA is not available: {cuda_diagnosis()}. "
-                                "Set DEVICE=cpu to serve on CPU on purpose.")
+        raise DeviceUnavailable(
+            f"DEVICE={requested} but CUDA is not available: {cuda_diagnosis()}. "
+            "Set DEVICE=cpu to serve on CPU on purpose."
+        )
     return dev
 
 
@@ -108,8 +118,9 @@ def compute_dtype(device: torch.device, precision: str) -> torch.dtype:
     return torch.float16
 
 
-def full_attention_limit_s(free_bytes: float, frame_s: float, bytes_per_frame2: float,
-                           headroom: float = FULL_ATTENTION_HEADROOM) -> float:
+def full_attention_limit_s(
+    free_bytes: float, frame_s: float, bytes_per_frame2: float, headroom: float = FULL_ATTENTION_HEADROOM
+) -> float:
     """Longest clip (seconds) whose full attention fits ``free_bytes``: T^2 * K <= headroom * free."""
     if free_bytes <= 0 or bytes_per_frame2 <= 0:
         return 0.0
@@ -139,8 +150,13 @@ def memory_used_fraction(device: torch.device | None) -> float:
 # Messages of errors after which a CUDA context is unusable. An illegal memory access or a failed
 # kernel launch is "sticky": every later call in the process fails the same way, so retrying is
 # pointless and only an exit frees the GPU. Out-of-memory is not among them (it is recoverable).
-_DEVICE_LOST_MARKERS = ("CUDA error", "CUBLAS_STATUS_EXECUTION_FAILED", "CUBLAS_STATUS_INTERNAL_ERROR",
-                        "CUDNN_STATUS_EXECUTION_FAILED", "CUDNN_STATUS_INTERNAL_ERROR")
+_DEVICE_LOST_MARKERS = (
+    "CUDA error",
+    "CUBLAS_STATUS_EXECUTION_FAILED",
+    "CUBLAS_STATUS_INTERNAL_ERROR",
+    "CUDNN_STATUS_EXECUTION_FAILED",
+    "CUDNN_STATUS_INTERNAL_ERROR",
+)
 
 
 def is_device_lost(exc: BaseException) -> bool:
@@ -160,5 +176,7 @@ def describe(device: torch.device, dtype: torch.dtype) -> str:
     if device.type != "cuda":
         return f"cpu ({torch.get_num_threads()} threads), {str(dtype).replace('torch.', '')}"
     cap = torch.cuda.get_device_capability(device)
-    return (f"{torch.cuda.get_device_name(device)} (sm_{cap[0]}{cap[1]}), CUDA {torch.version.cuda}, "
-            f"driver {nvidia_driver_version() or '?'}, {str(dtype).replace('torch.', '')}")
+    return (
+        f"{torch.cuda.get_device_name(device)} (sm_{cap[0]}{cap[1]}), CUDA {torch.version.cuda}, "
+        f"driver {nvidia_driver_version() or '?'}, {str(dtype).replace('torch.', '')}"
+    )

@@ -68,8 +68,11 @@ class Lifecycle:
             if self.poisoned:
                 return False
             self.poisoned = reason.splitlines()[0][:300] if reason else "device error"
-        log.critical("GPU failed (%s): failing open streams and requests, exiting with code %d for a replacement",
-                     self.poisoned, EXIT_DEVICE_LOST)
+        log.critical(
+            "GPU failed (%s): failing open streams and requests, exiting with code %d for a replacement",
+            self.poisoned,
+            EXIT_DEVICE_LOST,
+        )
         metrics.event("device_lost", reason=self.poisoned)
         metrics.DEVICE_LOST.set(1)
         if not self.begin_drain("device_lost", POISON_DRAIN_S):
@@ -138,6 +141,7 @@ class Lifecycle:
         work was left unfinished: say so and exit (code 1: the drain did not complete)."""
         if not self.exit_on_overrun:
             return
+
         def expire():
             log.error("drain did not finish within %.1f s: exiting with work unfinished", timeout_s)
             logging.shutdown()

@@ -34,23 +34,32 @@ ACTIVE_SESSIONS = Gauge("asr_active_sessions", "Open WebSocket sessions", regist
 LIVE_STREAMS = Gauge("asr_live_streams", "Streams being decoded (started, not yet done)", registry=REGISTRY)
 JOBS_QUEUED = Gauge("asr_jobs_queued", "Batch clips waiting for the engine", registry=REGISTRY)
 JOBS_RUNNING = Gauge("asr_jobs_running", "Batch jobs in progress (decoding or transcribing)", registry=REGISTRY)
-REQUESTS = Counter("asr_requests", "Finished batch jobs and stream sessions by outcome",
-                   ["kind", "outcome"], registry=REGISTRY)
+REQUESTS = Counter(
+    "asr_requests", "Finished batch jobs and stream sessions by outcome", ["kind", "outcome"], registry=REGISTRY
+)
 AUDIO_SECONDS = Counter("asr_audio_seconds", "Seconds of audio transcribed", ["kind"], registry=REGISTRY)
-COMPUTE_SECONDS = Counter("asr_compute_seconds", "Seconds the model spent on that audio", ["kind"],
-                          registry=REGISTRY)
-RTF = Gauge("asr_real_time_factor", "Compute seconds per audio second of the last forward pass",
-            ["kind"], registry=REGISTRY)
-STEP_SECONDS = Histogram("asr_stream_step_seconds", "Duration of one batched streaming decoding step",
-                         buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0), registry=REGISTRY)
-ENGINE_WAIT = Histogram("asr_engine_wait_seconds", "Time a caller waited for the engine (fairness)",
-                        ["priority"], buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
-                        registry=REGISTRY)
-STREAM_LAG = Gauge("asr_stream_lag_seconds_max", "Largest undecoded backlog among live streams",
-                   registry=REGISTRY)
+COMPUTE_SECONDS = Counter("asr_compute_seconds", "Seconds the model spent on that audio", ["kind"], registry=REGISTRY)
+RTF = Gauge(
+    "asr_real_time_factor", "Compute seconds per audio second of the last forward pass", ["kind"], registry=REGISTRY
+)
+STEP_SECONDS = Histogram(
+    "asr_stream_step_seconds",
+    "Duration of one batched streaming decoding step",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+    registry=REGISTRY,
+)
+ENGINE_WAIT = Histogram(
+    "asr_engine_wait_seconds",
+    "Time a caller waited for the engine (fairness)",
+    ["priority"],
+    buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+    registry=REGISTRY,
+)
+STREAM_LAG = Gauge("asr_stream_lag_seconds_max", "Largest undecoded backlog among live streams", registry=REGISTRY)
 ERRORS = Counter("asr_errors", "Errors returned to clients, by code", ["code"], registry=REGISTRY)
-REFUSALS = Counter("asr_refusals", "Requests refused before any work (capacity, loading, draining)",
-                   ["reason"], registry=REGISTRY)
+REFUSALS = Counter(
+    "asr_refusals", "Requests refused before any work (capacity, loading, draining)", ["reason"], registry=REGISTRY
+)
 DRAINS = Counter("asr_drains", "Graceful drains started (SIGTERM/SIGINT)", registry=REGISTRY)
 DRAINING = Gauge("asr_draining", "1 while the worker drains before exiting", registry=REGISTRY)
 DEVICE_LOST = Gauge("asr_device_lost", "1 once the GPU failed for good (the worker is exiting)", registry=REGISTRY)
@@ -88,9 +97,9 @@ def event(event_name: str, **fields) -> None:
 class JobRecord:
     """Times one batch job and writes its log line and counters when it ends::
 
-        with metrics.JobRecord(job_id) as rec:
-            ...; rec.audio_s = 12.3
-            rec.fail(code)       # or leave it: the outcome is "ok" unless an exception escapes
+    with metrics.JobRecord(job_id) as rec:
+        ...; rec.audio_s = 12.3
+        rec.fail(code)       # or leave it: the outcome is "ok" unless an exception escapes
     """
 
     def __init__(self, job_id: str, kind: str = "batch"):
@@ -114,5 +123,11 @@ class JobRecord:
         REQUESTS.labels(self.kind, outcome).inc()
         if self.code and self.code != "cancelled":
             error(self.code)
-        event("job", id=self.id, kind=self.kind, outcome=self.code or "ok",
-              seconds=round(time.monotonic() - self.t0, 3), audio_s=round(self.audio_s, 3))
+        event(
+            "job",
+            id=self.id,
+            kind=self.kind,
+            outcome=self.code or "ok",
+            seconds=round(time.monotonic() - self.t0, 3),
+            audio_s=round(self.audio_s, 3),
+        )

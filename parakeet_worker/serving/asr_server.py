@@ -110,8 +110,12 @@ class ASRServer:
 
     @property
     def ready(self) -> bool:
-        return (self.decoder is not None and not self.decoder.failed and bool(self.engine and self.engine.ready)
-                and not self.unhealthy)
+        return (
+            self.decoder is not None
+            and not self.decoder.failed
+            and bool(self.engine and self.engine.ready)
+            and not self.unhealthy
+        )
 
     @property
     def unhealthy(self) -> str:
@@ -188,9 +192,11 @@ class ASRServer:
         """Said at start when anyone who can reach this address may stream without a token."""
         if self.auth_required or _is_loopback(host):
             return None
-        return (f"listening on {host or 'all interfaces'} without a token: any program that can reach this port "
-                "can stream audio and post files to this worker (web pages of other origins are refused, other "
-                "clients are not); set API_TOKEN or WS_AUTH_TOKEN")
+        return (
+            f"listening on {host or 'all interfaces'} without a token: any program that can reach this port "
+            "can stream audio and post files to this worker (web pages of other origins are refused, other "
+            "clients are not); set API_TOKEN or WS_AUTH_TOKEN"
+        )
 
     async def close_sessions(self, code: int, reason: str) -> None:
         for session in list(self.sessions.values()):
@@ -209,8 +215,12 @@ class ASRServer:
         self.draining = True
         deadline = time.monotonic() + max(0.1, timeout_s)
         sessions = list(self.sessions.values())
-        log.info("draining %d session(s) and %d HTTP request(s), at most %.1f s", len(sessions),
-                 self.requests.count, timeout_s)
+        log.info(
+            "draining %d session(s) and %d HTTP request(s), at most %.1f s",
+            len(sessions),
+            self.requests.count,
+            timeout_s,
+        )
         if sessions:
             # a stream the server is too far behind to flush in time is ended with what it has,
             # shortly before the deadline, so that it still gets its last final and done

@@ -16,8 +16,7 @@ def _clock(seconds: float, sep: str) -> str:
 
 
 def to_srt(segments: list[Segment]) -> str:
-    blocks = [f"{i}\n{_clock(s.start, ',')} --> {_clock(s.end, ',')}\n{s.text}\n"
-              for i, s in enumerate(segments, 1)]
+    blocks = [f"{i}\n{_clock(s.start, ',')} --> {_clock(s.end, ',')}\n{s.text}\n" for i, s in enumerate(segments, 1)]
     return "\n".join(blocks)
 
 
@@ -26,8 +25,7 @@ def to_vtt(segments: list[Segment]) -> str:
     return "WEBVTT\n\n" + "\n".join(blocks)
 
 
-def job_output(t: Transcript, *, timestamps: bool, output_format: str, model: str,
-               processing_time: float) -> dict:
+def job_output(t: Transcript, *, timestamps: bool, output_format: str, model: str, processing_time: float) -> dict:
     """The batch output (docs/PROTOCOL.md). Words and segments only when timestamps were asked for;
     ``output_format`` text drops them too, srt/vtt add the subtitle text under their own key."""
     out: dict = {"text": t.text, "duration": round(t.duration, 3), "processing_time": round(processing_time, 3)}

@@ -92,8 +92,10 @@ async def origin_and_host_guard(request: web.Request, handler):
 
 def _refuse(request: web.Request, status: int, message: str) -> web.Response:
     if request.path.startswith("/v1/"):  # the OpenAI routes answer in OpenAI's error shape
-        return web.json_response({"error": {"message": message, "type": "invalid_request_error", "param": None,
-                                             "code": "forbidden"}}, status=status)
+        return web.json_response(
+            {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": "forbidden"}},
+            status=status,
+        )
     return web.Response(status=status, text=message + "\n")
 
 
@@ -125,8 +127,9 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     if not _is_upgrade(request):
         return web.Response(status=404, text="WebSocket endpoint: connect with a WebSocket client\n")
     if server.auth_required and not server.token_ok(offered_tokens(request)):
-        return web.Response(status=401,
-                            text="unauthorized: pass the token as ?token=... or 'Authorization: Bearer ...'\n")
+        return web.Response(
+            status=401, text="unauthorized: pass the token as ?token=... or 'Authorization: Bearer ...'\n"
+        )
     ws = web.WebSocketResponse(max_msg_size=server.settings.ws_max_message_bytes, heartbeat=PING_INTERVAL_S)
     await ws.prepare(request)
     await server.handle(Connection(ws))
@@ -157,10 +160,17 @@ def page_headers(request: web.Request) -> dict[str, str]:
     only to this server's WebSocket and those in PAGE_CONNECT_SRC, and cannot be framed."""
     host = request.host
     connect = " ".join(["'self'", f"ws://{host}", f"wss://{host}", *request.app[SERVER_KEY].settings.page_connect_src])
-    csp = (f"default-src 'none'; script-src {_SCRIPT_SRC} blob:; style-src {_STYLE_SRC}; connect-src {connect}; "
-           "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
-    return {"Content-Security-Policy": csp, "X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY",
-            "Referrer-Policy": "no-referrer", "Cache-Control": "no-cache"}
+    csp = (
+        f"default-src 'none'; script-src {_SCRIPT_SRC} blob:; style-src {_STYLE_SRC}; connect-src {connect}; "
+        "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    )
+    return {
+        "Content-Security-Policy": csp,
+        "X-Content-Type-Options": "nosniff",
+        "X-Frame-Options": "DENY",
+        "Referrer-Policy": "no-referrer",
+        "Cache-Control": "no-cache",
+    }
 
 
 async def page(request: web.Request) -> web.StreamResponse:
@@ -308,9 +318,15 @@ async def serve(server, host: str, port: int, *, http_api: bool = False) -> List
     files and ffmpeg go with them) instead of running to the end for nobody."""
     s = server.settings
     quiet_client_errors()
-    runner = _GuardedRunner(build_app(server, http_api=http_api), s, shutdown_timeout=5.0,
-                            access_log_class=_RequestLog, access_log=request_log(), handler_cancellation=True,
-                            keepalive_timeout=s.keepalive_timeout_s)
+    runner = _GuardedRunner(
+        build_app(server, http_api=http_api),
+        s,
+        shutdown_timeout=5.0,
+        access_log_class=_RequestLog,
+        access_log=request_log(),
+        handler_cancellation=True,
+        keepalive_timeout=s.keepalive_timeout_s,
+    )
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     try:

@@ -41,8 +41,10 @@ def _number(v) -> bool:
 # field's constraints when its value has the default's type (chunk_duration=-5 would pass).
 RULES = {
     "chunk_duration": (lambda v: _number(v) and 5.0 <= v <= 3600.0, "a number of seconds from 5 to 3600"),
-    "output_format": (lambda v: isinstance(v, str) and v.lower() in OUTPUT_FORMATS,
-                      "one of " + ", ".join(OUTPUT_FORMATS)),
+    "output_format": (
+        lambda v: isinstance(v, str) and v.lower() in OUTPUT_FORMATS,
+        "one of " + ", ".join(OUTPUT_FORMATS),
+    ),
     "action": (lambda v: isinstance(v, str) and v.lower() in ACTIONS, "one of " + ", ".join(ACTIONS)),
     "idle_timeout": (lambda v: _number(v) and 1.0 <= v <= 3600.0, "a number of seconds from 1 to 3600"),
     "max_lifetime": (lambda v: _number(v) and 10.0 <= v <= 86400.0, "a number of seconds from 10 to 86400"),
@@ -71,8 +73,9 @@ def parse_request(job_input) -> Request:
         raise ASRError(INVALID_INPUT, "input must be a JSON object")
     result = validate(job_input, {k: dict(v) for k, v in INPUT_SCHEMA.items()})
     errors = [e.replace("<class '", "").replace("'>", "") for e in result.get("errors", [])]
-    errors += [f"{key} must be {hint}" for key, (ok, hint) in RULES.items()
-               if key in job_input and not ok(job_input[key])]
+    errors += [
+        f"{key} must be {hint}" for key, (ok, hint) in RULES.items() if key in job_input and not ok(job_input[key])
+    ]
     if errors:
         raise ASRError(INVALID_INPUT, "; ".join(errors))
     values = dict(result["validated_input"])

@@ -48,19 +48,49 @@ GRANULARITIES = ("word", "segment")
 # parakeet-tdt-0.6b-v3's languages (ISO 639-1 -> the name OpenAI reports); it detects the language
 # itself, so ``language`` is checked but does not steer decoding
 LANGUAGES = {
-    "bg": "bulgarian", "cs": "czech", "da": "danish", "de": "german", "el": "greek", "en": "english",
-    "es": "spanish", "et": "estonian", "fi": "finnish", "fr": "french", "hr": "croatian", "hu": "hungarian",
-    "it": "italian", "lt": "lithuanian", "lv": "latvian", "mt": "maltese", "nl": "dutch", "pl": "polish",
-    "pt": "portuguese", "ro": "romanian", "ru": "russian", "sk": "slovak", "sl": "slovenian", "sv": "swedish",
+    "bg": "bulgarian",
+    "cs": "czech",
+    "da": "danish",
+    "de": "german",
+    "el": "greek",
+    "en": "english",
+    "es": "spanish",
+    "et": "estonian",
+    "fi": "finnish",
+    "fr": "french",
+    "hr": "croatian",
+    "hu": "hungarian",
+    "it": "italian",
+    "lt": "lithuanian",
+    "lv": "latvian",
+    "mt": "maltese",
+    "nl": "dutch",
+    "pl": "polish",
+    "pt": "portuguese",
+    "ro": "romanian",
+    "ru": "russian",
+    "sk": "slovak",
+    "sl": "slovenian",
+    "sv": "swedish",
     "uk": "ukrainian",
 }
-FIELDS = {"file", "model", "response_format", "timestamp_granularities[]", "timestamp_granularities", "language",
-          "prompt", "temperature", "stream",
-          "hotwords[]", "hotwords", "hotword_boost"}  # ours (hotwords.py): a field per word or phrase
+FIELDS = {
+    "file",
+    "model",
+    "response_format",
+    "timestamp_granularities[]",
+    "timestamp_granularities",
+    "language",
+    "prompt",
+    "temperature",
+    "stream",
+    "hotwords[]",
+    "hotwords",
+    "hotword_boost",
+}  # ours (hotwords.py): a field per word or phrase
 
 # our error codes -> HTTP status; OpenAI's clients map 400 to BadRequestError, 413 to APIStatusError
-STATUS = {INVALID_INPUT: 400, INVALID_AUDIO: 400, UNSUPPORTED_FORMAT: 400, AUDIO_TOO_LONG: 400,
-          AUDIO_TOO_LARGE: 413}
+STATUS = {INVALID_INPUT: 400, INVALID_AUDIO: 400, UNSUPPORTED_FORMAT: 400, AUDIO_TOO_LONG: 400, AUDIO_TOO_LARGE: 413}
 
 
 @dataclass
@@ -79,8 +109,9 @@ STATE_KEY = web.AppKey("openai_routes", RouteState)
 def add_routes(app: web.Application, server) -> None:
     """The OpenAI-compatible routes on ``server``'s app."""
     s = server.settings
-    app[STATE_KEY] = RouteState(server, UploadBudget(s.max_uploads, s.spool_budget),
-                                DecodeBudget(s.decode_budget_bytes))
+    app[STATE_KEY] = RouteState(
+        server, UploadBudget(s.max_uploads, s.spool_budget), DecodeBudget(s.decode_budget_bytes)
+    )
     app.router.add_post(ROUTE, transcriptions)
     app.router.add_get("/v1/models", models)
     app.router.add_get("/v1/models/{model:.+}", models)
@@ -113,22 +144,35 @@ def parse_fields(fields: dict[str, list[str]]) -> TranscriptionRequest:
 
     fmt = (one("response_format") or "json").lower()
     if fmt not in RESPONSE_FORMATS:
-        raise APIError(400, f"'{fmt}' is not one of {list(RESPONSE_FORMATS)} - 'response_format'",
-                       param="response_format")
-    granularities = [g.strip().lower() for g in
-                     fields.get("timestamp_granularities[]", []) + fields.get("timestamp_granularities", [])]
+        raise APIError(
+            400, f"'{fmt}' is not one of {list(RESPONSE_FORMATS)} - 'response_format'", param="response_format"
+        )
+    granularities = [
+        g.strip().lower()
+        for g in fields.get("timestamp_granularities[]", []) + fields.get("timestamp_granularities", [])
+    ]
     bad = [g for g in granularities if g not in GRANULARITIES]
     if bad:
-        raise APIError(400, f"'{bad[0]}' is not one of {list(GRANULARITIES)} - 'timestamp_granularities[]'",
-                       param="timestamp_granularities[]")
+        raise APIError(
+            400,
+            f"'{bad[0]}' is not one of {list(GRANULARITIES)} - 'timestamp_granularities[]'",
+            param="timestamp_granularities[]",
+        )
     if granularities and fmt != "verbose_json":
-        raise APIError(400, "timestamp_granularities[] is only supported with response_format 'verbose_json'",
-                       param="timestamp_granularities[]")
+        raise APIError(
+            400,
+            "timestamp_granularities[] is only supported with response_format 'verbose_json'",
+            param="timestamp_granularities[]",
+        )
     language = (one("language") or "").lower() or None
     if language is not None and language not in LANGUAGES:
-        raise APIError(400, f"Unsupported language '{language}': the model speaks "
-                       + ", ".join(sorted(LANGUAGES)) + " (ISO 639-1), and detects which by itself",
-                       param="language")
+        raise APIError(
+            400,
+            f"Unsupported language '{language}': the model speaks "
+            + ", ".join(sorted(LANGUAGES))
+            + " (ISO 639-1), and detects which by itself",
+            param="language",
+        )
     temperature = one("temperature")
     if temperature:
         try:
@@ -138,13 +182,17 @@ def parse_fields(fields: dict[str, list[str]]) -> TranscriptionRequest:
         if not 0.0 <= t <= 1.0:
             raise APIError(400, "temperature must be a number from 0 to 1", param="temperature")
     if (one("stream") or "false").lower() not in ("false", "0"):
-        raise APIError(400, "streaming responses are not supported here; use the WebSocket for live results",
-                       param="stream")
+        raise APIError(
+            400, "streaming responses are not supported here; use the WebSocket for live results", param="stream"
+        )
     one("prompt")
-    return TranscriptionRequest(model=one("model") or "", response_format=fmt,
-                                granularities=tuple(dict.fromkeys(granularities or ["segment"])), language=language,
-                                hotwords=_hotwords(fields.get("hotwords[]", []) + fields.get("hotwords", []),
-                                                   one("hotword_boost")))
+    return TranscriptionRequest(
+        model=one("model") or "",
+        response_format=fmt,
+        granularities=tuple(dict.fromkeys(granularities or ["segment"])),
+        language=language,
+        hotwords=_hotwords(fields.get("hotwords[]", []) + fields.get("hotwords", []), one("hotword_boost")),
+    )
 
 
 def _hotwords(phrases: list[str], boost: str | None) -> Hotwords | None:
@@ -157,8 +205,9 @@ def _hotwords(phrases: list[str], boost: str | None) -> Hotwords | None:
     try:
         return parse_hotwords(phrases or None, number)
     except HotwordError as exc:
-        raise APIError(400, str(exc), param="hotword_boost" if "hotword_boost" in str(exc) else "hotwords[]",
-                       code=INVALID_INPUT) from None
+        raise APIError(
+            400, str(exc), param="hotword_boost" if "hotword_boost" in str(exc) else "hotwords[]", code=INVALID_INPUT
+        ) from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -173,17 +222,32 @@ def verbose_json(t: Transcript, req: TranscriptionRequest, model: str) -> dict:
     ``seek`` 0, ``tokens`` [] (our token ids mean nothing to a Whisper client), ``temperature`` 0
     (greedy decoding), ``avg_logprob`` the mean log of the segment's word confidences,
     ``no_speech_prob`` 0."""
-    out = {"task": "transcribe", "language": LANGUAGES.get(req.language or "", "unknown"),
-           "duration": round(t.duration, 3), "text": t.text, "model": model}
+    out = {
+        "task": "transcribe",
+        "language": LANGUAGES.get(req.language or "", "unknown"),
+        "duration": round(t.duration, 3),
+        "text": t.text,
+        "model": model,
+    }
     if "segment" in req.granularities:
         out["segments"] = []
         for i, s in enumerate(t.segments):
-            confidences = [w.confidence for w in t.words
-                           if w.confidence and s.start <= w.start and w.end <= s.end]
+            confidences = [w.confidence for w in t.words if w.confidence and s.start <= w.start and w.end <= s.end]
             logprob = sum(math.log(max(c, 1e-6)) for c in confidences) / len(confidences) if confidences else 0.0
-            out["segments"].append({"id": i, "seek": 0, "start": s.start, "end": s.end, "text": s.text,
-                                    "tokens": [], "temperature": 0.0, "avg_logprob": round(logprob, 4),
-                                    "compression_ratio": _compression_ratio(s.text), "no_speech_prob": 0.0})
+            out["segments"].append(
+                {
+                    "id": i,
+                    "seek": 0,
+                    "start": s.start,
+                    "end": s.end,
+                    "text": s.text,
+                    "tokens": [],
+                    "temperature": 0.0,
+                    "avg_logprob": round(logprob, 4),
+                    "compression_ratio": _compression_ratio(s.text),
+                    "no_speech_prob": 0.0,
+                }
+            )
     if "word" in req.granularities:
         out["words"] = [{"word": w.word, "start": w.start, "end": w.end} for w in t.words]
     out["usage"] = _usage(t)
@@ -205,8 +269,12 @@ async def models(request: web.Request) -> web.Response:
     if asked is None:
         return web.json_response({"object": "list", "data": [model]})
     if asked != model["id"]:
-        return APIError(404, f"The model '{asked}' does not exist; this worker serves '{model['id']}'",
-                        param="model", code="model_not_found").response()
+        return APIError(
+            404,
+            f"The model '{asked}' does not exist; this worker serves '{model['id']}'",
+            param="model",
+            code="model_not_found",
+        ).response()
     return web.json_response(model)
 
 
@@ -241,25 +309,42 @@ async def _transcriptions(request: web.Request, record: metrics.JobRecord) -> we
     server, settings = state.server, state.server.settings
     try:
         if not authorized(request, settings.http_api_token):
-            raise APIError(401, "Incorrect API key provided: pass the server's API_TOKEN as "
-                           "'Authorization: Bearer <token>'", code="invalid_api_key")
+            raise APIError(
+                401,
+                "Incorrect API key provided: pass the server's API_TOKEN as 'Authorization: Bearer <token>'",
+                code="invalid_api_key",
+            )
         if server.draining:
             metrics.REFUSALS.labels("draining").inc()
-            raise APIError(503, "The server is shutting down; retry on another worker", kind="server_error",
-                           code="shutting_down")
+            raise APIError(
+                503, "The server is shutting down; retry on another worker", kind="server_error", code="shutting_down"
+            )
         if server.unhealthy:
             metrics.REFUSALS.labels("unhealthy").inc()
-            raise APIError(503, "This worker cannot transcribe any more and is being replaced; retry",
-                           kind="server_error", code=INTERNAL_ERROR)
+            raise APIError(
+                503,
+                "This worker cannot transcribe any more and is being replaced; retry",
+                kind="server_error",
+                code=INTERNAL_ERROR,
+            )
         if not server.ready:
             metrics.REFUSALS.labels("loading").inc()
-            raise APIError(503, "The model is still loading; retry shortly", kind="server_error",
-                           code="model_loading")
-        with (state.uploads.upload() as upload, server.requests.track(),
-              tempfile.TemporaryDirectory(prefix="openai-upload-") as tmp):
+            raise APIError(503, "The model is still loading; retry shortly", kind="server_error", code="model_loading")
+        with (
+            state.uploads.upload() as upload,
+            server.requests.track(),
+            tempfile.TemporaryDirectory(prefix="openai-upload-") as tmp,
+        ):
             spool = Path(tmp) / "audio"
-            fields = await read_form(request, settings.max_audio_bytes, spool, upload, settings.upload_stall_s,
-                                     settings.upload_timeout_s, settings.upload_min_rate)
+            fields = await read_form(
+                request,
+                settings.max_audio_bytes,
+                spool,
+                upload,
+                settings.upload_stall_s,
+                settings.upload_timeout_s,
+                settings.upload_min_rate,
+            )
             return await _transcribe_upload(state, fields, spool, record)
     except ClientGone:
         record.fail("cancelled")
@@ -268,18 +353,29 @@ async def _transcriptions(request: web.Request, record: metrics.JobRecord) -> we
     except APIError:
         raise
     except ASRError as exc:
-        raise APIError(STATUS.get(exc.code, 500), exc.message, param="file" if exc.code in STATUS else None,
-                       code=exc.code, kind="invalid_request_error" if exc.code in STATUS else "server_error") from None
+        raise APIError(
+            STATUS.get(exc.code, 500),
+            exc.message,
+            param="file" if exc.code in STATUS else None,
+            code=exc.code,
+            kind="invalid_request_error" if exc.code in STATUS else "server_error",
+        ) from None
     except MemoryError:  # the host's; GPU memory is the engine's to recover (out_of_memory above)
-        raise APIError(500, "out of memory while processing this request", kind="server_error",
-                       code=OUT_OF_MEMORY) from None
+        raise APIError(
+            500, "out of memory while processing this request", kind="server_error", code=OUT_OF_MEMORY
+        ) from None
     except Exception as exc:  # noqa: BLE001 - a bug must fail one request, not the worker
         if hardware.is_device_lost(exc):  # logged once, by lifecycle.poison; never CUDA text to clients
-            raise APIError(503, "This worker's GPU failed while transcribing; retry (another worker will serve it)",
-                           kind="server_error", code=INTERNAL_ERROR) from None
+            raise APIError(
+                503,
+                "This worker's GPU failed while transcribing; retry (another worker will serve it)",
+                kind="server_error",
+                code=INTERNAL_ERROR,
+            ) from None
         log.exception("transcription request failed")
-        raise APIError(500, "the request failed unexpectedly; it has been logged", kind="server_error",
-                       code=INTERNAL_ERROR) from None
+        raise APIError(
+            500, "the request failed unexpectedly; it has been logged", kind="server_error", code=INTERNAL_ERROR
+        ) from None
 
 
 async def _transcribe_upload(state: RouteState, fields: dict, spool: Path, record: metrics.JobRecord) -> web.Response:

@@ -42,8 +42,12 @@ class UploadBudget:
         back when it ends, however it ends."""
         if self.active >= self.max_uploads:
             metrics.REFUSALS.labels("uploads").inc()
-            raise APIError(429, f"{self.max_uploads} uploads are already in progress on this worker; retry shortly",
-                           kind="rate_limit_error", code="too_many_uploads")
+            raise APIError(
+                429,
+                f"{self.max_uploads} uploads are already in progress on this worker; retry shortly",
+                kind="rate_limit_error",
+                code="too_many_uploads",
+            )
         self.active += 1
         ticket = Upload(self)
         try:
@@ -61,8 +65,12 @@ class Upload:
         b = self.budget
         if b.spooled + n > b.max_bytes:
             metrics.REFUSALS.labels("spool").inc()
-            raise APIError(503, "this worker holds too much uploaded audio right now; retry shortly",
-                           kind="server_error", code="server_busy")
+            raise APIError(
+                503,
+                "this worker holds too much uploaded audio right now; retry shortly",
+                kind="server_error",
+                code="server_busy",
+            )
         b.spooled += n
         self.reserved += n
 
@@ -82,14 +90,19 @@ class _CountedBody:
     def _count(self, data: bytes) -> bytes:
         self.n += len(data)
         if self.n > self.limit:
-            raise APIError(413, f"the request is larger than the {self.limit} byte limit (MAX_AUDIO_BYTES + form)",
-                           param="file", code=AUDIO_TOO_LARGE)
+            raise APIError(
+                413,
+                f"the request is larger than the {self.limit} byte limit (MAX_AUDIO_BYTES + form)",
+                param="file",
+                code=AUDIO_TOO_LARGE,
+            )
         elapsed = time.monotonic() - self.t0
         # a byte now and then keeps every read under the stall limit: past a grace period the
         # upload must also keep an average rate
         if self.min_rate and elapsed > self.stall_s and self.n < self.min_rate * elapsed:
-            raise APIError(408, f"the upload is slower than {self.min_rate:g} bytes/s (UPLOAD_MIN_RATE)",
-                           code="upload_timeout")
+            raise APIError(
+                408, f"the upload is slower than {self.min_rate:g} bytes/s (UPLOAD_MIN_RATE)", code="upload_timeout"
+            )
         return data
 
     async def _wait(self, aw):
@@ -97,8 +110,9 @@ class _CountedBody:
             async with asyncio.timeout(self.stall_s):
                 return await aw
         except TimeoutError:
-            raise APIError(408, f"the upload stalled: no data for {self.stall_s:g} s (UPLOAD_STALL_S)",
-                           code="upload_timeout") from None
+            raise APIError(
+                408, f"the upload stalled: no data for {self.stall_s:g} s (UPLOAD_STALL_S)", code="upload_timeout"
+            ) from None
 
     async def readline(self, *args, **kwargs) -> bytes:
         return self._count(await self._wait(self._stream.readline(*args, **kwargs)))
@@ -114,18 +128,34 @@ class _CountedBody:
 class APIError(Exception):
     """An error answered as OpenAI's error object."""
 
-    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
-                 kind: str = "invalid_request_error"):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        kind: str = "invalid_request_error",
+    ):
         super().__init__(message)
         self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
 
     def response(self) -> web.Response:
-        return web.json_response({"error": {"message": self.message, "type": self.kind, "param": self.param,
-                                            "code": self.code}}, status=self.status)
+        return web.json_response(
+            {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}},
+            status=self.status,
+        )
 
 
-async def read_form(request: web.Request, max_bytes: int, spool: Path, upload: Upload,
-                    stall_s: float, timeout_s: float, min_rate: float = 0.0) -> dict[str, list[str]]:
+async def read_form(
+    request: web.Request,
+    max_bytes: int,
+    spool: Path,
+    upload: Upload,
+    stall_s: float,
+    timeout_s: float,
+    min_rate: float = 0.0,
+) -> dict[str, list[str]]:
     """Read the multipart form within ``timeout_s``: the ``file`` part goes to ``spool`` (at most
     ``max_bytes``, reserved in ``upload`` as it is written), the text fields come back by name.
     A form the parser cannot read is a 400, a client gone ``ClientGone``."""
@@ -140,16 +170,20 @@ async def read_form(request: web.Request, max_bytes: int, spool: Path, upload: U
     except (APIError, asyncio.CancelledError):
         raise
     except TimeoutError:
-        raise APIError(408, f"the upload took longer than {timeout_s:g} s (UPLOAD_TIMEOUT_S)",
-                       code="upload_timeout") from None
+        raise APIError(
+            408, f"the upload took longer than {timeout_s:g} s (UPLOAD_TIMEOUT_S)", code="upload_timeout"
+        ) from None
     except ConnectionError:
         raise ClientGone from None
     except OSError:
         raise  # this server's disk: a server error
     except Exception as exc:  # noqa: BLE001 - whatever the parser raises, the form is the client's
         # (the parser's own message may quote the client's bytes: only its kind is told back)
-        raise APIError(400, f"the multipart form could not be read ({type(exc).__name__}): check the boundary, "
-                            "the part headers and the closing boundary") from None
+        raise APIError(
+            400,
+            f"the multipart form could not be read ({type(exc).__name__}): check the boundary, "
+            "the part headers and the closing boundary",
+        ) from None
 
 
 async def _read_parts(reader: MultipartReader, max_bytes: int, spool: Path, upload: Upload) -> dict[str, list[str]]:
@@ -179,8 +213,9 @@ async def _read_parts(reader: MultipartReader, max_bytes: int, spool: Path, uplo
                 raw += chunk
                 text_bytes += len(chunk)
                 if text_bytes > FORM_OVERHEAD:
-                    raise APIError(400, f"the form's text fields are longer than {FORM_OVERHEAD} bytes in all",
-                                   param=part.name)
+                    raise APIError(
+                        400, f"the form's text fields are longer than {FORM_OVERHEAD} bytes in all", param=part.name
+                    )
             fields.setdefault(part.name, []).append(part.decode(bytes(raw)).decode("utf-8", "replace"))
     if "file" not in fields:
         raise APIError(400, "a 'file' part with the audio is required", param="file")
@@ -188,5 +223,6 @@ async def _read_parts(reader: MultipartReader, max_bytes: int, spool: Path, uplo
 
 
 def _too_large(max_bytes: int) -> APIError:
-    return APIError(413, f"the file is larger than the {max_bytes} byte limit (MAX_AUDIO_BYTES)", param="file",
-                    code=AUDIO_TOO_LARGE)
+    return APIError(
+        413, f"the file is larger than the {max_bytes} byte limit (MAX_AUDIO_BYTES)", param="file", code=AUDIO_TOO_LARGE
+    )

@@ -29,8 +29,9 @@ class ProgressReporter:
     """Progress of a long job as ``{"stage", "duration", "progress"}`` (0..1), at most one update
     per ``interval_s``: each update is an HTTP post from its own thread in the SDK."""
 
-    def __init__(self, job: dict, duration: float, send: Callable[[dict, dict], None],
-                 interval_s: float = PROGRESS_INTERVAL_S):
+    def __init__(
+        self, job: dict, duration: float, send: Callable[[dict, dict], None], interval_s: float = PROGRESS_INTERVAL_S
+    ):
         self.job, self.duration = job, round(duration, 1)
         self.send = send
         self.interval_s = interval_s
@@ -43,5 +44,7 @@ class ProgressReporter:
             return
         self.last = now
         self.sent += 1
-        self.send(self.job, {"stage": "transcribing", "duration": self.duration,
-                             "progress": round(min(max(fraction, 0.0), 1.0), 3)})
+        self.send(
+            self.job,
+            {"stage": "transcribing", "duration": self.duration, "progress": round(min(max(fraction, 0.0), 1.0), 3)},
+        )

@@ -51,8 +51,9 @@ class PcmInput:
 
     def __init__(self, sample_rate: int):
         self.carry = b""
-        self.resampler = None if sample_rate == SAMPLE_RATE else soxr.ResampleStream(
-            sample_rate, SAMPLE_RATE, 1, dtype="float32")
+        self.resampler = (
+            None if sample_rate == SAMPLE_RATE else soxr.ResampleStream(sample_rate, SAMPLE_RATE, 1, dtype="float32")
+        )
 
     def feed(self, data: bytes) -> np.ndarray:
         data = self.carry + data
@@ -107,9 +108,14 @@ class Session:
     def log_end(self) -> None:
         """The session's one structured log line (never its audio or text)."""
         metrics.REQUESTS.labels("stream", "ok" if self.outcome in ("client_closed", "shutdown") else "error").inc()
-        metrics.event("session", id=self.id, outcome=self.outcome, seconds=round(time.monotonic() - self.t0, 3),
-                      audio_s=round(self.audio_s + (self.stream.samples_in / SAMPLE_RATE if self.stream else 0.0), 3),
-                      streams=self.streams)
+        metrics.event(
+            "session",
+            id=self.id,
+            outcome=self.outcome,
+            seconds=round(time.monotonic() - self.t0, 3),
+            audio_s=round(self.audio_s + (self.stream.samples_in / SAMPLE_RATE if self.stream else 0.0), 3),
+            streams=self.streams,
+        )
 
     async def send(self, msg: dict) -> None:
         await self.ws.send(json.dumps(msg, ensure_ascii=False))
@@ -118,8 +124,9 @@ class Session:
         await self.send({"type": "error", "code": code, "message": message})
 
     async def run(self) -> None:
-        await self.send({"type": "welcome", "message": "Parakeet real-time ASR: send {\"action\": \"start\"}",
-                         "session_id": self.id})
+        await self.send(
+            {"type": "welcome", "message": 'Parakeet real-time ASR: send {"action": "start"}', "session_id": self.id}
+        )
         s = self.server.settings
         # Only valid messages count as activity: junk every few seconds must not hold a slot. A
         # session that never starts a stream gets the (shorter) start deadline.
@@ -129,13 +136,15 @@ class Session:
             try:
                 msg = await self.ws.recv(timeout=max(0.01, last_valid + limit - time.monotonic()))
             except TimeoutError:
-                if self.closing or (self.stream is not None and not self.stream.closed
-                                    and self.stream.pending_n >= self.server.decoder.frame_samples):
+                if self.closing or (
+                    self.stream is not None
+                    and not self.stream.closed
+                    and self.stream.pending_n >= self.server.decoder.frame_samples
+                ):
                     last_valid = time.monotonic()  # the server owes this client results: not idle
                     continue
                 self.outcome = IDLE_TIMEOUT
-                why = (f"no valid message for {limit:g} s" if self.streams
-                       else f"no stream started within {limit:g} s")
+                why = f"no valid message for {limit:g} s" if self.streams else f"no stream started within {limit:g} s"
                 with contextlib.suppress(ConnectionClosed):
                     await self.error(IDLE_TIMEOUT, f"{why}, closing the session")
                     await self.ws.close(1000, "idle timeout")
@@ -172,13 +181,16 @@ class Session:
 
     async def start(self, msg: dict) -> None:
         if self.stream is not None:
-            raise ASRError(ALREADY_STARTED, "send {\"action\": \"stop\"} before starting again")
+            raise ASRError(ALREADY_STARTED, 'send {"action": "stop"} before starting again')
         rate = msg.get("sample_rate", SAMPLE_RATE)
         if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not MIN_RATE <= rate <= MAX_RATE:
             raise ASRError(INVALID_SAMPLE_RATE, f"sample_rate must be a number from {MIN_RATE} to {MAX_RATE}")
         partial_interval = msg.get("chunk_duration", 2.0)  # public name; it paces partials only
-        if (isinstance(partial_interval, bool) or not isinstance(partial_interval, (int, float))
-                or not 0.0 <= partial_interval <= 30.0):
+        if (
+            isinstance(partial_interval, bool)
+            or not isinstance(partial_interval, (int, float))
+            or not 0.0 <= partial_interval <= 30.0
+        ):
             raise ASRError(INVALID_INPUT, "chunk_duration must be a number of seconds from 0 to 30")
         timestamps = msg.get("timestamps", True)
         if not isinstance(timestamps, bool):
@@ -200,16 +212,23 @@ class Session:
         self.stream = decoder.open(boosting)
         self.streams += 1
         self.reader = asyncio.get_running_loop().create_task(self.relay_updates(self.stream))
-        await self.send({"type": "started", "session_id": self.id, "sample_rate": self.sample_rate,
-                         "chunk_duration": self.partial_interval_s, "timestamps": self.timestamps,
-                         "step_duration": round(decoder.frame_samples / SAMPLE_RATE, 3),
-                         "hotwords": len(boosted.phrases) if boosted else 0})
+        await self.send(
+            {
+                "type": "started",
+                "session_id": self.id,
+                "sample_rate": self.sample_rate,
+                "chunk_duration": self.partial_interval_s,
+                "timestamps": self.timestamps,
+                "step_duration": round(decoder.frame_samples / SAMPLE_RATE, 3),
+                "hotwords": len(boosted.phrases) if boosted else 0,
+            }
+        )
 
     async def on_audio(self, data: bytes) -> None:
         if self.closing:
             return  # shutting down: the stream is being flushed, later audio is not decoded
         if self.stream is None:
-            raise ASRError(NOT_STARTED, "audio before start: send {\"action\": \"start\"} first")
+            raise ASRError(NOT_STARTED, 'audio before start: send {"action": "start"} first')
         if self.stream.failed:
             return  # its error was sent once; audio until the client's stop is dropped quietly
         decoder, stream = self.server.decoder, self.stream
@@ -224,7 +243,7 @@ class Session:
 
     async def stop(self) -> None:
         if self.stream is None:
-            raise ASRError(NOT_STARTED, "nothing to stop: send {\"action\": \"start\"} first")
+            raise ASRError(NOT_STARTED, 'nothing to stop: send {"action": "start"} first')
         self.server.decoder.push(self.stream, self.audio_in.flush())
         stream, reader = self.stream, self.reader
         self.server.decoder.finish(stream)
@@ -234,8 +253,11 @@ class Session:
             await asyncio.gather(reader, return_exceptions=True)  # it sends the remaining finals
         self.stream = self.reader = None
         self.audio_s += stream.samples_in / SAMPLE_RATE
-        done = {"type": "done", "text": " ".join(t for t in self.finals if t),
-                "duration": round(stream.samples_in / SAMPLE_RATE, 3)}
+        done = {
+            "type": "done",
+            "text": " ".join(t for t in self.finals if t),
+            "duration": round(stream.samples_in / SAMPLE_RATE, 3),
+        }
         if self.truncated:  # the drain's deadline came first: audio after the last final was not decoded
             done["truncated"] = True
             self.truncated = False
@@ -274,8 +296,9 @@ class Session:
         lag = stream.pending_n / SAMPLE_RATE
         self.server.decoder.abort(stream)  # a step in flight delivers nothing for it any more
         self.truncated = True
-        stream.updates.put_nowait(StreamUpdate(partial="", final=self.partial, end=stream.samples_done / SAMPLE_RATE,
-                                               last=True, lag=lag))
+        stream.updates.put_nowait(
+            StreamUpdate(partial="", final=self.partial, end=stream.samples_done / SAMPLE_RATE, last=True, lag=lag)
+        )
 
     async def relay_updates(self, stream) -> None:
         """Send this stream's partials and finals, in order, until its last step."""
@@ -306,12 +329,16 @@ class Session:
             if update.final is not None:
                 if update.final:
                     self.finals.append(update.final)
-                    await self.send(self._message(update.final, True, update.words, utterance_start, update.end,
-                                                  update.lag))
+                    await self.send(
+                        self._message(update.final, True, update.words, utterance_start, update.end, update.lag)
+                    )
                 utterance_start = update.words[-1].end if update.words else update.end
                 last_partial, last_sent_at = "", update.end
-            elif (update.partial and update.partial != last_partial
-                  and update.end - last_sent_at >= self.partial_interval_s):
+            elif (
+                update.partial
+                and update.partial != last_partial
+                and update.end - last_sent_at >= self.partial_interval_s
+            ):
                 await self.send(self._message(update.partial, False, [], utterance_start, update.end, update.lag))
                 last_partial, last_sent_at = update.partial, update.end
             if update.last:
@@ -322,8 +349,14 @@ class Session:
         was made (near 0 normally; growing means the server falls behind real time)."""
         if words:
             start, end = words[0].start, words[-1].end
-        msg = {"type": "transcription", "text": text, "is_final": final, "start": round(start, 3),
-               "end": round(max(end, start), 3), "lag": round(lag, 2)}
+        msg = {
+            "type": "transcription",
+            "text": text,
+            "is_final": final,
+            "start": round(start, 3),
+            "end": round(max(end, start), 3),
+            "lag": round(lag, 2),
+        }
         if self.timestamps:
             msg["words"] = [{k: v for k, v in asdict(w).items() if v is not None} for w in words]
         return msg

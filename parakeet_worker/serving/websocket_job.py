@@ -44,7 +44,8 @@ async def ensure_server(settings: Settings, get_engine: Callable[[], Engine]) ->
             _server = server
             # SIGTERM: flush every stream, then the job loops below end with reason "shutdown"
             lifecycle.LIFECYCLE.on_drain(
-                lambda: server.drain(lifecycle.LIFECYCLE.remaining(settings.drain_timeout_s) - 2.0))
+                lambda: server.drain(lifecycle.LIFECYCLE.remaining(settings.drain_timeout_s) - 2.0)
+            )
     return _server
 
 
@@ -99,9 +100,14 @@ async def serve_websocket(job: dict, req: Request, settings: Settings, get_engin
                 break
     finally:
         server.revoke_token(token)  # also when the job is cancelled
-    yield {"status": "finished", "reason": reason, "ws_url": ready["ws_url"],
-           "sessions": server.served - served_before, "active_sessions": len(server.sessions),
-           "seconds": round(now - t0, 1)}
+    yield {
+        "status": "finished",
+        "reason": reason,
+        "ws_url": ready["ws_url"],
+        "sessions": server.served - served_before,
+        "active_sessions": len(server.sessions),
+        "seconds": round(now - t0, 1),
+    }
 
 
 async def websocket_job(job: dict, req: Request, settings: Settings, get_engine: Callable[[], Engine]) -> dict:

@@ -42,6 +42,7 @@ def _patch(module) -> None:
 
         module.BufferedRNNTPipeline.transcribe_step = slow_step
     elif MODE == "stream":
+
         def transcribe_step(self, frames):
             _raise()
 

@@ -61,8 +61,10 @@ def emission_rate(model, enc, enc_len, seconds: float) -> float:
 
 def calibration_clips(n_clips: int = 4) -> list:
     rng = random.Random(0)
-    return [synth.synthesize(synth.random_sentence(rng, synth.load_words("en"), 20, 30), "en", "en-us", rng).audio
-            for _ in range(n_clips)]
+    return [
+        synth.synthesize(synth.random_sentence(rng, synth.load_words("en"), 20, 30), "en", "en-us", rng).audio
+        for _ in range(n_clips)
+    ]
 
 
 def calibrate_emission(model, target: float, n_clips: int = 4) -> tuple[int, float]:
@@ -97,8 +99,9 @@ def tokenizer_dir() -> Path:
     if not (tok_dir / "tokenizer.model").exists():
         corpus = tok_dir / "corpus.txt"
         local_corpus(corpus)
-        create_spt_model(str(corpus), VOCAB_SIZE, sample_size=-1, do_lower_case=False, tokenizer_type="bpe",
-                         output_dir=str(tok_dir))
+        create_spt_model(
+            str(corpus), VOCAB_SIZE, sample_size=-1, do_lower_case=False, tokenizer_type="bpe", output_dir=str(tok_dir)
+        )
         corpus.unlink()
     return tok_dir
 
@@ -115,15 +118,20 @@ def build(tokens_per_second: float = 5.0, seed: int = 0):
     if tokens_per_second > 0:
         d, rate = calibrate_emission(model, tokens_per_second)
         info.update({"forced_duration": d, "tokens_per_second": round(rate, 2)})
-        log.info("duration head biased to %d frames -> measured emission rate %.2f tokens/s (target %.1f)", d,
-                 rate, tokens_per_second)
+        log.info(
+            "duration head biased to %d frames -> measured emission rate %.2f tokens/s (target %.1f)",
+            d,
+            rate,
+            tokens_per_second,
+        )
     return model, info
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--tokens-per-second", type=float, default=5.0,
-                    help="target emission rate; 0 keeps the raw random joint")
+    ap.add_argument(
+        "--tokens-per-second", type=float, default=5.0, help="target emission rate; 0 keeps the raw random joint"
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = ap.parse_args()

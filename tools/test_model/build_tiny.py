@@ -52,8 +52,10 @@ RECIPES = {"v1": synth.V1, "v2": synth.V2, "v3": synth.V3, "v4": synth.V4}
 
 def _synth_chunk(args):
     lang, voices, n, seed, recipe = args
-    return [(u.text, u.lang, u.voice, _int16(u.audio))
-            for u in synth.make_utterances(lang, voices, n, seed, recipe=RECIPES[recipe])]
+    return [
+        (u.text, u.lang, u.voice, _int16(u.audio))
+        for u in synth.make_utterances(lang, voices, n, seed, recipe=RECIPES[recipe])
+    ]
 
 
 def make_training_data(n_en: int, n_ru: int, seed: int, path: Path, recipe: str = "v1") -> None:
@@ -79,8 +81,9 @@ def make_tokenizer(texts: list[str], out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     corpus = out_dir / "corpus.txt"
     corpus.write_text("\n".join(texts) + "\n", encoding="utf-8")
-    create_spt_model(str(corpus), VOCAB_SIZE, sample_size=-1, do_lower_case=True, tokenizer_type="bpe",
-                     output_dir=str(out_dir))
+    create_spt_model(
+        str(corpus), VOCAB_SIZE, sample_size=-1, do_lower_case=True, tokenizer_type="bpe", output_dir=str(out_dir)
+    )
     corpus.unlink()
 
 
@@ -111,8 +114,11 @@ def batches(lens: np.ndarray, max_seconds: float, rng: np.random.Generator) -> l
 def as_dataset(utts: list) -> dict:
     """Utterances in the same packed layout as the training .npz (int16 audio, lengths, texts)."""
     pcm = [_int16(u.audio) for u in utts]
-    return {"audio": np.concatenate(pcm), "lens": np.array([len(a) for a in pcm], dtype=np.int64),
-            "texts": np.array([u.text for u in utts])}
+    return {
+        "audio": np.concatenate(pcm),
+        "lens": np.array([len(a) for a in pcm], dtype=np.int64),
+        "texts": np.array([u.text for u in utts]),
+    }
 
 
 def endless_batches(data: dict, max_seconds: float, rng: np.random.Generator, targets: list, pad_id: int):
@@ -151,8 +157,11 @@ def curriculum(boot_steps: int, ctc_steps: int, tdt_steps: int) -> list[Phase]:
     plateau within a few hundred steps on clean speech of one voice; from there it adapts to every
     voice, speed, noise and both languages with CTC, and only then is the TDT decoder trained on top.
     """
-    return [Phase("bootstrap", boot_steps, "bootstrap", "ctc"), Phase("ctc", ctc_steps, "full", "ctc"),
-            Phase("tdt", tdt_steps, "full", "tdt")]
+    return [
+        Phase("bootstrap", boot_steps, "bootstrap", "ctc"),
+        Phase("ctc", ctc_steps, "full", "ctc"),
+        Phase("tdt", tdt_steps, "full", "tdt"),
+    ]
 
 
 class _Im2colConv(torch.autograd.Function):
@@ -170,9 +179,19 @@ class _Im2colConv(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         stride, padding = ctx.geometry
         with _without_onednn():
-            gx, gw, gb = torch.ops.aten.convolution_backward(grad, x, weight, [weight.shape[0]], stride, padding,
-                                                             [1, 1], False, [0, 0], 1,
-                                                             [ctx.needs_input_grad[0], True, True])
+            gx, gw, gb = torch.ops.aten.convolution_backward(
+                grad,
+                x,
+                weight,
+                [weight.shape[0]],
+                stride,
+                padding,
+                [1, 1],
+                False,
+                [0, 0],
+                1,
+                [ctx.needs_input_grad[0], True, True],
+            )
         return gx, gw, gb, None, None
 
 
@@ -203,8 +222,18 @@ def _fast_first_conv(model, on: bool) -> None:
         first.__class__ = _Im2colConv2d if on else torch.nn.Conv2d
 
 
-def train(model, data: dict, boot: dict | None, phases: list[Phase], seed: int, max_seconds: float, peak_lr: float,
-          ctc_weight: float, warmup: int = 100, probe_every: int = 200) -> dict:
+def train(
+    model,
+    data: dict,
+    boot: dict | None,
+    phases: list[Phase],
+    seed: int,
+    max_seconds: float,
+    peak_lr: float,
+    ctc_weight: float,
+    warmup: int = 100,
+    probe_every: int = 200,
+) -> dict:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     tok = model.tokenizer
@@ -224,8 +253,11 @@ def train(model, data: dict, boot: dict | None, phases: list[Phase], seed: int, 
         progress = (step - decay_from) / max(1, total - decay_from)
         return 1e-5 + 0.5 * (peak_lr - 1e-5) * (1 + math.cos(math.pi * progress))
 
-    streams = {name: endless_batches(d, max_seconds, rng, [tok.text_to_ids(t) for t in d["texts"]], blank)
-               for name, d in (("bootstrap", boot), ("full", data)) if d is not None}
+    streams = {
+        name: endless_batches(d, max_seconds, rng, [tok.text_to_ids(t) for t in d["texts"]], blank)
+        for name, d in (("bootstrap", boot), ("full", data))
+        if d is not None
+    }
     probe = _probe_set()
     spec_aug = model.spec_augmentation
     _fast_first_conv(model, True)
@@ -240,8 +272,10 @@ def train(model, data: dict, boot: dict | None, phases: list[Phase], seed: int, 
             sig, lens, tg, tl = next(streams[phase.data])
             enc, enc_len = model.forward(input_signal=sig, input_signal_length=lens)
             ctc_lp = torch.log_softmax(ctc_head(enc.transpose(1, 2)), -1).transpose(0, 1)
-            ctc = torch.nn.functional.ctc_loss(ctc_lp, tg, enc_len, tl, blank=blank, reduction="sum",
-                                               zero_infinity=True) / tl.sum()
+            ctc = (
+                torch.nn.functional.ctc_loss(ctc_lp, tg, enc_len, tl, blank=blank, reduction="sum", zero_infinity=True)
+                / tl.sum()
+            )
             if phase.loss == "ctc":
                 loss = loss_total = ctc
             else:
@@ -261,23 +295,39 @@ def train(model, data: dict, boot: dict | None, phases: list[Phase], seed: int, 
                 log.info("step %d probe WER %s", step, _probe_wer(model, probe, ctc_head))
             if step % 50 == 0 or step == 1:
                 el = time.time() - t0
-                log.info("[%s] step %d/%d ctc %.3f loss %.3f (avg50 %.3f) lr %.2e  %.0f s elapsed, eta %.0f s",
-                         phase.name, step, total, ctc.item(), loss.item(), float(np.mean(hist[-50:])), lr_at(step),
-                         el, el / step * (total - step))
+                log.info(
+                    "[%s] step %d/%d ctc %.3f loss %.3f (avg50 %.3f) lr %.2e  %.0f s elapsed, eta %.0f s",
+                    phase.name,
+                    step,
+                    total,
+                    ctc.item(),
+                    loss.item(),
+                    float(np.mean(hist[-50:])),
+                    lr_at(step),
+                    el,
+                    el / step * (total - step),
+                )
         timing[phase.name] = {"steps": phase.steps, "seconds": round(time.time() - t_phase, 1)}
     model.spec_augmentation = spec_aug
     _fast_first_conv(model, False)
     model.eval()
-    return {"steps": total, "phases": timing, "train_seconds": round(time.time() - t0, 1),
-            "final_tdt_loss": float(np.mean(hist[-100:]))}
+    return {
+        "steps": total,
+        "phases": timing,
+        "train_seconds": round(time.time() - t0, 1),
+        "final_tdt_loss": float(np.mean(hist[-100:])),
+    }
 
 
 def _probe_set() -> list:
     """A few fresh sentences per language, to log real WER while training (cheap: ~1 s), then
     unpadded 1-2-word utterances (issue 15's hardest case) for the exact-match rate."""
-    return ([synth.make_utterances(lang, synth.train_voices(lang), 16, seed) for lang, seed in (("en", 77), ("ru", 78))]
-            + [[u for u, _ in synth.edge_pairs(lang, synth.train_voices(lang), 32, seed, (1, 2))]
-               for lang, seed in (("en", 79), ("ru", 80))])
+    return [
+        synth.make_utterances(lang, synth.train_voices(lang), 16, seed) for lang, seed in (("en", 77), ("ru", 78))
+    ] + [
+        [u for u, _ in synth.edge_pairs(lang, synth.train_voices(lang), 32, seed, (1, 2))]
+        for lang, seed in (("en", 79), ("ru", 80))
+    ]
 
 
 def _greedy(model, utts: list):
@@ -308,8 +358,11 @@ def _probe_wer(model, probe, ctc_head=None) -> str:
                     texts.append(model.tokenizer.ids_to_text(ids))
                 ctc_out.append(f"{jiwer.wer([u.text for u in utts], texts):.3f}")
     model.train()
-    return (f"tdt en {out[0]} ru {out[1]}" + (f" | ctc en {ctc_out[0]} ru {ctc_out[1]}" if ctc_out else "")
-            + f" | 1-2 words unpadded exact en {short[0]} ru {short[1]}")
+    return (
+        f"tdt en {out[0]} ru {out[1]}"
+        + (f" | ctc en {ctc_out[0]} ru {ctc_out[1]}" if ctc_out else "")
+        + f" | 1-2 words unpadded exact en {short[0]} ru {short[1]}"
+    )
 
 
 # ---------------------------------------------------------------- evaluation
@@ -381,11 +434,20 @@ def evaluate(model_path: Path, n: int) -> dict:
         texts = _nemo_transcribe(engine.model, [u.audio for u, _ in pairs])
         res["short_exact_unpadded_nemo_transcribe"] = round(float(np.mean([r == t for r, t in zip(refs, texts)])), 4)
         results[name] = res
-        log.info("eval %-20s WER %.2f%% | sentences WER unpadded %.2f%% padded %.2f%%, first word %.1f%% / %.1f%%"
-                 " | 1-2 words exact %.1f%% / %.1f%% (NeMo transcribe() %.1f%%) | timestamps ok: %s", name,
-                 100 * res["wer"], 100 * res["wer_unpadded"], 100 * res["wer_padded"], 100 * res["first_word_unpadded"],
-                 100 * res["first_word_padded"], 100 * res["short_exact_unpadded"], 100 * res["short_exact_padded"],
-                 100 * res["short_exact_unpadded_nemo_transcribe"], ts_ok)
+        log.info(
+            "eval %-20s WER %.2f%% | sentences WER unpadded %.2f%% padded %.2f%%, first word %.1f%% / %.1f%%"
+            " | 1-2 words exact %.1f%% / %.1f%% (NeMo transcribe() %.1f%%) | timestamps ok: %s",
+            name,
+            100 * res["wer"],
+            100 * res["wer_unpadded"],
+            100 * res["wer_padded"],
+            100 * res["first_word_unpadded"],
+            100 * res["first_word_padded"],
+            100 * res["short_exact_unpadded"],
+            100 * res["short_exact_padded"],
+            100 * res["short_exact_unpadded_nemo_transcribe"],
+            ts_ok,
+        )
     return results
 
 
@@ -408,14 +470,26 @@ def _rel(value) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--stage", choices=["all", "data", "train", "eval"], default="all",
-                    help="all: data, training, evaluation; train: data (unless cached) and training only")
+    ap.add_argument(
+        "--stage",
+        choices=["all", "data", "train", "eval"],
+        default="all",
+        help="all: data, training, evaluation; train: data (unless cached) and training only",
+    )
     ap.add_argument("--seed", type=int, default=1234)
-    ap.add_argument("--data-seed", type=int, help="seed of the training data (default: --seed); a second fine-tune"
-                    " on the same data takes it with a new --seed, which reshuffles the batches")
-    ap.add_argument("--recipe", choices=sorted(RECIPES), default="v1",
-                    help="training data: v1 (the first model's), v2 to v4 (issue 15: speech from the first sample,"
-                    " 1-2-word utterances; used for fine-tunes of v1, see MODEL_CARD.md)")
+    ap.add_argument(
+        "--data-seed",
+        type=int,
+        help="seed of the training data (default: --seed); a second fine-tune"
+        " on the same data takes it with a new --seed, which reshuffles the batches",
+    )
+    ap.add_argument(
+        "--recipe",
+        choices=sorted(RECIPES),
+        default="v1",
+        help="training data: v1 (the first model's), v2 to v4 (issue 15: speech from the first sample,"
+        " 1-2-word utterances; used for fine-tunes of v1, see MODEL_CARD.md)",
+    )
     ap.add_argument("--n-en", type=int, default=16000)
     ap.add_argument("--n-ru", type=int, default=10000)
     ap.add_argument("--boot-steps", type=int, default=400, help="phase 1: CTC on clean speech of one voice")
@@ -429,8 +503,12 @@ def main() -> None:
     ap.add_argument("--eval-n", type=int, default=200)
     ap.add_argument("--probe-every", type=int, default=200, help="log the probe WERs every N steps (~20 s each)")
     ap.add_argument("--out", type=Path, default=MODEL_PATH)
-    ap.add_argument("--metrics", type=Path, help="where the metrics go (default: next to --out; the committed"
-                    " model's are tests/assets/tiny_parakeet_metrics.json)")
+    ap.add_argument(
+        "--metrics",
+        type=Path,
+        help="where the metrics go (default: next to --out; the committed"
+        " model's are tests/assets/tiny_parakeet_metrics.json)",
+    )
     ap.add_argument("--init", type=Path, help="start from this .nemo instead of random weights")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -464,19 +542,40 @@ def main() -> None:
         if not args.init:  # phase 1's clean single-voice set (V1, no augmentation: unchanged since the first model)
             boot = as_dataset(synth.make_utterances("en", ["en-us"], 600, args.seed + 1, augment=False))
         phases = curriculum(0 if args.init else args.boot_steps, 0 if args.init else args.ctc_steps, args.steps)
-        info = train(model, data, boot, phases, args.seed, args.batch_seconds, args.lr, args.ctc_weight, args.warmup,
-                     args.probe_every)
-        info.update({"data_recipe": dataclasses.asdict(RECIPES[args.recipe]), "parameters": n_params,
-                     "train_utterances": int(len(data["lens"])),
-                     "train_hours": round(float(data["lens"].sum()) / 16000 / 3600, 2), "seed": args.seed,
-                     "threads": torch.get_num_threads(), "args": {k: _rel(v) for k, v in vars(args).items()}})
+        info = train(
+            model,
+            data,
+            boot,
+            phases,
+            args.seed,
+            args.batch_seconds,
+            args.lr,
+            args.ctc_weight,
+            args.warmup,
+            args.probe_every,
+        )
+        info.update(
+            {
+                "data_recipe": dataclasses.asdict(RECIPES[args.recipe]),
+                "parameters": n_params,
+                "train_utterances": int(len(data["lens"])),
+                "train_hours": round(float(data["lens"].sum()) / 16000 / 3600, 2),
+                "seed": args.seed,
+                "threads": torch.get_num_threads(),
+                "args": {k: _rel(v) for k, v in vars(args).items()},
+            }
+        )
         model.save_to(str(args.out))
         log.info("saved %s (%.1f MB)", args.out, args.out.stat().st_size / 1e6)
     if args.stage in ("all", "eval"):
         results = evaluate(args.out, args.eval_n)
         old = json.loads(args.metrics.read_text()) if args.metrics.exists() and not info else {}
-        metrics = {**old, **({"training": info} if info else {}), "eval": results,
-                   "model_size_mb": round(args.out.stat().st_size / 1e6, 2)}
+        metrics = {
+            **old,
+            **({"training": info} if info else {}),
+            "eval": results,
+            "model_size_mb": round(args.out.stat().st_size / 1e6, 2),
+        }
         if args.stage == "all":
             metrics["build_seconds"] = round(time.time() - t_build, 1)
         args.metrics.write_text(json.dumps(metrics, indent=2) + "\n")

@@ -125,6 +125,7 @@ def _edges_v2(rng: random.Random, mix: tuple[float, float, float]) -> tuple[floa
     into the first phoneme (a VAD cut, a stream joined mid-word); a fifth have a short lead; the
     rest keep the V1 silences. The end is drawn the same way, with shallower cuts."""
     cut, exact, short = mix
+
     def one(max_cut: float) -> tuple[float, float]:
         r = rng.random()
         if r < cut:
@@ -162,8 +163,9 @@ def espeak(text: str, voice: str, speed: int = 175, pitch: int = 50, gap: int = 
     return soxr.resample(pcm, _ESPEAK_RATE, SAMPLE_RATE).astype(np.float32)
 
 
-def synthesize(text: str, lang: str, voice: str, rng: random.Random, augment: bool = True,
-               recipe: Recipe = V1) -> Utterance:
+def synthesize(
+    text: str, lang: str, voice: str, rng: random.Random, augment: bool = True, recipe: Recipe = V1
+) -> Utterance:
     """One utterance with random speaking rate, pitch, loudness, silences and light noise."""
     if augment:
         speed, pitch, gap = rng.randint(*recipe.speed), rng.randint(25, 75), rng.choice([0, 0, 0, 1, 2])
@@ -180,9 +182,9 @@ def synthesize(text: str, lang: str, voice: str, rng: random.Random, augment: bo
         speech = trim_to_speech(speech, margin=160)
         lead = rng.uniform(0.05, 0.6) if augment else 0.2
         tail = rng.uniform(0.05, 0.6) if augment else 0.2
-    audio = np.concatenate([
-        np.zeros(int(lead * SAMPLE_RATE), np.float32), speech, np.zeros(int(tail * SAMPLE_RATE), np.float32)
-    ])
+    audio = np.concatenate(
+        [np.zeros(int(lead * SAMPLE_RATE), np.float32), speech, np.zeros(int(tail * SAMPLE_RATE), np.float32)]
+    )
     if augment:
         lo, hi = recipe.gain
         level = rng.uniform(lo, hi) if recipe.edges == "v1" else math.exp(rng.uniform(math.log(lo), math.log(hi)))
@@ -204,8 +206,9 @@ def synthesize(text: str, lang: str, voice: str, rng: random.Random, augment: bo
     return Utterance(text, lang, voice, audio.astype(np.float32), lead, lead + speech.size / SAMPLE_RATE)
 
 
-def edge_pairs(lang: str, voices: list[str], n: int, seed: int,
-               words_range: tuple[int, int] = (3, 12), pad: float = 0.3) -> list[tuple[Utterance, Utterance]]:
+def edge_pairs(
+    lang: str, voices: list[str], n: int, seed: int, words_range: tuple[int, int] = (3, 12), pad: float = 0.3
+) -> list[tuple[Utterance, Utterance]]:
     """``n`` (unpadded, padded) pairs of the same speech: unpadded is espeak-ng's output trimmed to
     its first and last non-silent sample, padded has ``pad`` s of silence added at both ends.
     Rate, pitch, level and noise are drawn as in training (V1 ranges) and shared by the pair."""
@@ -225,8 +228,12 @@ def edge_pairs(lang: str, voices: list[str], n: int, seed: int,
         padded = np.concatenate([np.zeros(k, np.float32), speech, np.zeros(k, np.float32)]) + noise
         unpadded = speech + noise[k : k + speech.size]
         end = speech.size / SAMPLE_RATE
-        out.append((Utterance(text, lang, voice, unpadded.astype(np.float32), 0.0, end),
-                    Utterance(text, lang, voice, padded.astype(np.float32), pad, pad + end)))
+        out.append(
+            (
+                Utterance(text, lang, voice, unpadded.astype(np.float32), 0.0, end),
+                Utterance(text, lang, voice, padded.astype(np.float32), pad, pad + end),
+            )
+        )
     return out
 
 
@@ -241,8 +248,15 @@ def pad_batch(audios: list[np.ndarray]):
     return sig, lens
 
 
-def make_utterances(lang: str, voices: list[str], n: int, seed: int, augment: bool = True,
-                    recipe: Recipe = V1, words_range: tuple[int, int] | None = None) -> list[Utterance]:
+def make_utterances(
+    lang: str,
+    voices: list[str],
+    n: int,
+    seed: int,
+    augment: bool = True,
+    recipe: Recipe = V1,
+    words_range: tuple[int, int] | None = None,
+) -> list[Utterance]:
     """``n`` utterances; ``words_range`` fixes the words per utterance (else the recipe's mix)."""
     rng = random.Random(seed)
     words = load_words(lang)
