@@ -199,9 +199,9 @@ async def stream_file_to_websocket(
 ) -> str:
     """Decode any audio file, stream it as 16 kHz PCM16 (paced in real time unless ``realtime``
     is false), print partials and finals, return the final transcript (the server's ``done``)."""
-    from parakeet_worker.audio.decode import decode_audio
+    from parakeet_worker.audio.decode import decode_audio_async
 
-    audio = decode_audio(Path(audio_file), max_seconds=24 * 3600.0).samples
+    audio = (await decode_audio_async(Path(audio_file), max_seconds=24 * 3600.0)).samples
     pcm = pcm16_bytes(audio)
     step = int(SAMPLE_RATE * frame_seconds) * 2
     async with ASRWebSocketClient(websocket_url, token) as client:

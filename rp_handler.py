@@ -31,16 +31,16 @@ import time
 import runpod
 import torch
 
-from parakeet_worker.audio import decode as audio_utils
 from parakeet_worker.audio import fetch
 from parakeet_worker.audio.budget import DecodeBudget
+from parakeet_worker.audio.decode import DecodedAudio, decode_audio_async
 from parakeet_worker.audio.formats import decode_base64
 from parakeet_worker.config.errors import INTERNAL_ERROR, OUT_OF_MEMORY, ASRError
 from parakeet_worker.config.logs import configure_logging
 from parakeet_worker.config.settings import Settings
 from parakeet_worker.engine.engine import Engine
 from parakeet_worker.runtime import hardware, lifecycle, metrics
-from parakeet_worker.runtime.scheduling import DECODE_POOL, run_in
+from parakeet_worker.runtime.scheduling import BLOCKING_POOL, run_in
 from parakeet_worker.serving.formatting import job_output
 from parakeet_worker.serving.job_schema import Request, parse_request
 from parakeet_worker.serving.progress import ProgressReporter, post_progress
@@ -64,21 +64,21 @@ def get_engine() -> Engine:
     return _engine
 
 
-async def fetch_audio(req: Request, engine: Engine) -> audio_utils.DecodedAudio:
+async def fetch_audio(req: Request, engine: Engine) -> DecodedAudio:
     """The job's audio, decoded within the worker's decode budget. A cancelled job leaves no
     temp file and no ffmpeg behind (download and decode clean up on cancellation)."""
     s = SETTINGS
     if req.audio_base64 is not None:
         with engine.request_arriving():  # jobs that arrive together are batched together
-            data = await run_in(DECODE_POOL, decode_base64, req.audio_base64, s.max_audio_bytes)
-            return await audio_utils.decode_audio_async(data, s.max_audio_seconds, req.format, DECODE_BUDGET)
+            data = await run_in(BLOCKING_POOL, decode_base64, req.audio_base64, s.max_audio_bytes)
+            return await decode_audio_async(data, s.max_audio_seconds, req.format, DECODE_BUDGET)
     policy = fetch.DownloadPolicy(
         s.max_audio_bytes, s.download_timeout_s, s.max_redirects, s.allow_private_urls, s.allowed_url_hosts
     )
     path = await fetch.download(req.audio_url, policy)
     try:
         with engine.request_arriving():
-            return await audio_utils.decode_audio_async(path, s.max_audio_seconds, req.format, DECODE_BUDGET)
+            return await decode_audio_async(path, s.max_audio_seconds, req.format, DECODE_BUDGET)
     finally:
         path.unlink(missing_ok=True)
 
@@ -124,13 +124,16 @@ async def _handle(job: dict, record: metrics.JobRecord) -> dict:
             hotwords=req.hotwords,
             on_progress=progress,
         )
-        return job_output(
+        # hours of audio make a large output: built off the event loop (other jobs' streams run on it)
+        format_output = functools.partial(
+            job_output,
             transcript,
             timestamps=req.timestamps,
             output_format=req.output_format,
             model=engine.model_name,
             processing_time=time.perf_counter() - t0,
         )
+        return await run_in(BLOCKING_POOL, format_output)
     except ASRError as exc:
         return {"error": str(exc)}
     except (MemoryError, torch.OutOfMemoryError):  # the engine recovers GPU OOM itself; this is what is left

@@ -11,6 +11,10 @@ SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq espeak-ng sox ffmpeg libsndfile1 chromium firefox-esr pulseaudio >/dev/null
 
-# torch first: on a CPU machine the CPU wheel (a plain `torch` would pull a multi-GB CUDA build).
-python3 -m pip install -q "${TORCH_SPEC:-torch==2.13.0}"
+# torch first, pinned, so that NeMo's requirements do not pick another version. Which build comes
+# is the package index's: PyPI's Linux wheel is the CUDA build (GBs); for the CPU build on a
+# machine without a GPU, set TORCH_INDEX=https://download.pytorch.org/whl/cpu.
+python3 -m pip install -q ${TORCH_INDEX:+--index-url "$TORCH_INDEX"} "${TORCH_SPEC:-torch==2.13.0}"
 python3 -m pip install -q -r requirements-dev.txt
+# the worker's package, importable from anywhere (its dependencies are the lines above)
+python3 -m pip install -q --no-deps -e .

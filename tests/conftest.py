@@ -4,8 +4,17 @@ import random
 
 import pytest
 
-from tests.helpers import FORMATS, SAMPLE_TEXT, TINY_MODEL, encode, write_wav
+from tests.helpers import FORMATS, SAMPLE_TEXT, TINY_MODEL, encode, require_model, write_wav
 from tools.test_model import synth
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "requires_model: needs the tiny test model (an error if it is missing)")
+
+
+def pytest_runtest_setup(item):
+    if item.get_closest_marker("requires_model") is not None:
+        require_model()  # fails the test, naming the path and how to build the model
 
 
 @pytest.fixture(scope="session")
@@ -13,8 +22,7 @@ def tiny_model():
     """The committed test model, loaded through the product's own loading function."""
     from parakeet_worker.engine.model_loader import load_model
 
-    if not TINY_MODEL.exists():
-        pytest.skip(f"{TINY_MODEL} is not built yet (python tools/test_model/build_tiny.py)")
+    require_model()
     return load_model(str(TINY_MODEL), device="cpu")
 
 
@@ -40,8 +48,7 @@ def lb_worker(tmp_path_factory):
 
     from tests.helpers import LB_MAX_BYTES, ROOT, free_port
 
-    if not TINY_MODEL.exists():
-        pytest.skip(f"{TINY_MODEL} is not built yet (python tools/test_model/build_tiny.py)")
+    require_model()
     port, token = free_port(), "lb-secret"
     env = {
         **os.environ,

@@ -14,9 +14,21 @@ from tools.test_model import synth
 ROOT = Path(__file__).resolve().parents[1]
 TINY_MODEL = Path(os.environ.get("TINY_MODEL_PATH", ROOT / "tests" / "assets" / "tiny_parakeet.nemo"))
 
-requires_model = pytest.mark.skipif(
-    not TINY_MODEL.exists(), reason=f"{TINY_MODEL} is not built yet (python tools/test_model/build_tiny.py)"
+MISSING_MODEL = (
+    f"the test model {TINY_MODEL} does not exist: build it with `python tools/test_model/build_tiny.py` "
+    "(it writes tests/assets/tiny_parakeet.nemo), or set TINY_MODEL_PATH to an existing tiny model"
 )
+
+
+def require_model() -> None:
+    """A missing test model is an error, never a skip: a wrong TINY_MODEL_PATH must not turn most
+    of the suite into skips that look like a pass."""
+    if not TINY_MODEL.is_file():
+        pytest.fail(MISSING_MODEL, pytrace=False)
+
+
+# tests that need the model; conftest.py fails them (not skips them) when it is missing
+requires_model = pytest.mark.requires_model
 
 FORMATS = synth.FORMATS  # every container/codec the product claims
 SAMPLE_TEXT = "good morning teacher please open window today"

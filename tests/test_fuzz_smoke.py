@@ -15,6 +15,10 @@ TARGETS = fuzz.targets()
 
 @pytest.mark.parametrize("name", list(TARGETS))
 def test_the_committed_corpus_stays_fixed(name):
+    """Every target has a seed corpus (real inputs, valid and hostile, and the findings of past
+    runs): a replay over an empty or missing folder would pass while checking nothing."""
+    inputs = sorted(p for p in (fuzz.CORPUS / name).glob("*") if p.is_file())
+    assert inputs, f"tests/fuzz_corpus/{name}/ is empty or missing: nothing is replayed for this target"
     assert fuzz.replay(TARGETS[name]) == []
 
 

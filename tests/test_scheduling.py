@@ -82,11 +82,15 @@ def test_drain_runs_each_callback_once_and_late_callbacks_at_once():
     calls = []
     lc.on_drain(lambda: calls.append("early"))
     assert not lc.draining
+    assert lc.remaining(30.0) == 30.0  # not draining: the whole budget
     assert lc.begin_drain("SIGTERM") is True
     assert lc.begin_drain("SIGTERM") is False
     lc.on_drain(lambda: calls.append("late"))
     assert calls == ["early", "late"] and lc.draining and lc.reason == "SIGTERM"
-    assert lc.remaining(30.0) <= 30.0
+    # the budget counts down from the first signal, and runs out
+    lc.drain_started -= 12.0  # as if the signal had come 12 s ago
+    assert 17.0 < lc.remaining(30.0) <= 18.0, lc.remaining(30.0)
+    assert lc.remaining(10.0) == 0.0
     lc.reset()
     assert not lc.draining
 

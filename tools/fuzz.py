@@ -11,7 +11,10 @@ really connect to as the oracle), ``ws`` (the WebSocket message parser), ``opena
 route's form fields: only its coded 4xx errors, and a request that honours OpenAI's rules) and
 ``multipart`` (the route's form reader on raw, mutated multipart bodies: a 4xx or a form, never
 anything else).
-Each finding is written to ``tests/fuzz_corpus/<target>/`` (kept in git: tests replay it).
+Each finding is written to ``tests/fuzz_corpus/<target>/`` (kept in git: tests replay it). Every
+target's folder also holds a small seed corpus of real inputs, valid and hostile (tiny speech files
+in several containers, job inputs, URLs, WebSocket messages, form fields, multipart bodies); the
+replay test fails on an empty folder.
 Built on hypothesis: strategies generate and mutate, its shrinker makes findings small.
 """
 
@@ -538,7 +541,11 @@ def replay(target: Target, corpus: Path = CORPUS) -> list[Finding]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=60.0, help="fuzzing time per target")
-    ap.add_argument("--target", choices=["all", "decode", "base64", "request", "url", "ws", "openai"], default="all")
+    ap.add_argument(
+        "--target",
+        choices=["all", "decode", "base64", "request", "url", "ws", "openai", "multipart"],
+        default="all",
+    )
     ap.add_argument("--seed", type=int, default=int(time.time()))
     ap.add_argument("--replay", action="store_true", help="only replay the committed corpus")
     ap.add_argument("--save", action="store_true", help="write new findings to tests/fuzz_corpus/")

@@ -109,27 +109,13 @@ def _samples(seconds: float) -> int:
 def decode_audio(
     source: bytes | Path, max_seconds: float, format_hint: str | None = None, budget: DecodeBudget | None = None
 ) -> DecodedAudio:
-    """Blocking form of ``decode_audio_async`` for scripts, tools and tests (callable from inside
-    a running event loop too: it runs its own loop on a helper thread)."""
-    coro_args = (source, max_seconds, format_hint, budget)
+    """Blocking form of ``decode_audio_async`` for scripts, tools and tests. Inside a running event
+    loop it refuses (it would block the loop): await ``decode_audio_async`` there, as every route does."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(decode_audio_async(*coro_args))
-    result: list = []
-
-    def run() -> None:
-        try:
-            result.append(asyncio.run(decode_audio_async(*coro_args)))
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
-            result.append(exc)
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    t.join()
-    if isinstance(result[0], BaseException):
-        raise result[0]
-    return result[0]
+        return asyncio.run(decode_audio_async(source, max_seconds, format_hint, budget))
+    raise RuntimeError("decode_audio blocks: inside an event loop, await decode_audio_async")
 
 
 async def decode_audio_async(

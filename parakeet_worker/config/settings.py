@@ -203,7 +203,9 @@ def _memory_limit() -> int:
     return physical
 
 
-# field -> the environment variables that set it, first one set wins
+# field -> the environment variables that set it, first one set wins. The later names are the ones
+# older releases used, still accepted: WS_HOST/WS_PORT (they set the whole server's address, not
+# only the WebSocket's), WS_AUTH_TOKEN, STREAM_CHUNK_S (the decoder's step, not a job's chunk).
 ENV: dict[str, tuple[str, ...]] = {
     "model": ("PARAKEET_MODEL",),
     "model_cache_dir": ("PARAKEET_MODEL_CACHE",),
@@ -228,16 +230,16 @@ ENV: dict[str, tuple[str, ...]] = {
     "allowed_url_hosts": ("ALLOWED_URL_HOSTS",),
     "decode_memory_bytes": ("DECODE_MEMORY_BYTES",),
     "decode_memory_fraction": ("DECODE_MEMORY_FRACTION",),
-    "ws_host": ("WS_HOST",),
-    "ws_port": ("WS_PORT", "PORT"),
+    "ws_host": ("LISTEN_HOST", "WS_HOST"),
+    "ws_port": ("LISTEN_PORT", "WS_PORT", "PORT"),
     "port_health": ("PORT_HEALTH",),
-    "ws_auth_token": ("WS_AUTH_TOKEN",),
+    "ws_auth_token": ("AUTH_TOKEN", "WS_AUTH_TOKEN"),
     "api_token": ("API_TOKEN",),
     "ws_max_sessions": ("WS_MAX_SESSIONS",),
     "ws_idle_timeout_s": ("WS_IDLE_TIMEOUT_S",),
     "ws_start_timeout_s": ("WS_START_TIMEOUT_S",),
     "ws_max_message_bytes": ("WS_MAX_MESSAGE_BYTES",),
-    "stream_step_s": ("STREAM_CHUNK_S",),
+    "stream_step_s": ("STREAM_STEP_S", "STREAM_CHUNK_S"),
     "stream_left_s": ("STREAM_LEFT_S",),
     "stream_right_s": ("STREAM_RIGHT_S",),
     "stream_eou_ms": ("STREAM_EOU_MS",),

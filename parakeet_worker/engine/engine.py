@@ -146,9 +146,9 @@ class Engine:
             return s.local_attention_threshold_s
         free = hardware.free_device_memory(self.device)
         if free is None:
-            return hardware.CPU_FULL_ATTENTION_S
+            return hardware.MAX_FULL_ATTENTION_S
         fit = hardware.full_attention_limit_s(free, self.frame_seconds, s.full_attention_bytes_per_frame2)
-        return max(60.0, min(fit, hardware.CPU_FULL_ATTENTION_S))
+        return max(60.0, min(fit, hardware.MAX_FULL_ATTENTION_S))
 
     def stream_pipeline(self, config):
         """NeMo's streaming pipeline on this model, built once per streaming config (warmup builds

@@ -18,7 +18,7 @@ from parakeet_worker.config.constants import SAMPLE_RATE
 from parakeet_worker.engine.hotwords import Boosting
 from parakeet_worker.engine.transcript import Transcript
 from parakeet_worker.engine.windows import merge_windows, window_spans
-from parakeet_worker.runtime.scheduling import BATCH_POOL, DECODE_POOL, run_in
+from parakeet_worker.runtime.scheduling import BATCH_POOL, BLOCKING_POOL, run_in
 
 BATCH_AUDIO_BUDGET_S = 1200.0  # padded seconds of audio in one forward pass
 
@@ -112,4 +112,4 @@ async def transcribe_windows(
     if len(results) == 1:
         return merged(spans, results, duration, attention)
     # the merge is O(seams x words): seconds for hours of audio, so never on the event loop
-    return await run_in(DECODE_POOL, merged, spans, results, duration, attention)
+    return await run_in(BLOCKING_POOL, merged, spans, results, duration, attention)

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 # audio with full attention on an 80 GB A100" gives at most 80e9 / 18000^2 = 247. Not yet measured
 # here: bench/gpu_check.sh fits peak memory at 5, 10 and 20 min to a + K*T^2 on the GPU it runs on.
 FULL_ATTENTION_HEADROOM = 0.8  # of the free memory: the allocator's fragmentation and the decoder's share
-CPU_FULL_ATTENTION_S = 24 * 60.0  # CPU memory is not probed: NVIDIA's default threshold
+MAX_FULL_ATTENTION_S = 24 * 60.0  # NVIDIA's default threshold: the cap on any device, and the CPU's limit (not probed)
 
 
 class DeviceUnavailable(RuntimeError):

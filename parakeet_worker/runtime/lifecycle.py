@@ -15,9 +15,9 @@ The engine reports it here once; the drain then begins at once with a short budg
 (``POISON_DRAIN_S``): streams and requests are failed (not flushed: nothing can be decoded),
 ``/ping`` answers 503, and the process exits with ``EXIT_DEVICE_LOST`` so the platform replaces it.
 
-Server-agnostic on purpose: the websockets server, an aiohttp server and the RunPod SDK's own
-loop all call ``install_signal_handlers()`` (which chains to handlers already installed, so the
-SDK's own shutdown still runs) and read ``LIFECYCLE.draining``.
+Server-agnostic on purpose: the aiohttp server (serving/app.py, serving/websocket_job.py) and the
+RunPod SDK's own loop (rp_handler.py) all call ``install_signal_handlers()`` (which chains to
+handlers already installed, so the SDK's own shutdown still runs) and read ``LIFECYCLE.draining``.
 """
 
 from __future__ import annotations
@@ -36,6 +36,9 @@ log = logging.getLogger("lifecycle")
 
 POISON_DRAIN_S = 5.0  # after a lost GPU: time to fail open streams and answer requests in flight
 EXIT_DEVICE_LOST = 3  # the process exit code after a lost GPU (0: a normal drain, 1: a drain cut short)
+
+
+_DRAIN_TASKS: set[asyncio.Future] = set()  # drain hooks' coroutines while they run
 
 
 class Lifecycle:
@@ -127,7 +130,10 @@ class Lifecycle:
             try:
                 res = cb()
                 if asyncio.iscoroutine(res):
-                    asyncio.ensure_future(res)
+                    # kept until done: the loop holds only a weak reference to a task
+                    task = asyncio.ensure_future(res)
+                    _DRAIN_TASKS.add(task)
+                    task.add_done_callback(_DRAIN_TASKS.discard)
             except Exception:  # noqa: BLE001 - one failing hook must not stop the others
                 log.exception("drain callback failed")
 

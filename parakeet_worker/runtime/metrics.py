@@ -2,7 +2,8 @@
 
 Server-agnostic: whichever HTTP server answers ``GET /metrics`` calls ``render()`` and returns
 its bytes with ``CONTENT_TYPE``. Code that does the work only calls the small recording
-functions below (``job_done``, ``stream_step``...), so no module needs to know about Prometheus.
+functions below (``forward_pass``, ``stream_step``, ``error``, ``event``,
+``JobRecord``), so no module needs to know about Prometheus.
 
 Nothing here ever logs or labels audio or transcripts: only ids, durations, counts and codes.
 """

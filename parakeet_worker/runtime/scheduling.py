@@ -14,9 +14,13 @@ step (bench/stall_bench.py measures it):
    stream, passes are full size again (throughput).
 
 Slow work also runs on executors sized for it, never on the event loop, and never starving the
-streaming scheduler of a thread: ``DECODE_POOL`` (ffmpeg, base64, downloads' file work),
-``BATCH_POOL`` (batch forward passes, merges), ``STREAM_POOL`` (the streaming steps: one thread,
-always free for them).
+streaming scheduler of a thread:
+- ``BATCH_POOL``: batch forward passes (the dynamic batcher's, and local-attention windows);
+- ``STREAM_POOL``: the streaming steps (one thread, always free for them);
+- ``BLOCKING_POOL``: everything else that would block the loop: loading the model, building a
+  streaming pipeline, base64 decoding, merging long audio's windows, rendering long outputs.
+Audio decoding is not on these pools: ffmpeg runs in its own process (awaited), and the soundfile
+path reads in blocks on ``asyncio.to_thread``.
 """
 
 from __future__ import annotations
@@ -115,7 +119,7 @@ def _pool(workers: int, name: str) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix=name)
 
 
-DECODE_POOL = _pool(4, "decode")  # ffmpeg runs in its own process: threads here mostly wait
+BLOCKING_POOL = _pool(4, "blocking")
 BATCH_POOL = _pool(2, "batch")
 STREAM_POOL = _pool(1, "stream")
 

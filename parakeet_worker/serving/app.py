@@ -10,7 +10,7 @@ import logging
 from parakeet_worker.config.settings import Settings
 from parakeet_worker.engine.engine import Engine
 from parakeet_worker.runtime import lifecycle
-from parakeet_worker.runtime.scheduling import DECODE_POOL, run_in
+from parakeet_worker.runtime.scheduling import BLOCKING_POOL, run_in
 from parakeet_worker.serving.asr_server import ASRServer
 
 log = logging.getLogger("websocket")
@@ -28,7 +28,7 @@ async def run_server(settings: Settings, host: str, port: int) -> None:
         await server.serve(host, settings.port_health)
     log.info("listening on %s:%d: page at /, WebSocket, POST /v1/audio/transcriptions, /ping, /metrics", host, port)
     # not the default executor: asyncio.run would wait for a model still loading after a SIGTERM
-    loading = asyncio.ensure_future(run_in(DECODE_POOL, Engine, settings))
+    loading = asyncio.ensure_future(run_in(BLOCKING_POOL, Engine, settings))
     try:
         await asyncio.wait([loading, asyncio.ensure_future(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
         if loading.done():

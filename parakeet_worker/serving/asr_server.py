@@ -21,7 +21,7 @@ from parakeet_worker.engine.engine import Engine
 from parakeet_worker.engine.stream_pipeline import StreamConfig
 from parakeet_worker.engine.streaming import StreamDecoder
 from parakeet_worker.runtime import lifecycle, metrics
-from parakeet_worker.runtime.scheduling import DECODE_POOL, run_in
+from parakeet_worker.runtime.scheduling import BLOCKING_POOL, run_in
 from parakeet_worker.serving.auth import token_matches
 from parakeet_worker.serving.http_server import Connection, Listener
 from parakeet_worker.serving.http_server import serve as serve_http
@@ -97,7 +97,7 @@ class ASRServer:
         """``attach`` with the streaming pipeline built off the event loop (it waits for the
         engine's lock, which a batch pass may hold for a while)."""
         self.engine = engine
-        self.decoder = await run_in(DECODE_POOL, StreamDecoder, engine, StreamConfig.from_settings(self.settings))
+        self.decoder = await run_in(BLOCKING_POOL, StreamDecoder, engine, StreamConfig.from_settings(self.settings))
         self.decoder.start()
 
     def mark_active(self) -> None:

@@ -13,6 +13,7 @@ exceptions (``BadRequestError``, ``AuthenticationError``, ...).
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import tempfile
@@ -22,8 +23,8 @@ from pathlib import Path
 
 from aiohttp import web
 
-from parakeet_worker.audio import decode as audio_utils
 from parakeet_worker.audio.budget import DecodeBudget
+from parakeet_worker.audio.decode import decode_audio_async
 from parakeet_worker.config.errors import (
     AUDIO_TOO_LARGE,
     AUDIO_TOO_LONG,
@@ -37,6 +38,7 @@ from parakeet_worker.config.errors import (
 from parakeet_worker.engine.hotwords import HotwordError, Hotwords, parse_hotwords
 from parakeet_worker.engine.transcript import Transcript
 from parakeet_worker.runtime import hardware, metrics
+from parakeet_worker.runtime.scheduling import BLOCKING_POOL, run_in
 from parakeet_worker.serving.auth import authorized
 from parakeet_worker.serving.formatting import to_srt, to_vtt
 from parakeet_worker.serving.openai_upload import APIError, ClientGone, UploadBudget, read_form
@@ -231,8 +233,15 @@ def verbose_json(t: Transcript, req: TranscriptionRequest, model: str) -> dict:
     }
     if "segment" in req.granularities:
         out["segments"] = []
+        k = 0  # words and segments are both in time order: one pass over the words in all
         for i, s in enumerate(t.segments):
-            confidences = [w.confidence for w in t.words if w.confidence and s.start <= w.start and w.end <= s.end]
+            while k < len(t.words) and t.words[k].start < s.start:
+                k += 1
+            confidences = []
+            while k < len(t.words) and t.words[k].end <= s.end:
+                if t.words[k].confidence:
+                    confidences.append(t.words[k].confidence)
+                k += 1
             logprob = sum(math.log(max(c, 1e-6)) for c in confidences) / len(confidences) if confidences else 0.0
             out["segments"].append(
                 {
@@ -278,19 +287,19 @@ async def models(request: web.Request) -> web.Response:
     return web.json_response(model)
 
 
-def render(t: Transcript, req: TranscriptionRequest, model: str) -> web.Response:
-    headers = {"openai-model": model}
-    if req.response_format == "json":
-        return web.json_response({"text": t.text, "usage": _usage(t)}, headers=headers)
-    if req.response_format == "verbose_json":
-        return web.json_response(verbose_json(t, req, model), headers=headers)
+def render(t: Transcript, req: TranscriptionRequest, model: str) -> tuple[bytes, str]:
+    """The response body in the asked format, and its content type. For hours of audio this is
+    seconds of work: the route runs it off the event loop."""
+    if req.response_format in ("json", "verbose_json"):
+        obj = {"text": t.text, "usage": _usage(t)} if req.response_format == "json" else verbose_json(t, req, model)
+        return json.dumps(obj, ensure_ascii=False).encode(), "application/json"
     if req.response_format == "srt":
         body = to_srt(t.segments)
     elif req.response_format == "vtt":
         body = to_vtt(t.segments)
     else:
         body = t.text + "\n"
-    return web.Response(text=body, content_type="text/plain", headers=headers)
+    return body.encode(), "text/plain"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -387,7 +396,10 @@ async def _transcribe_upload(state: RouteState, fields: dict, spool: Path, recor
     with engine.request_arriving():  # requests that arrive together share a forward pass
         # the decode path and worker-wide decode memory budget RunPod jobs use: cancellable (a
         # client gone kills its ffmpeg)
-        audio = await audio_utils.decode_audio_async(spool, settings.max_audio_seconds, None, state.decode_budget)
+        audio = await decode_audio_async(spool, settings.max_audio_seconds, None, state.decode_budget)
     record.audio_s = audio.duration
     transcript = await engine.transcribe(audio.samples, hotwords=req.hotwords)
-    return render(transcript, req, engine.model_name)
+    body, content_type = await run_in(BLOCKING_POOL, render, transcript, req, engine.model_name)
+    return web.Response(
+        body=body, content_type=content_type, charset="utf-8", headers={"openai-model": engine.model_name}
+    )

@@ -185,13 +185,17 @@ class Session:
         rate = msg.get("sample_rate", SAMPLE_RATE)
         if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not MIN_RATE <= rate <= MAX_RATE:
             raise ASRError(INVALID_SAMPLE_RATE, f"sample_rate must be a number from {MIN_RATE} to {MAX_RATE}")
-        partial_interval = msg.get("chunk_duration", 2.0)  # public name; it paces partials only
+        # audio seconds between partials: "partial_interval", or its older name "chunk_duration"
+        key = "partial_interval" if "partial_interval" in msg else "chunk_duration"
+        if key == "partial_interval" and "chunk_duration" in msg:
+            raise ASRError(INVALID_INPUT, "send partial_interval or chunk_duration (its older name), not both")
+        partial_interval = msg.get(key, 2.0)
         if (
             isinstance(partial_interval, bool)
             or not isinstance(partial_interval, (int, float))
             or not 0.0 <= partial_interval <= 30.0
         ):
-            raise ASRError(INVALID_INPUT, "chunk_duration must be a number of seconds from 0 to 30")
+            raise ASRError(INVALID_INPUT, f"{key} must be a number of seconds from 0 to 30")
         timestamps = msg.get("timestamps", True)
         if not isinstance(timestamps, bool):
             raise ASRError(INVALID_INPUT, "timestamps must be true or false")
@@ -199,7 +203,15 @@ class Session:
             boosted = parse_hotwords(msg.get("hotwords"), msg.get("hotword_boost"))
         except HotwordError as exc:
             raise ASRError(INVALID_INPUT, str(exc)) from None
-        unknown = set(msg) - {"action", "sample_rate", "chunk_duration", "timestamps", "hotwords", "hotword_boost"}
+        unknown = set(msg) - {
+            "action",
+            "sample_rate",
+            "partial_interval",
+            "chunk_duration",
+            "timestamps",
+            "hotwords",
+            "hotword_boost",
+        }
         if unknown:
             raise ASRError(INVALID_INPUT, f"unknown field(s) in start: {', '.join(sorted(unknown))}")
         # the tree is built off the event loop (cached per distinct list)
@@ -217,7 +229,8 @@ class Session:
                 "type": "started",
                 "session_id": self.id,
                 "sample_rate": self.sample_rate,
-                "chunk_duration": self.partial_interval_s,
+                "partial_interval": self.partial_interval_s,
+                "chunk_duration": self.partial_interval_s,  # the older name, for older clients
                 "timestamps": self.timestamps,
                 "step_duration": round(decoder.frame_samples / SAMPLE_RATE, 3),
                 "hotwords": len(boosted.phrases) if boosted else 0,
