@@ -22,7 +22,8 @@ from _paths import PATHS, ROOT  # run as a script: puts the repository on sys.pa
 CHILD = r"""
 import json, os, sys, time
 t0 = time.perf_counter()
-import numpy as np, synth, torch
+import numpy as np, torch
+from tools.test_model import synth
 from parakeet_worker.engine.engine import Engine
 from parakeet_worker.engine.model_loader import load_model
 from parakeet_worker.config.settings import Settings

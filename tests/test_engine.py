@@ -2,6 +2,7 @@
 
 import asyncio
 import random
+import threading
 
 import jiwer
 import numpy as np
@@ -208,10 +209,19 @@ def test_lean_subsampling_masks_give_nemos_exact_output(tiny_model):
 def test_a_short_job_is_not_held_up_by_a_chunked_long_one(tiny_model, long_clip, sentences):
     audio, _ = long_clip
     eng = Engine(Settings(model="tiny", max_batch_size=2, max_batch_wait_ms=5, warmup=False), model=tiny_model)
+    first_pass = threading.Event()  # set from inside the long job's first forward pass
+    real_pass = eng._model_pass
+
+    def model_pass(*args):
+        first_pass.set()
+        return real_pass(*args)
+
+    eng._model_pass = model_pass
 
     async def both():
         long_job = asyncio.create_task(eng.transcribe(audio, chunk_long_audio=True, chunk_duration=5.0))
-        await asyncio.sleep(0.05)  # the long job's first wave is running
+        # the long job's first wave is in the model: the short job arrives behind it
+        assert await asyncio.to_thread(first_pass.wait, 120), "the long job never reached the model"
         short = await eng.transcribe(sentences[0].audio)
         batches_before_short = eng._batcher.batches_run
         return short, batches_before_short, await long_job

@@ -208,26 +208,77 @@ def test_download_that_drops_or_trickles_fails_with_download_failed(worker, clip
     assert_transcribed(outs[2:], [clips[0], clips[1]])
 
 
-def test_client_gone_mid_job_leaves_the_batch_and_the_worker_unaffected(worker, clips):
-    """A job whose caller disconnects is cancelled (as an HTTP server does): the jobs it was batched
-    with finish, nothing of it stays queued, the next job runs."""
+def test_client_gone_mid_job_leaves_the_batch_and_the_worker_unaffected(worker, clips, monkeypatch, caplog):
+    """A job whose caller disconnects while its forward pass is running is cancelled (as an HTTP
+    server does): its result is never delivered (the job ends ``cancelled``, nothing is settled on
+    its cancelled future), the job batched into the same pass gets its transcript, the jobs queued
+    behind the pass run, nothing stays queued, and the next job runs."""
+    engine = worker.engine
     long_clip = np.tile(clips[0][0], 8)
+    # a companion of the same length (so the two share one pass): another sentence, repeated
+    reps = len(long_clip) // len(clips[1][0])
+    companion = np.concatenate([np.tile(clips[1][0], reps), np.zeros(len(long_clip) - reps * len(clips[1][0]))])
+    companion_text = " ".join([clips[1][1]] * reps)
+    in_pass, release = threading.Event(), threading.Event()
+    blocked, finished = [], []  # the clip lengths of the held pass; of every pass that completed
+    real = engine._model_pass
+
+    def held_pass(m, batch, length, *rest):
+        lens = length.tolist()
+        if len(long_clip) in lens and not blocked:  # the doomed job's pass: hold it in the model
+            blocked.append(lens)
+            in_pass.set()
+            assert release.wait(120), "the test never released the pass"
+        hyps = real(m, batch, length, *rest)
+        finished.append(lens)
+        return hyps
+
+    monkeypatch.setattr(engine, "_model_pass", held_pass)
+    loop_errors = []  # e.g. a result set on the cancelled job's future (InvalidStateError)
+
+    async def until(cond, what):
+        deadline = time.monotonic() + 60
+        while not cond():
+            assert time.monotonic() < deadline, what
+            await asyncio.sleep(0.01)
 
     async def scenario():
-        doomed = asyncio.ensure_future(worker.handler({"id": "gone", "input": job(long_clip)}))
-        others = [
-            asyncio.ensure_future(worker.handler({"id": f"ok{i}", "input": job(a)}))
-            for i, (a, _) in enumerate(clips[:3])
-        ]
-        await asyncio.sleep(0.05)
-        doomed.cancel()
-        return await asyncio.gather(*others), doomed.cancelled()
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda _, ctx: loop_errors.append(ctx.get("message")))
+        try:
+            doomed = asyncio.ensure_future(worker.handler({"id": "gone", "input": job(long_clip)}))
+            mate = asyncio.ensure_future(worker.handler({"id": "mate", "input": job(companion)}))
+            assert await asyncio.to_thread(in_pass.wait, 120), "the doomed job never reached the model"
+            # jobs that arrive while the pass holds the model queue behind it
+            queued = [
+                asyncio.ensure_future(worker.handler({"id": f"queued{i}", "input": job(a)}))
+                for i, (a, _) in enumerate(clips[2:4])
+            ]
+            await until(lambda: engine._batcher._queue.qsize() == 2, "the later jobs did not queue")
+            doomed.cancel()  # the client is gone, mid-pass
+            await asyncio.gather(doomed, return_exceptions=True)
+            assert blocked[0] not in finished, "the pass was not running when the client left"
+            release.set()
+            outs = await asyncio.wait_for(asyncio.gather(mate, *queued), 180)
+            await until(lambda: engine._batcher._queue.qsize() == 0, "jobs were left queued")
+            return outs, doomed.cancelled()
+        finally:
+            release.set()
+            loop.set_exception_handler(None)
 
-    outs, cancelled = worker.submit(scenario()).result(300)
-    assert cancelled
-    assert_transcribed(outs, clips[:3])
-    assert worker.call(lambda: worker.engine._batcher._queue.qsize()) == 0
-    assert_transcribed(worker.run_jobs([job(clips[3][0])]), clips[3:4])
+    with caplog.at_level(logging.INFO, logger="asr.events"):
+        (mate_out, *queued_outs), cancelled = worker.submit(scenario()).result(400)
+    assert cancelled, "the job's result was delivered after its client left"
+    assert sorted(blocked[0]) == [len(long_clip)] * 2, "the companion did not share the doomed job's pass"
+    assert blocked[0] in finished  # the pass ran to its end; only its result for the doomed job was dropped
+    assert "error" not in mate_out and jiwer.wer(companion_text, mate_out["text"]) <= MAX_WER, mate_out
+    assert_transcribed(queued_outs, clips[2:4])
+    assert loop_errors == []
+    events = [json.loads(r.getMessage()) for r in caplog.records if r.name == "asr.events"]
+    assert [e["outcome"] for e in events if e.get("event") == "job" and e["id"] == "gone"] == ["cancelled"]
+    assert worker.call(lambda: engine._batcher._queue.qsize()) == 0
+    monkeypatch.undo()
+    assert_transcribed(worker.run_jobs([job(clips[4][0])]), clips[4:5])  # the next job runs
 
 
 async def _stream(url, audio, *, abort_after_s=None):

@@ -104,7 +104,7 @@ def test_batch_worker_does_not_import_the_websocket_stack():
             "serving.session",
             "serving.asr_server",
             "serving.http_server",
-            "serving.openai_api",
+            "serving.openai.routes",
             "engine.streaming",
             "engine.stream_pipeline",
         )

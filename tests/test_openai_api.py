@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from parakeet_worker.config.settings import Settings
 from parakeet_worker.serving.asr_server import ASRServer
 from parakeet_worker.serving.http_server import build_app
-from parakeet_worker.serving.openai_api import LANGUAGES, parse_fields
+from parakeet_worker.serving.openai.request import LANGUAGES, parse_fields
 from tests.helpers import LB_MAX_BYTES, SAMPLE_TEXT, write_wav
 from tools.test_model import synth
 
@@ -283,12 +283,12 @@ def test_a_drain_lets_a_request_in_flight_be_answered(tiny_model, speech_files):
                 form.add_field("file", speech_files["flac"].read_bytes(), filename="a.flac")
                 request = asyncio.ensure_future(c.post("/v1/audio/transcriptions", data=form))
                 for _ in range(6000):  # until the request is being served (at most 30 s)
-                    if server._http_in_flight or request.done():
+                    if server.requests.count or request.done():
                         break
                     await asyncio.sleep(0.005)
-                assert server._http_in_flight, "the request never started"
+                assert server.requests.count, "the request never started"
                 await server.drain(60)
-                in_flight_after_drain = server._http_in_flight
+                in_flight_after_drain = server.requests.count
                 late = aiohttp.FormData({"model": "x"})
                 late.add_field("file", speech_files["flac"].read_bytes(), filename="a.flac")
                 refused = await c.post("/v1/audio/transcriptions", data=late)

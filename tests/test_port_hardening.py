@@ -134,7 +134,8 @@ def test_a_normal_client_is_served_meanwhile(api_only_worker, speech_files):
 def test_log_level_is_honoured_after_the_runpod_sdk_configured_logging():
     code = (
         "import runpod, logging\n"
-        "from settings import Settings, configure_logging\n"
+        "from parakeet_worker.config.settings import Settings\n"
+        "from parakeet_worker.config.logs import configure_logging\n"
         "configure_logging(Settings(log_level='WARNING'))\n"
         "print(logging.getLogger().getEffectiveLevel())"
     )

@@ -352,6 +352,14 @@ def test_auth_capacity_and_idle_timeout(engine):
     srv = ServerThread(s, engine)
     try:
 
+        async def slot_free():
+            """The one session slot is free again: the server has dropped the previous session
+            (it notices the closed socket a moment after the client). Polled, with a deadline."""
+            deadline = asyncio.get_running_loop().time() + 10
+            while await asyncio.to_thread(srv.call, lambda: len(srv.server.sessions)):
+                assert asyncio.get_running_loop().time() < deadline, "the closed session still holds the slot"
+                await asyncio.sleep(0.01)
+
         async def run():
             with pytest.raises(InvalidStatus) as no_token:
                 async with connect(srv.url):
@@ -362,7 +370,7 @@ def test_auth_capacity_and_idle_timeout(engine):
             # either credential may match (a proxy may put its own in the header)
             async with connect(srv.url + "/?token=s3cret", additional_headers={"Authorization": "Bearer proxy"}) as ws:
                 assert json.loads(await ws.recv())["type"] == "welcome"
-            await asyncio.sleep(0.3)
+            await slot_free()
             async with connect(srv.url + "/?token=s3cret") as first:
                 assert json.loads(await first.recv())["type"] == "welcome"
                 # over capacity: refused with 1013 and a reason
@@ -374,7 +382,7 @@ def test_auth_capacity_and_idle_timeout(engine):
                 with pytest.raises(ConnectionClosed):
                     await asyncio.wait_for(first.recv(), 5)
             # a message over WS_MAX_MESSAGE_BYTES closes the connection with 1009
-            await asyncio.sleep(0.3)
+            await slot_free()
             async with connect(srv.url + "/?token=s3cret") as big:
                 await big.recv()
                 await big.send(json.dumps({"action": "start"}))

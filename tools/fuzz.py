@@ -200,17 +200,18 @@ def check_ws(raw: str) -> None:
 
 
 def check_openai(fields) -> None:
-    from parakeet_worker.serving import openai_api
+    from parakeet_worker.serving.openai import request as openai_request
+    from parakeet_worker.serving.openai import upload as openai_upload
 
     try:
-        req = openai_api.parse_fields(fields)
-    except openai_api.APIError as e:
+        req = openai_request.parse_fields(fields)
+    except openai_upload.APIError as e:
         assert 400 <= e.status < 500 and e.message, (e.status, e.message)
         return
-    assert req.response_format in openai_api.RESPONSE_FORMATS
-    assert req.granularities and set(req.granularities) <= set(openai_api.GRANULARITIES)
+    assert req.response_format in openai_request.RESPONSE_FORMATS
+    assert req.granularities and set(req.granularities) <= set(openai_request.GRANULARITIES)
     assert not fields.get("timestamp_granularities[]") or req.response_format == "verbose_json"
-    assert req.language is None or req.language in openai_api.LANGUAGES
+    assert req.language is None or req.language in openai_request.LANGUAGES
     assert req.hotwords is None or 0 < len(req.hotwords.phrases) <= 100
 
 
@@ -228,7 +229,7 @@ def check_multipart(case) -> None:
     from aiohttp.streams import StreamReader
     from multidict import CIMultiDict
 
-    from parakeet_worker.serving import openai_api
+    from parakeet_worker.serving.openai import upload as openai_upload
 
     ctype, body = case[0], case[1].encode("latin-1")  # (a JSON-friendly pair: findings are saved as JSON)
 
@@ -244,11 +245,11 @@ def check_multipart(case) -> None:
             content=stream,
         )
         with tempfile.TemporaryDirectory() as tmp:
-            budget = openai_api.UploadBudget(4, 1 << 22)
+            budget = openai_upload.UploadBudget(4, 1 << 22)
             try:
                 with budget.upload() as upload:
-                    await openai_api.read_form(request, 1 << 20, Path(tmp) / "audio", upload, 2.0, 5.0)
-            except openai_api.APIError as e:
+                    await openai_upload.read_form(request, 1 << 20, Path(tmp) / "audio", upload, 2.0, 5.0)
+            except openai_upload.APIError as e:
                 assert 400 <= e.status < 500, (e.status, e.message)
             assert budget.spooled == 0 and budget.active == 0  # everything given back
 

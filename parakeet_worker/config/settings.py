@@ -67,7 +67,7 @@ class Settings:
     header_timeout_s: float = 10.0
     keepalive_timeout_s: float = 30.0
     max_connections: int = 0
-    # uploads to POST /v1/audio/transcriptions (openai_api.py): no data for upload_stall_s, or
+    # uploads to POST /v1/audio/transcriptions (serving/openai/): no data for upload_stall_s, or
     # not done in upload_timeout_s, is a 408; at most max_uploads at once (429), and all of them
     # together hold at most spool_budget_bytes on disk (503; 0: 4 x MAX_AUDIO_BYTES)
     upload_stall_s: float = 30.0

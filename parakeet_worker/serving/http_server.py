@@ -1,7 +1,7 @@
 """The worker's one HTTP server (aiohttp): WebSocket upgrades become ``ASRServer`` sessions,
 ``GET /ping`` reports readiness (200 warm, 204 loading, 503 draining or unhealthy), and the
 standalone / load-balancer server adds the microphone page at ``GET /`` and
-``POST /v1/audio/transcriptions`` (openai_api.py) - all on one port.
+``POST /v1/audio/transcriptions`` (serving/openai/) - all on one port.
 
 The protocol itself lives in websocket_handler.py; a session sees its socket only through
 ``Connection`` (send text, receive a frame, close with a code).
@@ -189,9 +189,9 @@ def build_app(server, *, http_api: bool = False) -> web.Application:
     app.router.add_get("/health", ping)
     app.router.add_get("/metrics", metrics_page)
     if http_api:
-        from parakeet_worker.serving import openai_api  # the HTTP API only where it is served
+        from parakeet_worker.serving.openai import routes as openai_routes  # only where it is served
 
-        openai_api.add_routes(app, server)
+        openai_routes.add_routes(app, server)
         app.router.add_get("/", page)
     app.router.add_get("/{path:.*}", websocket)
     return app
