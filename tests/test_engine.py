@@ -231,3 +231,33 @@ def test_a_short_job_is_not_held_up_by_a_chunked_long_one(tiny_model, long_clip,
     assert long_result.chunks >= 8 and eng._batcher.batches_run >= 5
     assert batches_before_short <= 3, "the short job waited for the long one's chunks"
     assert jiwer.wer(sentences[0].text, short.text) <= 0.2
+
+
+def test_every_window_of_a_local_attention_job_runs_with_local_attention_while_streams_are_live(
+    tiny_model, long_clip
+):
+    """One windowing path: a local-attention job cut again into the live pass budget's windows
+    (a stream is live) runs every one of them with local attention, as its result reports."""
+    audio, ref = long_clip
+    eng = Engine(
+        Settings(model="tiny", local_attention_window_s=20.0, live_min_window_s=10.0, max_batch_size=2, warmup=False),
+        model=tiny_model,
+    )
+    used = []
+    real = eng.transcribe_batch
+
+    def recording(signals, attention="full", boostings=None):
+        used.append((attention, round(max(len(s) for s in signals) / 16000, 1)))
+        return real(signals, attention, boostings)
+
+    eng.transcribe_batch = recording
+    eng.budget.live_streams = 1  # as the streaming decoder sets it while a stream is open
+    try:
+        t = asyncio.run(eng.transcribe(audio, use_local_attention=True))
+    finally:
+        eng.budget.live_streams = 0
+    assert t.attention == "local" and t.chunks >= 2
+    assert used and {a for a, _ in used} == {"local"}, used
+    # some window was cut again into the live budget's passes (10 s before any pass is timed)
+    assert len(used) > t.chunks and min(s for _, s in used) <= 10.0, used
+    assert jiwer.wer(ref, t.text) <= 0.15
