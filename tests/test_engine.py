@@ -233,9 +233,7 @@ def test_a_short_job_is_not_held_up_by_a_chunked_long_one(tiny_model, long_clip,
     assert jiwer.wer(sentences[0].text, short.text) <= 0.2
 
 
-def test_every_window_of_a_local_attention_job_runs_with_local_attention_while_streams_are_live(
-    tiny_model, long_clip
-):
+def test_every_window_of_a_local_attention_job_runs_with_local_attention_while_streams_are_live(tiny_model, long_clip):
     """One windowing path: a local-attention job cut again into the live pass budget's windows
     (a stream is live) runs every one of them with local attention, as its result reports."""
     audio, ref = long_clip

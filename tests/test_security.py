@@ -567,7 +567,7 @@ def engine(tiny_model):
 
 @pytest.mark.parametrize("raw", ["[" * 100_000, '{"a":' * 50_000, "1" * 5000, "\ud800", '{"action": NaN', "[]"])
 def test_message_parser_raises_only_protocol_errors(raw):
-    from parakeet_worker.serving.session import parse_message
+    from parakeet_worker.serving.live_session import parse_message
 
     with pytest.raises(ASRError) as ei:
         parse_message(raw)

@@ -19,7 +19,7 @@ from client import pcm16_bytes as pcm16
 from parakeet_worker.config.settings import Settings
 from parakeet_worker.engine.engine import Engine
 from parakeet_worker.serving.asr_server import ASRServer
-from parakeet_worker.serving.session import PcmInput
+from parakeet_worker.serving.live import PcmInput
 from tools.test_model import synth
 
 # Measured on the test model: v1, 30 fresh sentences (bench/stream_accuracy.py), streaming 3.6%

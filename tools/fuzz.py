@@ -189,7 +189,7 @@ def check_url(case) -> None:
 
 
 def check_ws(raw: str) -> None:
-    from parakeet_worker.serving.session import parse_message
+    from parakeet_worker.serving.live_session import parse_message
 
     try:
         msg = parse_message(raw)

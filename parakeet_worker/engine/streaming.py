@@ -64,6 +64,7 @@ class Stream:
     closed: bool = False
     failed: bool = False  # a step failed for this stream: it was told once, later audio is dropped
     boosting: Boosting | None = None  # the stream's hotwords
+    eou_ms: int | None = None  # silence that ends an utterance in this stream (None: the decoder's)
     biasing: object = None  # NeMo's per-stream request (BiasingRequestItemConfig), id set while registered
 
 
@@ -110,13 +111,14 @@ class StreamDecoder:
             self._task = None
 
     # ---- streams (called from the event loop)
-    def open(self, boosting: Boosting | None = None) -> Stream:
-        """A new stream; ``boosting``: its hotwords (``engine.hotword_trees.boosting``), or None.
+    def open(self, boosting: Boosting | None = None, eou_ms: int | None = None) -> Stream:
+        """A new stream; ``boosting``: its hotwords (``engine.hotword_trees.boosting``), or None;
+        ``eou_ms``: the silence that ends an utterance in it (None: the decoder's ``eou_ms``).
         ``ASRError(internal_error)`` once the decoder can no longer decode (a lost GPU, a dead
         scheduler): a stream nobody would ever step must not be opened."""
         if self.failed or self.engine.lost or (self._task is not None and self._task.done()):
             raise ASRError(INTERNAL_ERROR, "this worker cannot decode streams any more; reconnect to another")
-        s = Stream(new_stream_id(), asyncio.Queue(), boosting=boosting)
+        s = Stream(new_stream_id(), asyncio.Queue(), boosting=boosting, eou_ms=eou_ms)
         if boosting is not None:
             from nemo.collections.asr.parts.context_biasing.biasing_multi_model import BiasingRequestItemConfig
 
@@ -334,7 +336,8 @@ class StreamDecoder:
         first = not s.started
         s.started = True
         s.samples_done += length
-        return make_frame(samples, s.id, first, last, length, self.config.eou_ms, s.biasing)
+        eou_ms = self.config.eou_ms if s.eou_ms is None else s.eou_ms
+        return make_frame(samples, s.id, first, last, length, eou_ms, s.biasing)
 
     def _step(self, batch: list[Stream], frames):
         with self.engine.exclusive(priority=STREAM):

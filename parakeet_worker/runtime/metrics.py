@@ -32,6 +32,7 @@ ProcessCollector(registry=REGISTRY)  # RSS, open fds, CPU seconds of this proces
 PlatformCollector(registry=REGISTRY)
 
 ACTIVE_SESSIONS = Gauge("asr_active_sessions", "Open WebSocket sessions", registry=REGISTRY)
+SESSIONS = Gauge("asr_sessions", "Open WebSocket sessions by dialect", ["dialect"], registry=REGISTRY)
 LIVE_STREAMS = Gauge("asr_live_streams", "Streams being decoded (started, not yet done)", registry=REGISTRY)
 JOBS_QUEUED = Gauge("asr_jobs_queued", "Batch clips waiting for the engine", registry=REGISTRY)
 JOBS_RUNNING = Gauge("asr_jobs_running", "Batch jobs in progress (decoding or transcribing)", registry=REGISTRY)

@@ -25,13 +25,14 @@ from parakeet_worker.runtime.scheduling import BLOCKING_POOL, run_in
 from parakeet_worker.serving.auth import token_matches
 from parakeet_worker.serving.http_server import Connection, Listener
 from parakeet_worker.serving.http_server import serve as serve_http
-from parakeet_worker.serving.session import (
+from parakeet_worker.serving.live_session import (
     CLOSE_GOING_AWAY,
     CLOSE_INTERNAL_ERROR,
     CLOSE_TRY_AGAIN_LATER,
     CUT_MARGIN_S,
-    Session,
+    LiveSession,
 )
+from parakeet_worker.serving.session import Session
 
 log = logging.getLogger("websocket")
 
@@ -147,26 +148,31 @@ class ASRServer:
         self.job_tokens.discard(token)
 
     # ---- one connection
-    async def handle(self, ws: Connection) -> None:
+    def refusal(self) -> tuple[str, int, str] | None:
+        """Why a new connection is refused now (metrics label, close code, reason), or None."""
         if self.draining:
-            metrics.REFUSALS.labels("draining").inc()
-            await ws.close(CLOSE_TRY_AGAIN_LATER, "server is shutting down, try again")
-            return
+            return "draining", CLOSE_TRY_AGAIN_LATER, "server is shutting down, try again"
         if self.unhealthy:
-            metrics.REFUSALS.labels("unhealthy").inc()
-            await ws.close(CLOSE_INTERNAL_ERROR, "this worker cannot decode; reconnect to another")
-            return
+            return "unhealthy", CLOSE_INTERNAL_ERROR, "this worker cannot decode; reconnect to another"
         if not self.ready:
-            metrics.REFUSALS.labels("loading").inc()
-            await ws.close(CLOSE_TRY_AGAIN_LATER, "model is loading, try again shortly")
-            return
+            return "loading", CLOSE_TRY_AGAIN_LATER, "model is loading, try again shortly"
         if len(self.sessions) >= self.settings.ws_max_sessions:
-            metrics.REFUSALS.labels("capacity").inc()
-            await ws.close(CLOSE_TRY_AGAIN_LATER, f"server at capacity ({self.settings.ws_max_sessions} sessions)")
+            n = self.settings.ws_max_sessions
+            return "capacity", CLOSE_TRY_AGAIN_LATER, f"server at capacity ({n} sessions)"
+        return None
+
+    async def handle(self, ws: Connection, session_class: type[LiveSession] = Session) -> None:
+        """One WebSocket connection, in the dialect ``session_class`` speaks."""
+        refused = self.refusal()
+        if refused is not None:
+            label, code, reason = refused
+            metrics.REFUSALS.labels(label).inc()
+            await session_class.refuse(ws, code, reason)
             return
-        session = Session(self, ws)
+        session = session_class(self, ws)
         self.sessions[session.id] = session
         metrics.ACTIVE_SESSIONS.set(len(self.sessions))
+        metrics.SESSIONS.labels(session.dialect).inc()
         self.mark_active()
         try:
             await session.run()
@@ -177,6 +183,7 @@ class ASRServer:
             self.served += 1
             self.mark_active()
             session.log_end()
+            metrics.SESSIONS.labels(session.dialect).dec()
 
     async def serve(self, host: str, port: int, *, http_api: bool = False) -> Listener:
         """Start listening (``port=0`` picks a free port); ``http_api``: also the page and the

@@ -1,0 +1,164 @@
+"""What every live WebSocket dialect shares: one connection's receive loop with its idle deadline,
+its registration with the server (capacity, drain, metrics by dialect), and its one log line.
+
+A dialect (serving/session.py, deepgram/live.py, openai/realtime.py) subclasses ``LiveSession``
+and says what a text frame and an audio frame mean (``on_text``, ``on_audio``), what the client
+hears at the start (``greet``), how a drain ends it (``shutdown``) and how an error is worded
+(``error``). Its audio goes through a ``LiveAudio`` (live.py) into the one streaming decoder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+import uuid
+
+from parakeet_worker.config.constants import SAMPLE_RATE
+from parakeet_worker.config.errors import IDLE_TIMEOUT, INVALID_JSON, ASRError
+from parakeet_worker.runtime import metrics
+from parakeet_worker.serving.http_server import Connection, ConnectionClosed
+from parakeet_worker.serving.live import LiveAudio
+
+CLOSE_TRY_AGAIN_LATER = 1013  # over capacity / still loading
+CLOSE_GOING_AWAY = 1001  # the server is shutting down (after the stream's last final and done)
+CLOSE_INTERNAL_ERROR = 1011  # the worker cannot decode any more (a lost GPU): reconnect elsewhere
+CUT_MARGIN_S = 1.0  # a drain ends a stream still being decoded this long before its deadline
+
+
+def parse_message(raw: str) -> dict:
+    """A client's text frame as a JSON object, or ASRError(INVALID_JSON): never any other
+    exception (deep nesting raises RecursionError inside json, huge numbers ValueError...)."""
+    try:
+        msg = json.loads(raw)
+    except (ValueError, RecursionError, TypeError):
+        raise ASRError(INVALID_JSON, "text frames must be JSON objects") from None
+    if not isinstance(msg, dict):
+        raise ASRError(INVALID_JSON, "text frames must be JSON objects")
+    return msg
+
+
+class LiveSession:
+    """One WebSocket connection of some dialect. ``dialect`` labels its metrics and log line."""
+
+    dialect = "stream"
+
+    def __init__(self, server, ws: Connection):  # server: the ASRServer (asr_server.py)
+        self.server = server
+        self.ws = ws
+        self.id = uuid.uuid4().hex
+        self.live: LiveAudio | None = None  # the audio being decoded now, if any
+        self.streams = 0  # LiveAudio's opened on this connection
+        self.audio_s = 0.0  # seconds of audio of the LiveAudio's already ended
+        self.control = asyncio.Lock()  # start/stop/shutdown one at a time
+        self.closing = False  # the server is shutting this session down: audio is ignored
+        self.t0 = time.monotonic()
+        self.outcome = "client_closed"
+
+    # ---- what a dialect provides
+    @classmethod
+    async def refuse(cls, ws: Connection, code: int, reason: str) -> None:
+        """A connection the server cannot take now (loading, full, draining, unhealthy)."""
+        await ws.close(code, reason)
+
+    async def greet(self) -> None:
+        """The first message(s) on a new connection."""
+
+    async def on_text(self, raw: str) -> None:
+        raise NotImplementedError
+
+    async def on_audio(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    async def error(self, code: str, message: str) -> None:
+        """Tell the client about an error, in the dialect's shape."""
+        raise NotImplementedError
+
+    async def shutdown(self, reason: str, cut_at: float | None = None) -> None:
+        """The server drains: end the stream as the dialect ends it (its last results), then close
+        with 1001; ``cut_at`` (time.monotonic()): if its last step has not come by then, end it
+        with what it has."""
+        raise NotImplementedError
+
+    def idle_limit(self) -> float:
+        """Seconds without a valid message before the session is closed."""
+        s = self.server.settings
+        return s.ws_idle_timeout_s if self.streams else min(s.ws_idle_timeout_s, s.ws_start_timeout_s)
+
+    # ---- shared
+    def open_live(self, sample_rate: int, boosting=None, eou_ms: int | None = None) -> LiveAudio:
+        self.live = LiveAudio(self.server.decoder, sample_rate, boosting, eou_ms)
+        self.streams += 1
+        return self.live
+
+    def close_live(self) -> None:
+        """The current LiveAudio is over: count its audio."""
+        if self.live is not None:
+            self.audio_s += self.live.samples_in / SAMPLE_RATE
+            self.live = None
+
+    def owes_results(self) -> bool:
+        """The server still has this client's audio to decode: silence from it is not idleness."""
+        live = self.live
+        return self.closing or (
+            live is not None and not live.closed and live.pending_samples >= self.server.decoder.frame_samples
+        )
+
+    def log_end(self) -> None:
+        """The session's one structured log line (never its audio or text)."""
+        ok = self.outcome in ("client_closed", "shutdown")
+        metrics.REQUESTS.labels(self.dialect, "ok" if ok else "error").inc()
+        audio_s = self.audio_s + (self.live.samples_in / SAMPLE_RATE if self.live else 0.0)
+        metrics.event(
+            "session",
+            id=self.id,
+            dialect=self.dialect,
+            outcome=self.outcome,
+            seconds=round(time.monotonic() - self.t0, 3),
+            audio_s=round(audio_s, 3),
+            streams=self.streams,
+        )
+
+    async def send_json(self, msg: dict) -> None:
+        await self.ws.send(json.dumps(msg, ensure_ascii=False))
+
+    async def run(self) -> None:
+        """Receive until the client goes, the session idles out, or the server closes it. Only
+        valid messages count as activity: junk every few seconds must not hold a slot."""
+        await self.greet()
+        last_valid = time.monotonic()
+        while True:
+            limit = self.idle_limit()
+            try:
+                msg = await self.ws.recv(timeout=max(0.01, last_valid + limit - time.monotonic()))
+            except TimeoutError:
+                if self.owes_results():
+                    last_valid = time.monotonic()
+                    continue
+                self.outcome = IDLE_TIMEOUT
+                why = f"no valid message for {limit:g} s" if self.streams else f"no stream started within {limit:g} s"
+                with contextlib.suppress(ConnectionClosed):
+                    await self.error(IDLE_TIMEOUT, f"{why}, closing the session")
+                    await self.ws.close(1000, "idle timeout")
+                return
+            except ConnectionClosed:
+                if self.live is not None and not self.live.finished and not self.closing:
+                    self.outcome = "client_gone"  # mid-utterance, without stop
+                return
+            try:
+                if isinstance(msg, bytes):
+                    await self.on_audio(msg)
+                else:
+                    await self.on_text(msg)
+            except ASRError as e:  # a recoverable client mistake: the connection stays open
+                metrics.error(e.code)
+                await self.error(e.code, e.message)
+                continue
+            last_valid = time.monotonic()
+            self.server.mark_active()
+
+    def abort(self) -> None:
+        """The connection ended: free the decoder's state and stop relaying."""
+        if self.live is not None:
+            self.live.abort()
