@@ -39,8 +39,9 @@ log = logging.getLogger("websocket")
 
 MIN_RATE, MAX_RATE = 8000, 48000
 # end-of-utterance silence (ms) per latency setting; None: the server's STREAM_EOU_MS. Shorter
-# silence gives finals sooner and splits utterances at shorter pauses (bench/stream_bench.py
-# --latency measures both).
+# silence gives finals sooner and splits utterances at shorter pauses. A pause longer than the
+# decoder's step plus look-ahead (0.96 s by default) ends an utterance whatever the setting: no
+# token falls in the decoded window (docs/PROTOCOL.md).
 LATENCY_EOU_MS = {"low": 400, "balanced": None, "accurate": 1600}
 START_FIELDS = {"action", "sample_rate", "partial_interval", "chunk_duration", "timestamps", "hotwords"}
 START_FIELDS |= {"hotword_boost", "latency"}
