@@ -72,9 +72,7 @@ async def fetch_audio(req: Request, engine: Engine) -> DecodedAudio:
         with engine.request_arriving():  # jobs that arrive together are batched together
             data = await run_in(BLOCKING_POOL, decode_base64, req.audio_base64, s.max_audio_bytes)
             return await decode_audio_async(data, s.max_audio_seconds, req.format, DECODE_BUDGET)
-    policy = fetch.DownloadPolicy(
-        s.max_audio_bytes, s.download_timeout_s, s.max_redirects, s.allow_private_urls, s.allowed_url_hosts
-    )
+    policy = fetch.DownloadPolicy.from_settings(s)
     path = await fetch.download(req.audio_url, policy)
     try:
         with engine.request_arriving():

@@ -130,7 +130,7 @@ def test_failing_stream_is_told_once_gets_done_and_the_others_keep_their_results
     monkeypatch.setattr(pipe, "transcribe_step", flaky)
 
     async def mark(session_id):  # (on the worker's loop: its state is read directly)
-        target["id"] = w.server.sessions[session_id].stream.id
+        target["id"] = w.server.sessions[session_id].live.stream.id
 
     async def run():
         # three streams sent faster than real time, so their frames share steps

@@ -407,9 +407,9 @@ def test_keepalive_pings_do_not_keep_an_idle_session_open(engine, monkeypatch):
     session that answers pings and sends nothing still idles out."""
     import aiohttp
 
-    from parakeet_worker.serving import http_server
+    from parakeet_worker.serving import connection
 
-    monkeypatch.setattr(http_server, "PING_INTERVAL_S", 0.2)
+    monkeypatch.setattr(connection, "PING_INTERVAL_S", 0.2)
     srv = ServerThread(dataclasses.replace(engine.settings, ws_idle_timeout_s=1.5), engine)
     try:
 

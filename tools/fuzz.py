@@ -200,8 +200,8 @@ def check_ws(raw: str) -> None:
 
 
 def check_openai(fields) -> None:
+    from parakeet_worker.serving import upload as openai_upload
     from parakeet_worker.serving.openai import request as openai_request
-    from parakeet_worker.serving.openai import upload as openai_upload
 
     try:
         req = openai_request.parse_fields(fields)
@@ -229,7 +229,7 @@ def check_multipart(case) -> None:
     from aiohttp.streams import StreamReader
     from multidict import CIMultiDict
 
-    from parakeet_worker.serving.openai import upload as openai_upload
+    from parakeet_worker.serving import upload as openai_upload
 
     ctype, body = case[0], case[1].encode("latin-1")  # (a JSON-friendly pair: findings are saved as JSON)
 

@@ -36,6 +36,11 @@ class DownloadPolicy:
     allow_private: bool = False
     allowed_hosts: tuple[str, ...] = ()
 
+    @classmethod
+    def from_settings(cls, s) -> DownloadPolicy:
+        """The worker's policy (MAX_AUDIO_BYTES, DOWNLOAD_TIMEOUT_S, MAX_REDIRECTS, ...), for every route."""
+        return cls(s.max_audio_bytes, s.download_timeout_s, s.max_redirects, s.allow_private_urls, s.allowed_url_hosts)
+
 
 class _Guard:
     """The policy for the hop in flight, shared by the resolver and the socket factory. A refusal

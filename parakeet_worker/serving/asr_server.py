@@ -23,7 +23,8 @@ from parakeet_worker.engine.streaming import StreamDecoder
 from parakeet_worker.runtime import lifecycle, metrics
 from parakeet_worker.runtime.scheduling import BLOCKING_POOL, run_in
 from parakeet_worker.serving.auth import token_matches
-from parakeet_worker.serving.http_server import Connection, Listener
+from parakeet_worker.serving.connection import Connection
+from parakeet_worker.serving.http_server import Listener
 from parakeet_worker.serving.http_server import serve as serve_http
 from parakeet_worker.serving.live_session import (
     CLOSE_GOING_AWAY,
@@ -161,7 +162,7 @@ class ASRServer:
             return "capacity", CLOSE_TRY_AGAIN_LATER, f"server at capacity ({n} sessions)"
         return None
 
-    async def handle(self, ws: Connection, session_class: type[LiveSession] = Session) -> None:
+    async def handle(self, ws: Connection, session_class: type[LiveSession] = Session, **session_args) -> None:
         """One WebSocket connection, in the dialect ``session_class`` speaks."""
         refused = self.refusal()
         if refused is not None:
@@ -169,7 +170,7 @@ class ASRServer:
             metrics.REFUSALS.labels(label).inc()
             await session_class.refuse(ws, code, reason)
             return
-        session = session_class(self, ws)
+        session = session_class(self, ws, **session_args)
         self.sessions[session.id] = session
         metrics.ACTIVE_SESSIONS.set(len(self.sessions))
         metrics.SESSIONS.labels(session.dialect).inc()

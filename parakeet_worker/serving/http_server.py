@@ -13,49 +13,14 @@ import asyncio
 from dataclasses import dataclass
 from pathlib import Path
 
-from aiohttp import WSMsgType, web
+from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from parakeet_worker.config.logs import quiet_client_errors, request_log
 from parakeet_worker.runtime import metrics
-from parakeet_worker.serving.auth import offered_tokens
+from parakeet_worker.serving.connection import SERVER_KEY, accept, is_upgrade
 
-PING_INTERVAL_S = 20.0  # WebSocket pings keep idle proxies from dropping the connection
 DEMO_PAGE = Path(__file__).resolve().parent / "static" / "index.html"
-SERVER_KEY = web.AppKey("asr_server")  # the app's ASRServer, for the route handlers
-
-
-class ConnectionClosed(Exception):
-    """The client went away, or the connection was closed: its session ends."""
-
-
-class Connection:
-    """What a session needs from a WebSocket, over aiohttp's ``WebSocketResponse``."""
-
-    def __init__(self, ws: web.WebSocketResponse):
-        self.ws = ws
-
-    async def send(self, text: str) -> None:
-        if self.ws.closed:
-            raise ConnectionClosed
-        try:
-            await self.ws.send_str(text)
-        except (ConnectionError, RuntimeError) as exc:  # the transport closed under us
-            raise ConnectionClosed from exc
-
-    async def recv(self, timeout: float) -> str | bytes:
-        """The next text (str) or binary (bytes) message; TimeoutError after ``timeout`` s without
-        one. (Around the whole call: aiohttp's own receive timeout restarts at every pong, so
-        keep-alive pings would keep an idle session open forever.)"""
-        msg = await asyncio.wait_for(self.ws.receive(), timeout)
-        if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
-            return msg.data
-        # CLOSE/CLOSED, or ERROR: aiohttp has closed the connection, e.g. 1009 for a message
-        # over WS_MAX_MESSAGE_BYTES
-        raise ConnectionClosed
-
-    async def close(self, code: int, reason: str) -> None:
-        await self.ws.close(code=code, message=reason.encode()[:120])
 
 
 def _host_name(host: str) -> str:
@@ -112,28 +77,11 @@ async def ping(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
-def _is_upgrade(request: web.Request) -> bool:
-    return request.headers.get("Upgrade", "").lower() == "websocket"
-
-
 async def websocket(request: web.Request) -> web.StreamResponse:
-    server = request.app[SERVER_KEY]
-    if server.draining:  # refused before the upgrade: the client may retry on another worker
-        metrics.REFUSALS.labels("draining").inc()
-        return web.Response(status=503, text="server is shutting down, try again\n")
-    if server.unhealthy:
-        metrics.REFUSALS.labels("unhealthy").inc()
-        return web.Response(status=503, text="this worker cannot decode any more; connect to another\n")
-    if not _is_upgrade(request):
-        return web.Response(status=404, text="WebSocket endpoint: connect with a WebSocket client\n")
-    if server.auth_required and not server.token_ok(offered_tokens(request)):
-        return web.Response(
-            status=401, text="unauthorized: pass the token as ?token=... or 'Authorization: Bearer ...'\n"
-        )
-    ws = web.WebSocketResponse(max_msg_size=server.settings.ws_max_message_bytes, heartbeat=PING_INTERVAL_S)
-    await ws.prepare(request)
-    await server.handle(Connection(ws))
-    return ws
+    """The product's own protocol, on any path not taken by another route."""
+    from parakeet_worker.serving.session import Session
+
+    return await accept(request, Session)
 
 
 async def metrics_page(request: web.Request) -> web.Response:
@@ -175,7 +123,7 @@ def page_headers(request: web.Request) -> dict[str, str]:
 
 async def page(request: web.Request) -> web.StreamResponse:
     """``GET /``: the microphone page, unless the request is the WebSocket upgrade."""
-    if _is_upgrade(request):
+    if is_upgrade(request):
         return await websocket(request)
     return web.Response(text=_PAGE, content_type="text/html", headers=page_headers(request))
 
@@ -188,10 +136,18 @@ def build_app(server, *, http_api: bool = False) -> web.Application:
     app.router.add_get("/ping", ping)
     app.router.add_get("/health", ping)
     app.router.add_get("/metrics", metrics_page)
-    if http_api:
-        from parakeet_worker.serving.openai import routes as openai_routes  # only where it is served
+    from parakeet_worker.serving.deepgram import routes as deepgram_routes
+    from parakeet_worker.serving.openai import routes as openai_routes
 
-        openai_routes.add_routes(app, server)
+    # the other dialects' live sockets: Deepgram's /v1/listen, OpenAI's /v1/realtime
+    deepgram_routes.add_live_route(app)
+    openai_routes.add_realtime_route(app)
+    if http_api:
+        from parakeet_worker.serving import upload  # only where the HTTP API is served
+
+        upload.install(app, server)
+        openai_routes.add_routes(app)
+        deepgram_routes.add_routes(app)
         app.router.add_get("/", page)
     app.router.add_get("/{path:.*}", websocket)
     return app

@@ -186,3 +186,46 @@ class LiveAudio:
                     break
             if not ended_by_finalize:
                 return
+
+
+class AppendOnly:
+    """Revisable partials and finals as append-only deltas (OpenAI's transcription deltas), so that
+    the deltas concatenate exactly to the text they end with. A word is sent once it is stable: in
+    two partials in a row and not the partial's last word (the last one may still grow); a final
+    sends what is left of its utterance. Utterances are joined with a space."""
+
+    def __init__(self):
+        self.text = ""  # everything sent so far
+        self._utterance: list[str] = []  # words of the current utterance already sent
+        self._previous: list[str] = []  # the previous partial's words
+
+    def _send(self, words: list[str]) -> str:
+        new = words[len(self._utterance) :]
+        if not new:
+            return ""
+        delta = ("" if not self.text else " ") + " ".join(new)
+        self._utterance = list(words)
+        self.text += delta
+        return delta
+
+    def partial(self, text: str) -> str:
+        words = text.split()
+        stable = []
+        for a, b in zip(words[:-1], self._previous):
+            if a != b:
+                break
+            stable.append(a)
+        self._previous = words
+        if stable[: len(self._utterance)] != self._utterance:
+            return ""  # the model revised a word already sent: wait for the final
+        return self._send(stable)
+
+    def final(self, text: str) -> str:
+        """What is left of the utterance; ``text`` then becomes ``self.text``'s last utterance
+        unless a sent word was revised (the sent words stand; the rest follows them)."""
+        words = text.split()
+        if words[: len(self._utterance)] != self._utterance:
+            words = self._utterance + words[len(self._utterance) :]
+        delta = self._send(words)
+        self._utterance, self._previous = [], []
+        return delta

@@ -18,7 +18,7 @@ import uuid
 from parakeet_worker.config.constants import SAMPLE_RATE
 from parakeet_worker.config.errors import IDLE_TIMEOUT, INVALID_JSON, ASRError
 from parakeet_worker.runtime import metrics
-from parakeet_worker.serving.http_server import Connection, ConnectionClosed
+from parakeet_worker.serving.connection import Connection, ConnectionClosed
 from parakeet_worker.serving.live import LiveAudio
 
 CLOSE_TRY_AGAIN_LATER = 1013  # over capacity / still loading

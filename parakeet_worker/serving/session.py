@@ -26,7 +26,7 @@ from parakeet_worker.config.errors import (
 )
 from parakeet_worker.engine.hotwords import HotwordError, parse_hotwords
 from parakeet_worker.runtime import metrics
-from parakeet_worker.serving.http_server import ConnectionClosed
+from parakeet_worker.serving.connection import ConnectionClosed
 from parakeet_worker.serving.live import LiveAudio, LiveUpdate
 from parakeet_worker.serving.live_session import (
     CLOSE_GOING_AWAY,

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from parakeet_worker.config.errors import INVALID_INPUT
 from parakeet_worker.engine.hotwords import HotwordError, Hotwords, parse_hotwords
-from parakeet_worker.serving.openai.upload import APIError
+from parakeet_worker.serving.upload import APIError
 
 ROUTE = "/v1/audio/transcriptions"
 RESPONSE_FORMATS = ("json", "text", "srt", "verbose_json", "vtt")
@@ -54,8 +54,10 @@ FIELDS = {
     "stream",
     "hotwords[]",
     "hotwords",
-    "hotword_boost",
-}  # ours (hotwords.py): a field per word or phrase
+    "hotword_boost",  # ours (hotwords.py): a field per word or phrase
+    "keywords[]",  # OpenAI's newer name for the same idea: boosted like hotwords
+    "include[]",  # e.g. logprobs: accepted, not produced
+}
 
 
 @dataclass(frozen=True)
@@ -67,11 +69,12 @@ class TranscriptionRequest:
     # ``prompt`` and ``temperature`` are accepted and ignored: decoding is greedy and takes no prompt
     # (free text would make poor hotwords: every "the" and "and" boosted); ``hotwords[]`` is explicit
     hotwords: Hotwords | None = None
+    stream: bool = False  # server-sent events: deltas as the streaming decoder hears the file
 
 
 def parse_fields(fields: dict[str, list[str]]) -> TranscriptionRequest:
     """The form's text fields checked as OpenAI checks them."""
-    unknown = sorted(set(fields) - FIELDS)
+    unknown = sorted(f for f in set(fields) - FIELDS if not f.startswith("chunking_strategy"))
     if unknown:
         raise APIError(400, f"Unrecognized request argument supplied: {', '.join(unknown)}", param=unknown[0])
 
@@ -122,9 +125,15 @@ def parse_fields(fields: dict[str, list[str]]) -> TranscriptionRequest:
             t = math.nan
         if not 0.0 <= t <= 1.0:
             raise APIError(400, "temperature must be a number from 0 to 1", param="temperature")
-    if (one("stream") or "false").lower() not in ("false", "0"):
+    stream = (one("stream") or "false").lower()
+    if stream not in ("true", "false", "1", "0"):
+        raise APIError(400, "stream must be true or false", param="stream")
+    stream = stream in ("true", "1")
+    if stream and fmt not in ("json", "text"):
         raise APIError(
-            400, "streaming responses are not supported here; use the WebSocket for live results", param="stream"
+            400,
+            f"stream=true answers with text events: use response_format json or text, not {fmt}",
+            param="response_format",
         )
     one("prompt")
     return TranscriptionRequest(
@@ -132,7 +141,11 @@ def parse_fields(fields: dict[str, list[str]]) -> TranscriptionRequest:
         response_format=fmt,
         granularities=tuple(dict.fromkeys(granularities or ["segment"])),
         language=language,
-        hotwords=_hotwords(fields.get("hotwords[]", []) + fields.get("hotwords", []), one("hotword_boost")),
+        hotwords=_hotwords(
+            fields.get("hotwords[]", []) + fields.get("hotwords", []) + fields.get("keywords[]", []),
+            one("hotword_boost"),
+        ),
+        stream=stream,
     )
 
 

@@ -15,12 +15,10 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
 
-from parakeet_worker.audio.budget import DecodeBudget
 from parakeet_worker.audio.decode import decode_audio_async
 from parakeet_worker.config.errors import (
     AUDIO_TOO_LARGE,
@@ -37,32 +35,16 @@ from parakeet_worker.runtime.scheduling import BLOCKING_POOL, run_in
 from parakeet_worker.serving.auth import authorized
 from parakeet_worker.serving.openai.formats import render
 from parakeet_worker.serving.openai.request import ROUTE, parse_fields
-from parakeet_worker.serving.openai.upload import APIError, ClientGone, UploadBudget, read_form
+from parakeet_worker.serving.openai.streaming import stream_transcription
+from parakeet_worker.serving.upload import API_KEY, APIError, ClientGone, HttpApi, read_form
 
 log = logging.getLogger("openai_api")
 # our error codes -> HTTP status; OpenAI's clients map 400 to BadRequestError, 413 to APIStatusError
 STATUS = {INVALID_INPUT: 400, INVALID_AUDIO: 400, UNSUPPORTED_FORMAT: 400, AUDIO_TOO_LONG: 400, AUDIO_TOO_LARGE: 413}
 
 
-@dataclass
-class RouteState:
-    """What the OpenAI routes share: the server (engine, readiness, drain accounting), the
-    upload budget (spool disk, concurrent uploads) and the decode memory budget."""
-
-    server: object  # the ASRServer (asr_server.py)
-    uploads: UploadBudget
-    decode_budget: DecodeBudget
-
-
-STATE_KEY = web.AppKey("openai_routes", RouteState)
-
-
-def add_routes(app: web.Application, server) -> None:
-    """The OpenAI-compatible routes on ``server``'s app."""
-    s = server.settings
-    app[STATE_KEY] = RouteState(
-        server, UploadBudget(s.max_uploads, s.spool_budget), DecodeBudget(s.decode_budget_bytes)
-    )
+def add_routes(app: web.Application) -> None:
+    """The OpenAI-compatible routes (the app has its ``HttpApi`` state: ``upload.install``)."""
     app.router.add_post(ROUTE, transcriptions)
     app.router.add_get("/v1/models", models)
     app.router.add_get("/v1/models/{model:.+}", models)
@@ -71,7 +53,7 @@ def add_routes(app: web.Application, server) -> None:
 async def models(request: web.Request) -> web.Response:
     """``GET /v1/models`` (and ``/v1/models/{model}``): the one served model, in OpenAI's shape, so
     clients and tools that list models first find it."""
-    server = request.app[STATE_KEY].server
+    server = request.app[API_KEY].server
     if not authorized(request, server.settings.http_api_token):
         return APIError(401, "Incorrect API key provided", code="invalid_api_key").response()
     model = {"id": server.settings.model_id, "object": "model", "created": 0, "owned_by": "nvidia"}
@@ -100,7 +82,7 @@ async def transcriptions(request: web.Request) -> web.Response:
 
 
 async def _transcriptions(request: web.Request, record: metrics.JobRecord) -> web.Response:
-    state = request.app[STATE_KEY]
+    state = request.app[API_KEY]
     server, settings = state.server, state.server.settings
     try:
         if not authorized(request, settings.http_api_token):
@@ -140,7 +122,7 @@ async def _transcriptions(request: web.Request, record: metrics.JobRecord) -> we
                 settings.upload_timeout_s,
                 settings.upload_min_rate,
             )
-            return await _transcribe_upload(state, fields, spool, record)
+            return await _transcribe_upload(state, request, fields, spool, record)
     except ClientGone:
         record.fail("cancelled")
         log.info("the client went away during its upload")
@@ -173,7 +155,9 @@ async def _transcriptions(request: web.Request, record: metrics.JobRecord) -> we
         ) from None
 
 
-async def _transcribe_upload(state: RouteState, fields: dict, spool: Path, record: metrics.JobRecord) -> web.Response:
+async def _transcribe_upload(
+    state: HttpApi, request: web.Request, fields: dict, spool: Path, record: metrics.JobRecord
+) -> web.StreamResponse:
     """The form is read: decode the spooled audio and transcribe it."""
     server = state.server
     settings = server.settings
@@ -184,8 +168,38 @@ async def _transcribe_upload(state: RouteState, fields: dict, spool: Path, recor
         # client gone kills its ffmpeg)
         audio = await decode_audio_async(spool, settings.max_audio_seconds, None, state.decode_budget)
     record.audio_s = audio.duration
+    if req.stream:
+        return await stream_transcription(request, server, audio.samples, req)
     transcript = await engine.transcribe(audio.samples, hotwords=req.hotwords)
     body, content_type = await run_in(BLOCKING_POOL, render, transcript, req, engine.model_name)
     return web.Response(
         body=body, content_type=content_type, charset="utf-8", headers={"openai-model": engine.model_name}
     )
+
+
+def _realtime_refusal(status: int, message: str) -> web.Response:
+    code = {401: "invalid_api_key", 503: "unavailable", 404: "not_found", 400: "invalid_request"}.get(status)
+    return APIError(
+        status, message, code=code, kind="invalid_request_error" if status < 500 else "server_error"
+    ).response()
+
+
+async def realtime(request: web.Request) -> web.StreamResponse:
+    """``/v1/realtime``: transcription sessions (``?intent=transcription``; a conversation session
+    is refused before the upgrade)."""
+    from parakeet_worker.serving.connection import accept
+    from parakeet_worker.serving.openai.realtime import RealtimeTranscription
+
+    intent = request.query.get("intent", "transcription")
+    if intent != "transcription":
+        return _realtime_refusal(
+            400, "this server runs transcription sessions only: connect with ?intent=transcription"
+        )
+    offered = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")]
+    return await accept(
+        request, RealtimeTranscription, _realtime_refusal, ("realtime",) if "realtime" in offered else ()
+    )
+
+
+def add_realtime_route(app: web.Application) -> None:
+    app.router.add_get("/v1/realtime", realtime)

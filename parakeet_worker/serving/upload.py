@@ -1,5 +1,7 @@
-"""The OpenAI route's request body: a multipart form read within a time limit and a byte budget,
-the audio spooled to disk as it arrives, and errors in OpenAI's error shape (``APIError``).
+"""HTTP uploads (the OpenAI and Deepgram file routes): a body read within a time limit and a byte
+budget, the audio spooled to disk as it arrives; ``APIError`` carries the status, message and code
+each dialect words in its own shape (``response()`` is OpenAI's error object). ``HttpApi`` is what
+the HTTP routes share: the server, the upload budget and the decode memory budget.
 
 A slow or stalled upload is cut off (UPLOAD_STALL_S, UPLOAD_MIN_RATE, UPLOAD_TIMEOUT_S), all
 uploads together hold at most SPOOL_BUDGET bytes of disk, and whatever the parser raises for a
@@ -11,10 +13,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import BodyPartReader, MultipartReader, web
 
+from parakeet_worker.audio.budget import DecodeBudget
 from parakeet_worker.config.errors import AUDIO_TOO_LARGE
 from parakeet_worker.runtime import metrics
 
@@ -226,3 +230,55 @@ def _too_large(max_bytes: int) -> APIError:
     return APIError(
         413, f"the file is larger than the {max_bytes} byte limit (MAX_AUDIO_BYTES)", param="file", code=AUDIO_TOO_LARGE
     )
+
+
+@dataclass
+class HttpApi:
+    """What the HTTP API routes share: the server (engine, readiness, drain accounting), the
+    upload budget (spool disk, concurrent uploads) and the decode memory budget."""
+
+    server: object  # the ASRServer (asr_server.py)
+    uploads: UploadBudget
+    decode_budget: DecodeBudget
+
+
+API_KEY = web.AppKey("http_api", HttpApi)
+
+
+def install(app: web.Application, server) -> HttpApi:
+    s = server.settings
+    app[API_KEY] = state = HttpApi(
+        server, UploadBudget(s.max_uploads, s.spool_budget), DecodeBudget(s.decode_budget_bytes)
+    )
+    return state
+
+
+async def read_body(
+    request: web.Request,
+    max_bytes: int,
+    spool: Path,
+    upload: Upload,
+    stall_s: float,
+    timeout_s: float,
+    min_rate: float = 0.0,
+) -> int:
+    """A raw request body (the audio itself) spooled to ``spool`` within the same limits as a
+    form's file part; its size."""
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise _too_large(max_bytes)
+    body = _CountedBody(request.content, max_bytes, stall_s, min_rate)
+    size = 0
+    try:
+        async with asyncio.timeout(timeout_s):
+            with spool.open("wb") as out:
+                while chunk := await body.read(READ_SIZE):
+                    size += len(chunk)
+                    upload.reserve(len(chunk))
+                    out.write(chunk)
+    except TimeoutError:
+        raise APIError(
+            408, f"the upload took longer than {timeout_s:g} s (UPLOAD_TIMEOUT_S)", code="upload_timeout"
+        ) from None
+    except ConnectionError:
+        raise ClientGone from None
+    return size
