@@ -153,7 +153,9 @@ def fixed_offline(engine, sample):
     """The wrong sentences that one offline pass with their missed words as hotwords gets closer to
     the truth (every missed word back, fewer errors): the first three, found by transcribing."""
     utts, refs, got, wrong, missed = sample
-    out = engine.transcribe_batch([utts[i].audio for i in wrong], boostings=[boosting(engine, missed[i]) for i in wrong])
+    out = engine.transcribe_batch(
+        [utts[i].audio for i in wrong], boostings=[boosting(engine, missed[i]) for i in wrong]
+    )
     fixed = [
         i
         for i, t in zip(wrong, out)

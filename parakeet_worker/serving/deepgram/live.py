@@ -124,7 +124,7 @@ class DeepgramLive(LiveSession):
     async def _configure(self, msg: dict) -> None:
         terms = msg.get("keyterms", [])
         try:
-            hotwords = parse_hotwords(terms) if terms else None
+            hotwords = parse_hotwords(terms, None) if terms else None
         except HotwordError as exc:
             await self.send_json(
                 {

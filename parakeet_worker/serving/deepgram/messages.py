@@ -84,7 +84,7 @@ def parse_options(query, default_eou_ms: int) -> ListenOptions:
     terms = [t for t in query.getall("keyterm", []) if t.strip()]
     terms += [k.rsplit(":", 1)[0] for k in query.getall("keywords", []) if k.strip()]  # "word:boost" (older)
     try:
-        hotwords = parse_hotwords(terms) if terms else None
+        hotwords = parse_hotwords(terms, None) if terms else None
     except HotwordError as exc:
         raise ListenError(str(exc)) from None
     return ListenOptions(

@@ -199,7 +199,7 @@ class RealtimeTranscription(LiveSession):
             )
         terms = keywords + [t.strip() for t in prompt.split(",") if 0 < len(t.strip()) <= 50]
         try:
-            hotwords = parse_hotwords(terms[:100]) if terms else None
+            hotwords = parse_hotwords(terms[:100], None) if terms else None
         except HotwordError as exc:
             raise RealtimeError("invalid_value", str(exc), "audio.input.transcription.keywords") from None
         trees = self.server.engine.hotword_trees
