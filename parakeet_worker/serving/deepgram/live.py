@@ -122,8 +122,10 @@ class DeepgramLive(LiveSession):
             )
 
     async def _configure(self, msg: dict) -> None:
-        terms = msg.get("keyterms", [])
+        terms = msg.get("keyterms") or []
         try:
+            if not isinstance(terms, list) or not all(isinstance(t, str) for t in terms):
+                raise HotwordError("keyterms must be a list of strings")
             hotwords = parse_hotwords(terms, None) if terms else None
         except HotwordError as exc:
             await self.send_json(

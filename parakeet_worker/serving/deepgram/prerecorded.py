@@ -103,6 +103,8 @@ async def _listen(request: web.Request, request_id: str, record: metrics.JobReco
         answer = messages.prerecorded(request_id, engine.model_name, transcript, digest)
         body = await run_in(BLOCKING_POOL, json.dumps, answer)
         return web.Response(text=body, content_type="application/json", headers={"dg-request-id": request_id})
+    except DeepgramHTTPError:
+        raise
     except ClientGone:
         record.fail("cancelled")
         return web.Response(status=499)

@@ -26,23 +26,14 @@ import json
 import logging
 
 from parakeet_worker.config.constants import SAMPLE_RATE
-from parakeet_worker.config.errors import INTERNAL_ERROR, ASRError
-from parakeet_worker.engine.hotwords import HotwordError, parse_hotwords
+from parakeet_worker.config.errors import INTERNAL_ERROR
 from parakeet_worker.runtime import metrics
 from parakeet_worker.serving.connection import Connection, ConnectionClosed
 from parakeet_worker.serving.live import AppendOnly, LiveAudio
 from parakeet_worker.serving.live_session import CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, LiveSession, parse_message
+from parakeet_worker.serving.openai.realtime_config import RealtimeError, TranscriptionConfig, parse_session
 
 log = logging.getLogger("openai_realtime")
-DEFAULT_RATE = 24000
-RATES = (8000, 16000, 24000, 44100, 48000)
-DEFAULT_VAD = {"type": "server_vad", "threshold": 0.5, "prefix_padding_ms": 300, "silence_duration_ms": 500}
-
-
-class RealtimeError(ASRError):
-    def __init__(self, code: str, message: str, param: str | None = None):
-        super().__init__(code, message)
-        self.param = param
 
 
 class RealtimeTranscription(LiveSession):
@@ -50,11 +41,7 @@ class RealtimeTranscription(LiveSession):
 
     def __init__(self, server, ws: Connection):
         super().__init__(server, ws)
-        self.rate = DEFAULT_RATE
-        self.turn_detection: dict | None = dict(DEFAULT_VAD)
-        self.language: str | None = None
-        self.prompt = ""
-        self.keywords: list[str] = []
+        self.config = TranscriptionConfig()
         self.boosting = None
         self.model_name = server.engine.model_name
         self._events = itertools.count(1)
@@ -70,13 +57,14 @@ class RealtimeTranscription(LiveSession):
         return {"type": kind, "event_id": f"event_{next(self._events)}", **fields}
 
     def session_object(self) -> dict:
-        transcription = {"model": self.model_name, "language": self.language, "prompt": self.prompt}
-        if self.keywords:
-            transcription["keywords"] = self.keywords
+        c = self.config
+        transcription = {"model": self.model_name, "language": c.language, "prompt": c.prompt}
+        if c.keywords:
+            transcription["keywords"] = list(c.keywords)
         audio_in = {
-            "format": {"type": "audio/pcm", "rate": self.rate},
+            "format": {"type": "audio/pcm", "rate": c.rate},
             "transcription": transcription,
-            "turn_detection": self.turn_detection,
+            "turn_detection": c.turn_detection,
             "noise_reduction": None,
         }
         return {
@@ -146,68 +134,10 @@ class RealtimeTranscription(LiveSession):
         raise RealtimeError("invalid_event", "send audio as input_audio_buffer.append events (base64 PCM16)")
 
     async def _update(self, session, kind: str) -> None:
-        if not isinstance(session, dict):
-            raise RealtimeError("invalid_value", "session must be an object", "session")
-        if kind == "session.update" and session.get("type", "transcription") != "transcription":
-            raise RealtimeError(
-                "invalid_value",
-                "this server runs transcription sessions only (session.type 'transcription', ?intent=transcription)",
-                "session.type",
-            )
-        audio_in = ((session.get("audio") or {}).get("input") or {}) if kind == "session.update" else {}
-        fmt = audio_in.get("format", session.get("input_audio_format"))
-        transcription = audio_in.get("transcription", session.get("input_audio_transcription")) or {}
-        turn = audio_in["turn_detection"] if "turn_detection" in audio_in else session.get("turn_detection", False)
-        rate = self.rate
-        if fmt is not None:
-            if isinstance(fmt, str):  # the older schema: "pcm16" (24 kHz)
-                if fmt != "pcm16":
-                    raise RealtimeError("invalid_value", "only PCM16 audio is supported", "audio.input.format")
-                rate = DEFAULT_RATE
-            elif isinstance(fmt, dict) and fmt.get("type", "audio/pcm") == "audio/pcm":
-                rate = fmt.get("rate", DEFAULT_RATE)
-                if rate not in RATES:
-                    raise RealtimeError("invalid_value", f"rate must be one of {RATES}", "audio.input.format.rate")
-            else:
-                raise RealtimeError(
-                    "invalid_value", "only audio/pcm (PCM16 little-endian) is supported", "audio.input.format"
-                )
-        if turn is not False and turn is not None:
-            if not isinstance(turn, dict) or turn.get("type") not in ("server_vad", "semantic_vad"):
-                raise RealtimeError(
-                    "invalid_value",
-                    "turn_detection must be server_vad, semantic_vad or null",
-                    "audio.input.turn_detection",
-                )
-            silence = turn.get("silence_duration_ms", DEFAULT_VAD["silence_duration_ms"])
-            if isinstance(silence, bool) or not isinstance(silence, int) or not 80 <= silence <= 10_000:
-                raise RealtimeError(
-                    "invalid_value",
-                    "silence_duration_ms must be from 80 to 10000",
-                    "audio.input.turn_detection.silence_duration_ms",
-                )
-            turn = {**DEFAULT_VAD, **turn, "silence_duration_ms": silence}
-        keywords = transcription.get("keywords") or []
-        prompt = transcription.get("prompt") or ""
-        if (
-            not isinstance(keywords, list)
-            or not all(isinstance(k, str) for k in keywords)
-            or not isinstance(prompt, str)
-        ):
-            raise RealtimeError(
-                "invalid_value", "keywords must be a list of strings and prompt a string", "audio.input.transcription"
-            )
-        terms = keywords + [t.strip() for t in prompt.split(",") if 0 < len(t.strip()) <= 50]
-        try:
-            hotwords = parse_hotwords(terms[:100], None) if terms else None
-        except HotwordError as exc:
-            raise RealtimeError("invalid_value", str(exc), "audio.input.transcription.keywords") from None
+        config = parse_session(session, kind, self.config)
         trees = self.server.engine.hotword_trees
-        self.boosting = await asyncio.to_thread(trees.boosting, hotwords) if hotwords else None
-        self.rate, self.keywords, self.prompt = rate, keywords, prompt
-        self.language = transcription.get("language") if isinstance(transcription.get("language"), str) else None
-        if turn is not False:
-            self.turn_detection = turn
+        self.boosting = await asyncio.to_thread(trees.boosting, config.hotwords) if config.hotwords else None
+        self.config = config
         if self.live is not None:  # the new set-up applies from the next item
             async with self.control:
                 await self._end_live()
@@ -231,24 +161,24 @@ class RealtimeTranscription(LiveSession):
         data = self._decode_append(audio)
         if self.closing:
             return
-        if self.turn_detection is None:  # the client commits: keep it until then
-            self._too_long((len(self.buffer) + len(data)) / 2 / self.rate)
+        if self.config.turn_detection is None:  # the client commits: keep it until then
+            self._too_long((len(self.buffer) + len(data)) / 2 / self.config.rate)
             self.buffer += data
             return
         live = self.live or self._open_vad()
         if live.failed:
             return
-        self._too_long(live.samples_in / SAMPLE_RATE + len(data) / 2 / self.rate)
+        self._too_long(live.samples_in / SAMPLE_RATE + len(data) / 2 / self.config.rate)
         live.push(data)
         await live.wait_for_room()
 
     def _open_vad(self) -> LiveAudio:
-        live = self.open_live(self.rate, self.boosting, self.turn_detection["silence_duration_ms"])
+        live = self.open_live(self.config.rate, self.boosting, self.config.turn_detection["silence_duration_ms"])
         self.reader = asyncio.get_running_loop().create_task(self._relay(live, vad=True))
         return live
 
     async def _commit(self) -> None:
-        if self.turn_detection is not None:  # server VAD: the utterance so far is one item now
+        if self.config.turn_detection is not None:  # server VAD: the utterance so far is one item now
             if self.live is not None:
                 self.live.finalize()
             return
@@ -260,7 +190,7 @@ class RealtimeTranscription(LiveSession):
             self._event("input_audio_buffer.committed", item_id=item, previous_item_id=self.previous_item)
         )
         self.previous_item = item
-        live = self.open_live(self.rate, self.boosting, None)
+        live = self.open_live(self.config.rate, self.boosting, None)
         live.push(data)
         live.finish()
         await self._relay(live, vad=False, item=item)  # this item's deltas and completion, in order
@@ -268,7 +198,7 @@ class RealtimeTranscription(LiveSession):
 
     async def _clear(self) -> None:
         self.buffer = bytearray()
-        if self.live is not None and self.turn_detection is not None:
+        if self.live is not None and self.config.turn_detection is not None:
             async with self.control:  # what was said so far is dropped: no item for it
                 self.live.abort()
                 if self.reader is not None:

@@ -1,0 +1,201 @@
+"""The other dialects under hostile input, in the drain and in the metrics: each bad input gets
+that dialect's own error shape and the connection or request fails alone; a drain ends every
+dialect's stream with its last results; metrics are labelled by dialect. Raw frames here (the
+official clients cannot send malformed ones); tests/test_dialects.py drives the clients."""
+
+import asyncio
+import json
+import urllib.request
+
+import aiohttp
+import numpy as np
+import pytest
+
+from parakeet_worker.config.settings import Settings
+from parakeet_worker.engine.engine import Engine
+from parakeet_worker.serving.openai.realtime_config import RealtimeError, TranscriptionConfig, parse_session
+from tests.helpers import WorkerThread, requires_model
+
+pytestmark = requires_model
+
+
+@pytest.fixture(scope="module")
+def worker(tiny_model):
+    w = WorkerThread(Engine(Settings(model="tiny", warmup=False), model=tiny_model), http_api=True)
+    w.base = f"http://127.0.0.1:{w.port}"
+    yield w
+    w.stop()
+
+
+async def _socket(url, frames, until, timeout=30, then_closed=False):
+    """Send ``frames`` (str: text, bytes: binary), then read JSON messages until ``until`` accepts
+    one (``then_closed``: and on until the server closes); (messages, close code)."""
+    got = []
+    async with aiohttp.ClientSession() as http, http.ws_connect(url) as ws:
+        for f in frames:
+            await (ws.send_str(f) if isinstance(f, str) else ws.send_bytes(f))
+        async with asyncio.timeout(timeout):
+            async for msg in ws:
+                if msg.type != aiohttp.WSMsgType.TEXT:
+                    break
+                got.append(json.loads(msg.data))
+                if until(got[-1]) and not then_closed:
+                    break
+        return got, ws.close_code
+
+
+def test_deepgram_live_bad_messages_get_error_messages_and_the_socket_stays_usable(worker):
+    ws = worker.base.replace("http", "ws") + "/v1/listen?encoding=linear16&sample_rate=16000"
+    frames = [
+        "{not json",
+        json.dumps({"type": "Nonsense"}),
+        json.dumps({"type": "Configure", "keyterms": "x"}),
+        json.dumps([1, 2]),
+        json.dumps({"type": "CloseStream"}),
+    ]
+    got, code = asyncio.run(_socket(ws, frames, lambda m: m["type"] == "Metadata", then_closed=True))
+    kinds = [m["type"] for m in got]
+    assert kinds == ["Error", "Error", "ConfigureFailure", "Error", "Metadata"], got
+    assert code == 1000
+    assert all(m["type"] in {"Error", "ConfigureFailure", "Metadata"} for m in got)  # types the SDK knows
+
+
+@pytest.mark.parametrize(
+    "query, fragment",
+    [
+        ("encoding=mulaw", "encoding"),
+        ("channels=2", "mono"),
+        ("sample_rate=4000", "sample_rate"),
+        ("interim_results=maybe", "interim_results"),
+        ("endpointing=-5", "endpointing"),
+        ("utterance_end_ms=10", "utterance_end_ms"),
+        ("keyterm=" + "x" * 60, "50"),
+    ],
+)
+def test_deepgram_live_bad_parameters_are_refused_before_the_upgrade(worker, query, fragment):
+    req = urllib.request.Request(
+        f"{worker.base}/v1/listen?{query}",
+        headers={
+            "Upgrade": "websocket",
+            "Connection": "Upgrade",
+            "Sec-WebSocket-Version": "13",
+            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+        },
+    )
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(req, timeout=10)
+    body = json.loads(err.value.read())
+    assert err.value.code == 400 and body["err_code"] == "Bad Request" and fragment in body["err_msg"]
+
+
+def test_deepgram_prerecorded_refuses_what_is_not_audio_in_its_own_shape(worker):
+    def post(data, content_type="application/octet-stream"):
+        req = urllib.request.Request(f"{worker.base}/v1/listen", data=data, headers={"Content-Type": content_type})
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(req, timeout=30)
+        return err.value.code, json.loads(err.value.read())
+
+    for data, ctype in [
+        (b"%PDF-1.7 not audio", "audio/wav"),
+        (b"", "audio/wav"),
+        (b"{", "application/json"),
+        (json.dumps({"url": 5}).encode(), "application/json"),
+        (json.dumps({"url": "file:///etc/passwd"}).encode(), "application/json"),
+    ]:
+        status, body = post(data, ctype)
+        assert status == 400 and set(body) == {"err_code", "err_msg", "request_id"}, (data, body)
+
+
+def test_realtime_bad_events_get_openai_error_events_and_the_session_goes_on(worker):
+    ws = worker.base.replace("http", "ws") + "/v1/realtime?intent=transcription"
+    frames = [
+        json.dumps({"type": "input_audio_buffer.append", "audio": "***not base64***"}),
+        json.dumps({"type": "session.update", "session": {"type": "transcription", "audio": [1]}}),
+        json.dumps({"type": "session.update", "session": {"audio": {"input": {"format": {"rate": 11025}}}}}),
+        json.dumps({"type": "response.create"}),
+        "\x00" * 10,
+        b"\x01\x02",
+        json.dumps({"type": "input_audio_buffer.clear", "event_id": "mine"}),
+    ]
+    got, _ = asyncio.run(_socket(ws, frames, lambda m: m["type"] == "input_audio_buffer.cleared"))
+    assert got[0]["type"] == "session.created"
+    errors = [m for m in got if m["type"] == "error"]
+    assert len(errors) == 6, got
+    assert all(set(m["error"]) >= {"type", "code", "message", "param"} for m in errors)
+    assert got[-1]["type"] == "input_audio_buffer.cleared"
+
+
+def test_realtime_refuses_other_intents_before_the_upgrade(worker):
+    req = urllib.request.Request(
+        f"{worker.base}/v1/realtime?intent=conversation",
+        headers={
+            "Upgrade": "websocket",
+            "Connection": "Upgrade",
+            "Sec-WebSocket-Version": "13",
+            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+        },
+    )
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(req, timeout=10)
+    assert err.value.code == 400 and "transcription" in json.loads(err.value.read())["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    "session",
+    [
+        None,
+        5,
+        "x",
+        [],
+        {"audio": 1},
+        {"audio": {"input": 1}},
+        {"audio": {"input": {"format": "pcmu"}}},
+        {"audio": {"input": {"format": {"type": "audio/pcm", "rate": True}}}},
+        {"audio": {"input": {"turn_detection": {"type": "server_vad", "silence_duration_ms": 1e9}}}},
+        {"audio": {"input": {"turn_detection": "server_vad"}}},
+        {"audio": {"input": {"transcription": {"keywords": "kubernetes"}}}},
+        {"audio": {"input": {"transcription": {"prompt": ["x"]}}}},
+        {"type": "realtime"},
+    ],
+)
+def test_realtime_session_parsing_refuses_every_malformed_value_with_its_own_error(session):
+    with pytest.raises(RealtimeError):
+        if session is None:  # None is "no change" only for nested fields; a missing session object is refused
+            parse_session("not an object", "session.update", TranscriptionConfig())
+        else:
+            parse_session(session, "session.update", TranscriptionConfig())
+
+
+def test_a_drain_ends_every_dialects_stream_with_its_last_results(worker, tiny_model):
+    """Deepgram gets its last Results and Metadata, then 1001; the product protocol its done."""
+    w = WorkerThread(Engine(Settings(model="tiny", warmup=False), model=tiny_model))
+    try:
+        audio = (np.sin(np.linspace(0, 3000, 16000 * 2)) * 0.01 * 32767).astype("<i2").tobytes()
+        url = f"ws://127.0.0.1:{w.port}/v1/listen?encoding=linear16&sample_rate=16000"
+
+        async def run():
+            async with aiohttp.ClientSession() as http, http.ws_connect(url) as ws:
+                await ws.send_bytes(audio)
+                # the worker has the stream once its session is registered
+                while not w.call(lambda: len(w.server.sessions)):
+                    await asyncio.sleep(0.01)
+                drain = asyncio.wrap_future(w.submit(w.server.drain(10.0)))
+                got = [json.loads(m.data) async for m in ws if m.type == aiohttp.WSMsgType.TEXT]
+                await drain
+                return got, ws.close_code
+
+        got, code = asyncio.run(asyncio.wait_for(run(), 60))
+        assert got[-1]["type"] == "Metadata" and got[-1]["duration"] == pytest.approx(2.0, abs=0.05)
+        assert code == 1001
+    finally:
+        w.stop()
+
+
+def test_metrics_count_sessions_and_requests_by_dialect(worker):
+    ws = worker.base.replace("http", "ws")
+    asyncio.run(_socket(ws + "/v1/listen", [json.dumps({"type": "CloseStream"})], lambda m: m["type"] == "Metadata"))
+    asyncio.run(_socket(ws + "/v1/realtime", [], lambda m: m["type"] == "session.created"))
+    text = urllib.request.urlopen(f"{worker.base}/metrics", timeout=10).read().decode()
+    for kind in ("deepgram_live", "openai_realtime"):
+        assert any(line.startswith(f'asr_requests_total{{kind="{kind}"') for line in text.splitlines()), kind
+        assert f'asr_sessions{{dialect="{kind}"}}' in text
