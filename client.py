@@ -164,6 +164,19 @@ class ASRWebSocketClient:
     async def send_audio(self, pcm16: bytes) -> None:
         await self.ws.send(pcm16)
 
+    async def finalize(self) -> None:
+        """What was heard becomes final now (its final comes with ``from_finalize``)."""
+        await self.ws.send(json.dumps({"action": "finalize"}))
+
+    async def keepalive(self) -> None:
+        """Keep an idle session open (a client not sending audio while its user is silent)."""
+        await self.ws.send(json.dumps({"action": "keepalive"}))
+
+    async def configure(self, **fields) -> None:
+        """Mid-stream: ``partial_interval``, ``hotwords``, ``hotword_boost``, ``latency``; the
+        ``configured`` answer arrives among the results."""
+        await self.ws.send(json.dumps({"action": "configure", **fields}))
+
     async def stop(self) -> None:
         await self.ws.send(json.dumps({"action": "stop"}))
 

@@ -3,6 +3,9 @@
     python bench/stream_bench.py --model tests/assets/tiny_parakeet.nemo --streams 1 4 8
     python bench/stream_bench.py --url ws://127.0.0.1:8765 --streams 1 4 8 16   # a running server
 
+``--latency low balanced accurate`` runs each session latency setting (end-of-utterance silence
+0.4 s, the server's STREAM_EOU_MS, 1.6 s) at every stream count.
+
 Each stream sends two espeak-ng sentences separated by 1.5 s of silence, in 100 ms frames at real
 time, then stops. Reported per stream count:
 - end-of-speech -> final latency (p50/p95/p99): wall time from sending the last sample of the first
@@ -54,12 +57,12 @@ def make_stream_audio(i: int) -> tuple[np.ndarray, float, int]:
     return audio, a.speech_end, len(a.text.split())
 
 
-async def one_stream(url: str, audio: np.ndarray, speech_end: float, first_words: int) -> dict:
+async def one_stream(url: str, audio: np.ndarray, speech_end: float, first_words: int, latency: str) -> dict:
     pcm = pcm16_bytes(audio)
     step = int(16000 * FRAME_S) * 2
     out = {"eos_to_final": None, "stop_to_done": None}
     async with ASRWebSocketClient(url) as c:
-        await c.start(16000, chunk_duration=0.0)
+        await c.start(16000, chunk_duration=0.0, latency=latency)
         t0 = time.monotonic()
         stop_at = {}
         heard = 0  # words in finals so far
@@ -93,12 +96,13 @@ def pct(xs, q):
     return round(float(np.percentile(xs, q)), 3) if xs else None
 
 
-async def run_level(url: str, n: int, decoder=None) -> dict:
+async def run_level(url: str, n: int, decoder=None, latency: str = "balanced") -> dict:
     clips = [make_stream_audio(i) for i in range(n)]
     before = (decoder.steps, decoder.frames, decoder.step_seconds) if decoder else None
-    res = await asyncio.gather(*(one_stream(url, a, e, w) for a, e, w in clips))
+    res = await asyncio.gather(*(one_stream(url, a, e, w, latency) for a, e, w in clips))
     eos = [r["eos_to_final"] for r in res if r["eos_to_final"] is not None]
     row = {
+        "latency": latency,
         "streams": n,
         "audio_s_per_stream": round(float(np.mean([len(c[0]) for c in clips])) / 16000, 2),
         "eos_to_final_p50": pct(eos, 50),
@@ -166,20 +170,31 @@ def main() -> None:
     ap.add_argument("--model", default=str(ROOT / "tests" / "assets" / "tiny_parakeet.nemo"))
     ap.add_argument("--streams", type=int, nargs="+", default=[1, 4, 8])
     ap.add_argument("--target", type=float, default=2.0, help="p95 end-of-speech -> final latency target, s")
+    ap.add_argument(
+        "--latency",
+        nargs="+",
+        default=["balanced"],
+        choices=["low", "balanced", "accurate"],
+        help="the session's latency setting (each is run at every stream count)",
+    )
     args = ap.parse_args()
     decoder, device = None, "remote server"
     url = args.url
     if url is None:
         url, decoder, device = start_local_server(args.model)
     rows = []
-    for n in args.streams:
-        row = asyncio.run(run_level(url, n, decoder))
-        rows.append(row)
-        print(json.dumps(row), flush=True)
+    for latency in args.latency:
+        for n in args.streams:
+            row = asyncio.run(run_level(url, n, decoder, latency))
+            rows.append(row)
+            print(json.dumps(row), flush=True)
     ok = [
         r["streams"]
         for r in rows
-        if r["eos_to_final_p95"] is not None and r["eos_to_final_p95"] <= args.target and r["first_final_missing"] == 0
+        if r["eos_to_final_p95"] is not None
+        and r["eos_to_final_p95"] <= args.target
+        and r["first_final_missing"] == 0
+        and r["latency"] == args.latency[0]
     ]
     from parakeet_worker.config.settings import Settings
 

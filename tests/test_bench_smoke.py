@@ -53,10 +53,11 @@ def test_batch_bench_runs_every_mode_and_reports_ratios():
 
 
 def test_stream_bench_runs_one_stream():
-    res = _run(["bench/stream_bench.py", "--streams", "1"])
+    res = _run(["bench/stream_bench.py", "--streams", "1", "--latency", "balanced", "low"])
     # whether the latency target is met depends on how busy the CPU is: reported, not asserted
     assert res["max_streams_within_target"] in (0, 1) and res["target_p95_s"] == 2.0
-    (level,) = res["levels"]
+    level, low = res["levels"]
+    assert (level["latency"], low["latency"]) == ("balanced", "low") and low["first_final_missing"] == 0
     assert level["streams"] == 1 and level["first_final_missing"] == 0
     assert sane(level["eos_to_final_p50"], 0.0) and level["steps"] >= 1
     assert sane(level["words_per_s"], 1.0, 5.0) and sane(level["rtf"])
