@@ -350,3 +350,56 @@ def test_real_queue_worker_with_a_lost_gpu_fails_the_job_and_exits_nonzero(tmp_p
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_a_lost_gpu_ends_every_dialects_live_socket_with_its_own_error_and_1011(fresh_worker, speech, monkeypatch):
+    """Deepgram's and OpenAI's live sockets share the streaming decoder: a CUDA error in a step
+    tells each client in its dialect (an ``Error`` / an ``error`` event) and closes with 1011."""
+    import aiohttp
+
+    w = fresh_worker
+    pipe = w.server.decoder.pipeline
+
+    def poisoned(frames):
+        raise torch.AcceleratorError(CUDA_MESSAGE)
+
+    monkeypatch.setattr(pipe, "transcribe_step", poisoned)
+    pcm = pcm16(speech)
+    b64 = __import__("base64").b64encode(pcm).decode()
+
+    async def dialect(path, first, frames):
+        got = []
+        async with aiohttp.ClientSession() as http, http.ws_connect(f"ws://127.0.0.1:{w.port}{path}") as ws:
+            for f in frames:
+                await (ws.send_str(f) if isinstance(f, str) else ws.send_bytes(f))
+            async with asyncio.timeout(30):
+                async for msg in ws:
+                    if msg.type == aiohttp.WSMsgType.TEXT:
+                        got.append(json.loads(msg.data))
+            return got, ws.close_code
+
+    async def both():
+        return await asyncio.gather(
+            dialect("/v1/listen?encoding=linear16&sample_rate=16000", None, [pcm]),
+            dialect(
+                "/v1/realtime?intent=transcription",
+                None,
+                [
+                    json.dumps(
+                        {
+                            "type": "session.update",
+                            "session": {
+                                "type": "transcription",
+                                "audio": {"input": {"format": {"type": "audio/pcm", "rate": 16000}}},
+                            },
+                        }
+                    ),
+                    json.dumps({"type": "input_audio_buffer.append", "audio": b64}),
+                ],
+            ),
+        )
+
+    (dg, dg_code), (rt, rt_code) = asyncio.run(both())
+    assert dg_code == 1011 and [m["type"] for m in dg] == ["Error"], dg
+    assert rt_code == 1011 and [m for m in rt if m["type"] == "error"][-1]["error"]["code"] == errors.INTERNAL_ERROR
+    assert ping(w.port) == 503 and lifecycle.LIFECYCLE.poisoned
