@@ -24,7 +24,18 @@ def test_the_committed_corpus_stays_fixed(name):
 
 @pytest.mark.parametrize(
     "name,examples",
-    [("decode", 15), ("base64", 150), ("request", 150), ("url", 300), ("ws", 100), ("openai", 300), ("multipart", 150)],
+    [
+        ("decode", 15),
+        ("base64", 150),
+        ("request", 150),
+        ("url", 300),
+        ("ws", 100),
+        ("openai", 300),
+        ("multipart", 150),
+        ("deepgram", 200),
+        ("realtime", 200),
+        ("deltas", 300),
+    ],
 )
 def test_seeded_fuzz_smoke_finds_nothing(name, examples):
     tried, findings = fuzz.fuzz(TARGETS[name], seconds=60, seed=2026, max_rounds=1, examples_per_round=examples)

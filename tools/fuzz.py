@@ -215,6 +215,47 @@ def check_openai(fields) -> None:
     assert req.hotwords is None or 0 < len(req.hotwords.phrases) <= 100
 
 
+def check_deepgram(pairs) -> None:
+    """Deepgram's /v1/listen query (repeated keys allowed): options or a ListenError, nothing else."""
+    from multidict import MultiDict
+
+    from parakeet_worker.serving.deepgram.messages import ListenError, parse_options
+
+    try:
+        o = parse_options(MultiDict(pairs), 800)
+    except ListenError as e:
+        assert str(e)
+        return
+    assert 8000 <= o.sample_rate <= 48000 and (o.encoding is None or o.encoding.lower() == "linear16")
+    assert o.endpointing_ms is None or o.endpointing_ms >= 80
+    assert o.hotwords is None or 0 < len(o.hotwords.phrases) <= 100
+
+
+def check_realtime(case) -> None:
+    """A realtime session.update's ``session``: a config or a RealtimeError, nothing else."""
+    from parakeet_worker.serving.openai.realtime_config import RealtimeError, TranscriptionConfig, parse_session
+
+    kind, session = case
+    try:
+        c = parse_session(session, kind, TranscriptionConfig())
+    except RealtimeError as e:
+        assert e.code and e.message
+        return
+    assert c.rate in (8000, 16000, 24000, 44100, 48000)
+    assert c.turn_detection is None or 80 <= c.turn_detection["silence_duration_ms"] <= 10_000
+
+
+def check_deltas(updates) -> None:
+    """Append-only deltas from any sequence of partials and finals concatenate to the text."""
+    from parakeet_worker.serving.live import AppendOnly
+
+    text, sent = AppendOnly(), ""
+    for final, words in updates:
+        delta = text.final(words) if final else text.partial(words)
+        sent += delta
+        assert sent == text.text
+
+
 # Characters that URL libraries or resolvers map onto ASCII digits, dots and brackets.
 CONFUSABLES = "。．｡︒０１２３４５６７８９①②③⑦⑧⓪𝟏𝟕１７ⅰⅠ［］：＠／⁄ᵃ"
 URL_ALPHABET = "0123456789abcdefx.:[]@/%-_ftpshlocaAZ" + CONFUSABLES
@@ -460,6 +501,81 @@ def openai_cases():
     return st.dictionaries(names, st.lists(values, min_size=1, max_size=4), max_size=8)
 
 
+def deepgram_cases():
+    keys = st.sampled_from(
+        [
+            "encoding",
+            "sample_rate",
+            "channels",
+            "interim_results",
+            "endpointing",
+            "utterance_end_ms",
+            "vad_events",
+            "keyterm",
+            "keywords",
+            "model",
+            "multichannel",
+        ]
+    )
+    values = st.sampled_from(
+        ["linear16", "mulaw", "16000", "0", "-1", "1e9", "true", "false", "TRUE", "300", "1000", "nova-3", "word:2", ""]
+    ) | st.text(max_size=60)
+    return st.lists(st.tuples(keys | st.text(max_size=8), values), max_size=12)
+
+
+def realtime_cases():
+    json_value = st.recursive(
+        st.none() | st.booleans() | st.floats(allow_nan=True) | st.integers() | st.text(max_size=12),
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
+        max_leaves=12,
+    )
+    fmt = st.fixed_dictionaries(
+        {},
+        optional={
+            "type": st.sampled_from(["audio/pcm", "audio/pcmu"]) | json_value,
+            "rate": st.sampled_from([24000, 16000, 11025, True]) | json_value,
+        },
+    )
+    turn = st.none() | st.fixed_dictionaries(
+        {},
+        optional={
+            "type": st.sampled_from(["server_vad", "semantic_vad", "x"]) | json_value,
+            "silence_duration_ms": st.integers(-10, 20_000) | json_value,
+        },
+    )
+    transcription = st.fixed_dictionaries(
+        {},
+        optional={
+            "keywords": st.lists(st.text(max_size=20), max_size=5) | json_value,
+            "prompt": st.text(max_size=80) | json_value,
+            "language": json_value,
+            "model": json_value,
+        },
+    )
+    audio_in = st.fixed_dictionaries(
+        {},
+        optional={
+            "format": fmt | json_value,
+            "turn_detection": turn | json_value,
+            "transcription": transcription | json_value,
+        },
+    )
+    session = st.fixed_dictionaries(
+        {},
+        optional={
+            "type": st.sampled_from(["transcription", "realtime"]) | json_value,
+            "audio": st.fixed_dictionaries({}, optional={"input": audio_in}) | json_value,
+        },
+    )
+    kinds = st.sampled_from(["session.update", "transcription_session.update"])
+    return st.tuples(kinds, session | json_value)
+
+
+def delta_cases():
+    words = st.lists(st.sampled_from(["a", "b", "c", "hello", "world", "Hello,", ""]), max_size=6).map(" ".join)
+    return st.lists(st.tuples(st.booleans(), words), max_size=20)
+
+
 def targets(seeds: dict[str, bytes] | None = None) -> dict[str, Target]:
     seeds = seeds if seeds is not None else decode_seeds()
     return {
@@ -470,6 +586,9 @@ def targets(seeds: dict[str, bytes] | None = None) -> dict[str, Target]:
         "ws": Target("ws", ws_cases(), check_ws, 300),
         "openai": Target("openai", openai_cases(), check_openai, 300),
         "multipart": Target("multipart", multipart_cases(), check_multipart, 300),
+        "deepgram": Target("deepgram", deepgram_cases(), check_deepgram, 300),
+        "realtime": Target("realtime", realtime_cases(), check_realtime, 300),
+        "deltas": Target("deltas", delta_cases(), check_deltas, 300),
     }
 
 
@@ -544,7 +663,19 @@ def main(argv=None) -> int:
     ap.add_argument("--seconds", type=float, default=60.0, help="fuzzing time per target")
     ap.add_argument(
         "--target",
-        choices=["all", "decode", "base64", "request", "url", "ws", "openai", "multipart"],
+        choices=[
+            "all",
+            "decode",
+            "base64",
+            "request",
+            "url",
+            "ws",
+            "openai",
+            "multipart",
+            "deepgram",
+            "realtime",
+            "deltas",
+        ],
         default="all",
     )
     ap.add_argument("--seed", type=int, default=int(time.time()))
