@@ -44,6 +44,19 @@ async def _socket(url, frames, until, timeout=30, then_closed=False):
         return got, ws.close_code
 
 
+def refused_upgrade(url: str) -> urllib.error.HTTPError:
+    """A WebSocket upgrade request the server must refuse before upgrading: its HTTP error."""
+    headers = {
+        "Upgrade": "websocket",
+        "Connection": "Upgrade",
+        "Sec-WebSocket-Version": "13",
+        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+    }
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10)
+    return err.value
+
+
 def test_deepgram_live_bad_messages_get_error_messages_and_the_socket_stays_usable(worker):
     ws = worker.base.replace("http", "ws") + "/v1/listen?encoding=linear16&sample_rate=16000"
     frames = [
@@ -73,19 +86,9 @@ def test_deepgram_live_bad_messages_get_error_messages_and_the_socket_stays_usab
     ],
 )
 def test_deepgram_live_bad_parameters_are_refused_before_the_upgrade(worker, query, fragment):
-    req = urllib.request.Request(
-        f"{worker.base}/v1/listen?{query}",
-        headers={
-            "Upgrade": "websocket",
-            "Connection": "Upgrade",
-            "Sec-WebSocket-Version": "13",
-            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
-        },
-    )
-    with pytest.raises(urllib.error.HTTPError) as err:
-        urllib.request.urlopen(req, timeout=10)
-    body = json.loads(err.value.read())
-    assert err.value.code == 400 and body["err_code"] == "Bad Request" and fragment in body["err_msg"]
+    err = refused_upgrade(f"{worker.base}/v1/listen?{query}")
+    body = json.loads(err.read())
+    assert err.code == 400 and body["err_code"] == "Bad Request" and fragment in body["err_msg"]
 
 
 def test_deepgram_prerecorded_refuses_what_is_not_audio_in_its_own_shape(worker):
@@ -126,18 +129,8 @@ def test_realtime_bad_events_get_openai_error_events_and_the_session_goes_on(wor
 
 
 def test_realtime_refuses_other_intents_before_the_upgrade(worker):
-    req = urllib.request.Request(
-        f"{worker.base}/v1/realtime?intent=conversation",
-        headers={
-            "Upgrade": "websocket",
-            "Connection": "Upgrade",
-            "Sec-WebSocket-Version": "13",
-            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
-        },
-    )
-    with pytest.raises(urllib.error.HTTPError) as err:
-        urllib.request.urlopen(req, timeout=10)
-    assert err.value.code == 400 and "transcription" in json.loads(err.value.read())["error"]["message"]
+    err = refused_upgrade(f"{worker.base}/v1/realtime?intent=conversation")
+    assert err.code == 400 and "transcription" in json.loads(err.read())["error"]["message"]
 
 
 @pytest.mark.parametrize(

@@ -12,15 +12,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import time
 import uuid
 
 from parakeet_worker.config.constants import SAMPLE_RATE
-from parakeet_worker.config.errors import IDLE_TIMEOUT, INVALID_JSON, ASRError
+from parakeet_worker.config.errors import IDLE_TIMEOUT, INTERNAL_ERROR, INVALID_JSON, ASRError
 from parakeet_worker.runtime import metrics
 from parakeet_worker.serving.connection import Connection, ConnectionClosed
 from parakeet_worker.serving.live import LiveAudio
 
+log = logging.getLogger("websocket")
 CLOSE_TRY_AGAIN_LATER = 1013  # over capacity / still loading
 CLOSE_GOING_AWAY = 1001  # the server is shutting down (after the stream's last final and done)
 CLOSE_INTERNAL_ERROR = 1011  # the worker cannot decode any more (a lost GPU): reconnect elsewhere
@@ -157,6 +159,23 @@ class LiveSession:
                 continue
             last_valid = time.monotonic()
             self.server.mark_active()
+
+    async def guard_relay(self, work, live: LiveAudio, message: str) -> bool:
+        """Run a relay (``work``: a coroutine sending ``live``'s results): a client gone ends it
+        quietly; a bug is logged, the stream dropped (as a failed step: later audio is dropped)
+        and the client told ``message`` - never left waiting. False after such a failure."""
+        try:
+            await work
+        except ConnectionClosed:
+            pass
+        except Exception:  # noqa: BLE001 - a bug here must not leave the client waiting silently
+            log.exception("%s session %s: sending results failed", self.dialect, self.id)
+            live.abort()
+            live.stream.failed = True
+            with contextlib.suppress(Exception):
+                await self.error(INTERNAL_ERROR, message)
+            return False
+        return True
 
     def abort(self) -> None:
         """The connection ended: free the decoder's state and stop relaying."""

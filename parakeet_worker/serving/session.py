@@ -241,17 +241,9 @@ class Session(LiveSession):
         self.truncated = True
 
     async def relay_updates(self, live: LiveAudio) -> None:
-        """Send this stream's partials and finals, in order, until its last update."""
-        try:
-            await self._relay(live)
-        except ConnectionClosed:
-            pass  # the connection loop sees it too and cleans up
-        except Exception:  # noqa: BLE001 - a bug here must not leave the client waiting silently
-            log.exception("session %s: sending results failed", self.id)
-            live.abort()
-            live.stream.failed = True  # as a failed step: told once, audio dropped, done on stop
-            with contextlib.suppress(Exception):
-                await self.error(INTERNAL_ERROR, "sending results failed; send stop, then start again")
+        """Send this stream's partials and finals, in order, until its last update (a failure here
+        is told once; audio is then dropped and ``stop`` answers ``done``)."""
+        await self.guard_relay(self._relay(live), live, "sending results failed; send stop, then start again")
 
     async def _relay(self, live: LiveAudio) -> None:
         last_partial, last_sent_at = "", 0.0

@@ -190,15 +190,9 @@ class DeepgramLive(LiveSession):
         )
 
     async def _relay(self, live: LiveAudio) -> None:
-        try:
-            await self._send_updates(live)
-        except ConnectionClosed:
-            pass
-        except Exception:  # noqa: BLE001 - a bug here must not leave the client waiting silently
-            log.exception("deepgram session %s: sending results failed", self.id)
-            live.abort()
+        if not await self.guard_relay(self._send_updates(live), live, "sending results failed"):
+            self.ended.set()
             with contextlib.suppress(Exception):
-                await self.error(INTERNAL_ERROR, "sending results failed")
                 await self.ws.close(CLOSE_INTERNAL_ERROR, "internal error")
 
     async def _send_updates(self, live: LiveAudio) -> None:

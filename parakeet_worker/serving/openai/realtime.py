@@ -237,17 +237,7 @@ class RealtimeTranscription(LiveSession):
 
     # ---- results
     async def _relay(self, live: LiveAudio, vad: bool, item: str | None = None) -> None:
-        try:
-            await self._send_items(live, vad, item)
-        except ConnectionClosed:
-            pass
-        except asyncio.CancelledError:
-            raise
-        except Exception:  # noqa: BLE001 - a bug here must not leave the client waiting silently
-            log.exception("realtime session %s: sending results failed", self.id)
-            live.abort()
-            with contextlib.suppress(Exception):
-                await self.error(INTERNAL_ERROR, "sending results failed")
+        await self.guard_relay(self._send_items(live, vad, item), live, "sending results failed")
 
     async def _send_items(self, live: LiveAudio, vad: bool, item: str | None) -> None:
         text = AppendOnly()
