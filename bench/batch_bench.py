@@ -31,7 +31,7 @@ import time
 
 import numpy as np
 
-from _paths import ROOT  # run as a script: puts the repository on sys.path
+from _paths import ROOT, shown  # run as a script: puts the repository on sys.path
 
 
 def clips_for(n: int, seed: int) -> list:
@@ -179,7 +179,7 @@ def main() -> None:
         json.dumps(
             {
                 "device": device,
-                "model": args.model,
+                "model": shown(args.model),
                 "clips": args.n,
                 "audio_seconds": round(total_s, 1),
                 "modes": rows,

@@ -25,7 +25,7 @@ import json
 import platform
 import time
 
-from _paths import ROOT  # run as a script: puts the repository on sys.path
+from _paths import ROOT, shown  # run as a script: puts the repository on sys.path
 
 
 def measure(engine, clips, batch: int, repeats: int) -> dict:
@@ -152,7 +152,7 @@ def main() -> None:
         json.dumps(
             {
                 "device": device,
-                "model": args.model,
+                "model": shown(args.model),
                 "clips": len(clips),
                 "audio_seconds": round(sum(len(c) for c in clips) / 16000, 1),
                 "levers": levers,

@@ -51,7 +51,7 @@ import sys
 import time
 from pathlib import Path
 
-from _paths import ROOT  # run as a script: puts the repository on sys.path
+from _paths import ROOT, shown  # run as a script: puts the repository on sys.path
 
 CLIP = ROOT / "tests" / "assets" / "sample_en.flac"
 CLIP_TEXT = "good morning teacher please open window today"  # tests/helpers.py SAMPLE_TEXT
@@ -434,7 +434,7 @@ async def check_model(
     first, the CUDA-graphs variant (known to fail on the H200 of 2026-12-04) last."""
     from parakeet_worker.config.settings import Settings
 
-    res: dict = {"model": str(model), "streams": streams}
+    res: dict = {"model": shown(model), "streams": streams}
     rep.data["models"][name] = res
     env = {"PARAKEET_MODEL": str(model), **extra_env}
     if streams > Settings.ws_max_sessions and "WS_MAX_SESSIONS" not in env:

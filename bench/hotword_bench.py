@@ -29,7 +29,7 @@ import platform
 import random
 import time
 
-from _paths import ROOT  # run as a script: puts the repository on sys.path
+from _paths import ROOT, shown  # run as a script: puts the repository on sys.path
 
 SIZES = (0, 10, 100, 1000)
 
@@ -274,7 +274,7 @@ def main() -> None:
         "device": torch.cuda.get_device_name(0)
         if engine.device.type == "cuda"
         else f"{platform.machine()} CPU, {torch.get_num_threads()} threads",
-        "model": args.model,
+        "model": shown(args.model),
     }
     if not args.skip_cost:
         report["tree_build"] = build_cost(engine)

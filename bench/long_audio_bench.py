@@ -34,7 +34,7 @@ import time
 
 import numpy as np
 
-from _paths import ROOT  # run as a script: puts the repository on sys.path
+from _paths import ROOT, shown  # run as a script: puts the repository on sys.path
 
 TINY = ROOT / "tests" / "assets" / "tiny_parakeet.nemo"
 
@@ -339,7 +339,7 @@ def main() -> None:
         if torch.cuda.is_available()
         else f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
     )
-    print(json.dumps({"device": device, "model": args.model, "runs": runs, "progress": progress}))
+    print(json.dumps({"device": device, "model": shown(args.model), "runs": runs, "progress": progress}))
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import os
 import pstats
 import time
 
-from _paths import ROOT  # run as a script: puts the repository on sys.path
+from _paths import ROOT, shown  # run as a script: puts the repository on sys.path
 
 # (stage, file suffix, function name): cumulative time of that function
 STAGES = [
@@ -102,7 +102,7 @@ def main() -> None:
     print(
         json.dumps(
             {
-                "model": args.model,
+                "model": shown(args.model),
                 "jobs": args.n,
                 "audio_seconds": round(audio_s, 1),
                 "profiled_seconds": round(total, 3),

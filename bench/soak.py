@@ -45,8 +45,8 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # also when loaded by file path (tests)
+from _paths import ROOT, shown  # noqa: E402  puts the repository on sys.path
 
 OUTPUT_FORMATS = ["json", "text", "srt", "vtt"]
 VALID_MAX_WER = 0.35  # the tiny model on clean espeak-ng speech (tests use 0.15-0.2 on one sentence)
@@ -493,7 +493,7 @@ class Soak:
         keys = ("rss_mb", "fds", "threads", "children", "temp_files")
         return {
             "seconds": self.args.seconds,
-            "model": self.args.model,
+            "model": shown(self.args.model),
             "requests": len(self.events),
             "valid_requests": len(valid),
             "valid_failed": sum(not e["ok"] for e in valid),

@@ -33,9 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # also when loaded by file path (tests)
+from _paths import ROOT, shown  # noqa: E402  puts the repository on sys.path
 from client import ASRWebSocketClient, pcm16_bytes  # noqa: E402
 from tools.test_model import synth  # noqa: E402
 
@@ -203,7 +202,7 @@ def main() -> None:
     )
     result = {
         "device": dev,
-        "model": args.model,
+        "model": shown(args.model),
         "stream_s": args.stream_s,
         "long_s": args.long_s,
         "short_jobs": args.short,

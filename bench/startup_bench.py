@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 
-from _paths import PATHS, ROOT  # run as a script: puts the repository on sys.path
+from _paths import PATHS, ROOT, shown  # run as a script: puts the repository on sys.path
 
 CHILD = r"""
 import json, os, sys, time
@@ -89,7 +89,7 @@ def main() -> None:
         "archive_vs_nemo": round(load["nemo_restore"] / load["archive"], 2),
     }
     print("model load, NeMo restore_from / ours:", rows["load_speedup"], flush=True)
-    print(json.dumps({"model": args.model, **rows}))
+    print(json.dumps({"model": shown(args.model), **rows}))
 
 
 if __name__ == "__main__":

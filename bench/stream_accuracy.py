@@ -19,7 +19,7 @@ from pathlib import Path
 
 import jiwer
 
-from _paths import ROOT  # run as a script: puts the repository on sys.path
+from _paths import ROOT, shown  # run as a script: puts the repository on sys.path
 
 # isort: split
 from client import ASRWebSocketClient, pcm16_bytes
@@ -59,7 +59,7 @@ def main() -> None:
             ]
         ],
     }
-    result = {"model": args.model, "device": device, "sets": {}}
+    result = {"model": shown(args.model), "device": device, "sets": {}}
     for name, utts in sets.items():
         refs = [u.text for u in utts]
         streamed = [asyncio.run(stream_text(url, u.audio)) for u in utts]

@@ -31,7 +31,7 @@ import time
 
 import numpy as np
 
-from _paths import ROOT  # run as a script: puts the repository on sys.path
+from _paths import ROOT, shown  # run as a script: puts the repository on sys.path
 
 # isort: split
 from client import ASRWebSocketClient, pcm16_bytes
@@ -203,7 +203,7 @@ def main() -> None:
         json.dumps(
             {
                 "device": device,
-                "model": args.model if not args.url else args.url,
+                "model": shown(args.model) if not args.url else args.url,
                 "stream_config": {
                     "chunk_s": st.stream_step_s,
                     "left_s": st.stream_left_s,
