@@ -199,7 +199,7 @@ def main() -> None:
         # health checks to GET /ping on PORT_HEALTH (204 while loading, 200 when warm)
         from parakeet_worker.serving.app import run_server
 
-        asyncio.run(run_server(SETTINGS, SETTINGS.ws_host, SETTINGS.ws_port))  # until drained
+        asyncio.run(run_server(SETTINGS, SETTINGS.listen_host, SETTINGS.listen_port))  # until drained
         lifecycle.exit_now(lifecycle.LIFECYCLE.exit_code)  # non-zero after a lost GPU
     lifecycle.LIFECYCLE.on_drain(_exit_after_device_lost)
     get_engine()  # load and warm up before taking jobs (a signal meanwhile ends the process at once)

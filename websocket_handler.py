@@ -30,8 +30,8 @@ from parakeet_worker.serving.app import run_server
 def main() -> None:
     s = Settings.from_env_or_exit()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--host", default=s.ws_host)
-    ap.add_argument("--port", type=int, default=s.ws_port)
+    ap.add_argument("--host", default=s.listen_host)
+    ap.add_argument("--port", type=int, default=s.listen_port)
     args = ap.parse_args()
     configure_logging(s)
     hardware.require_device(s.device)  # DEVICE=cuda without a usable GPU: stop, loudly

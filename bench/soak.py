@@ -235,7 +235,7 @@ class Soak:
 
     # ---- worker process
     def start_worker(self, file_port: int) -> None:
-        self.api_port, self.ws_port = free_port(), free_port()
+        self.api_port, self.listen_port = free_port(), free_port()
         self.tmp = self.out / "worker-tmp"
         self.tmp.mkdir(parents=True, exist_ok=True)
         env = {
@@ -243,7 +243,7 @@ class Soak:
             "PARAKEET_MODEL": self.args.model,
             "DEVICE": "cpu",
             "WS_HOST": "127.0.0.1",
-            "WS_PORT": str(self.ws_port),
+            "WS_PORT": str(self.listen_port),
             "WS_AUTH_TOKEN": TOKEN,
             "PYTHONUNBUFFERED": "1",
             "ALLOWED_URL_HOSTS": f"127.0.0.1:{file_port}",
@@ -288,8 +288,8 @@ class Soak:
                 return await r.json()
 
         task = asyncio.create_task(status())
-        await asyncio.to_thread(wait_port, self.ws_port, self.proc, 300)
-        self.ws_url = f"ws://127.0.0.1:{self.ws_port}"
+        await asyncio.to_thread(wait_port, self.listen_port, self.proc, 300)
+        self.ws_url = f"ws://127.0.0.1:{self.listen_port}"
         return task
 
     # ---- load
@@ -406,7 +406,7 @@ class Soak:
             pass
         s["temp_files"] = sum(1 for _ in self.tmp.rglob("*"))
         try:
-            url = f"http://127.0.0.1:{self.ws_port}/metrics"
+            url = f"http://127.0.0.1:{self.listen_port}/metrics"
             async with http.get(url, timeout=aiohttp.ClientTimeout(total=10)) as r:
                 text = await r.text()
             s.update(parse_metrics(text))

@@ -488,14 +488,14 @@ async def _stream_when_listening(port, audio_file):
     )
 
 
-async def _websocket_job(url: str, poll: str, ws_port: int, audio_file) -> tuple[str, dict]:
+async def _websocket_job(url: str, poll: str, listen_port: int, audio_file) -> tuple[str, dict]:
     """Start a websocket job, stream a file to it once it listens, and return the transcript and
     what ``/{poll}/{id}`` answered (it returns when the job ends, 2 s after the client leaves)."""
     async with aiohttp.ClientSession() as s:
         async with s.post(f"{url}/run", json={"input": {"action": "websocket", "idle_timeout": 2}}) as r:
             job = await r.json()
         answer = asyncio.create_task(s.post(f"{url}/{poll}/{job['id']}"))
-        text = await _stream_when_listening(ws_port, audio_file)
+        text = await _stream_when_listening(listen_port, audio_file)
         resp = await answer
         return text, await resp.json()
 
@@ -519,12 +519,14 @@ def test_websocket_action_serves_streams_until_idle(worker, speech_files):
 def test_generator_handler_streams_the_ready_message_then_the_summary(speech_files, tmp_path):
     """RUNPOD_GENERATOR_HANDLER=1 (the generator form): /stream/{id} gives the ready message
     and the summary; a transcribe job's output is then a one-element list (why it is opt-in)."""
-    ws_port = free_port()
-    with running_worker({"RUNPOD_GENERATOR_HANDLER": "1", "WS_PORT": str(ws_port)}, tmp_path / "worker-gen.log") as url:
-        text, res = asyncio.run(_websocket_job(url, "stream", ws_port, speech_files["wav"]))
+    listen_port = free_port()
+    with running_worker(
+        {"RUNPOD_GENERATOR_HANDLER": "1", "WS_PORT": str(listen_port)}, tmp_path / "worker-gen.log"
+    ) as url:
+        text, res = asyncio.run(_websocket_job(url, "stream", listen_port, speech_files["wav"]))
         assert jiwer.wer(SAMPLE_TEXT, text) <= 0.2, text
         ready, summary = [m["output"] for m in res["stream"]]
-        assert ready == {"status": "ready", "ws_url": f"ws://127.0.0.1:{ws_port}", "token": WS_TOKEN}
+        assert ready == {"status": "ready", "ws_url": f"ws://127.0.0.1:{listen_port}", "token": WS_TOKEN}
         assert summary["status"] == "finished" and summary["sessions"] == 1
         out = runsync(url, {"audio_base64": b64(speech_files["wav"])})
         assert out["status"] == "COMPLETED" and jiwer.wer(SAMPLE_TEXT, out["output"][0]["text"]) <= 0.15

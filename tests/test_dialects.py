@@ -44,7 +44,7 @@ def speech():
 
 @pytest.fixture(scope="module")
 def worker(tiny_model):
-    settings = Settings(model="tests/assets/tiny_parakeet.nemo", warmup=False, ws_auth_token=KEY)
+    settings = Settings(model="tests/assets/tiny_parakeet.nemo", warmup=False, auth_token=KEY)
     w = WorkerThread(Engine(settings, model=tiny_model), http_api=True)
     w.base = f"http://127.0.0.1:{w.port}"
     yield w

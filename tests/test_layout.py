@@ -149,9 +149,9 @@ def test_settings_parse_each_type():
 
 def test_ws_port_falls_back_to_port_and_names_its_public_mapping():
     s = Settings.from_env({"PORT": "9000", "RUNPOD_TCP_PORT_9000": "40123", "RUNPOD_TCP_PORT_8765": "1"})
-    assert (s.ws_port, s.runpod_public_ws_port) == (9000, 40123)
+    assert (s.listen_port, s.runpod_public_ws_port) == (9000, 40123)
     s = Settings.from_env({"WS_PORT": "8765", "PORT": "9000", "RUNPOD_TCP_PORT_8765": "40124"})
-    assert (s.ws_port, s.runpod_public_ws_port) == (8765, 40124)
+    assert (s.listen_port, s.runpod_public_ws_port) == (8765, 40124)
 
 
 def test_no_machine_paths_and_no_large_files_are_tracked():

@@ -661,7 +661,7 @@ def test_a_websocket_jobs_token_is_revoked_when_the_job_ends(engine, monkeypatch
     from tests.helpers import free_port
 
     port = free_port()
-    settings = dataclasses.replace(engine.settings, ws_host="127.0.0.1", ws_port=port, ws_auth_token="")
+    settings = dataclasses.replace(engine.settings, listen_host="127.0.0.1", listen_port=port, auth_token="")
     monkeypatch.setattr(websocket_job, "_server", None)
     monkeypatch.setattr(websocket_job, "_lock", asyncio.Lock())
     caplog.set_level(logging.DEBUG)
@@ -707,8 +707,8 @@ def test_a_warning_when_serving_beyond_loopback_without_a_token():
     from parakeet_worker.config.settings import Settings
     from parakeet_worker.serving.asr_server import ASRServer
 
-    open_server = ASRServer(Settings(ws_auth_token=""))
+    open_server = ASRServer(Settings(auth_token=""))
     assert "WS_AUTH_TOKEN" in open_server.exposure_warning("0.0.0.0")
     assert "WS_AUTH_TOKEN" in open_server.exposure_warning("")
     assert open_server.exposure_warning("127.0.0.1") is None and open_server.exposure_warning("::1") is None
-    assert ASRServer(dataclasses.replace(Settings(), ws_auth_token="t")).exposure_warning("0.0.0.0") is None
+    assert ASRServer(dataclasses.replace(Settings(), auth_token="t")).exposure_warning("0.0.0.0") is None

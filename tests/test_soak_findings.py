@@ -87,7 +87,7 @@ def worker(tmp_path_factory):
     )
     try:
         _wait_port(api, proc, log_path, 600)
-        yield {"api": f"http://127.0.0.1:{api}", "ws_port": ws, "proc": proc, "slow": d / "slow", "log": log_path}
+        yield {"api": f"http://127.0.0.1:{api}", "listen_port": ws, "proc": proc, "slow": d / "slow", "log": log_path}
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -159,7 +159,7 @@ def test_sigterm_with_a_stream_far_behind_real_time_still_sends_final_done_and_1
                     return await r.json()
 
             job_task = asyncio.create_task(status())
-            await asyncio.to_thread(_wait_port, worker["ws_port"], proc, worker["log"])
+            await asyncio.to_thread(_wait_port, worker["listen_port"], proc, worker["log"])
             worker["slow"].write_text("from now on every streaming step is slow")
 
             def sigterm():
@@ -168,7 +168,7 @@ def test_sigterm_with_a_stream_far_behind_real_time_still_sends_final_done_and_1
 
             # the soak's own drain-phase client: real time, 0.1 s frames, no stop
             stream = await asyncio.wait_for(
-                _soak().stream_until_closed(f"ws://127.0.0.1:{worker['ws_port']}", audio, TOKEN, sigterm),
+                _soak().stream_until_closed(f"ws://127.0.0.1:{worker['listen_port']}", audio, TOKEN, sigterm),
                 DRAIN_TIMEOUT_S + 60,
             )
             return stream, await asyncio.wait_for(job_task, DRAIN_TIMEOUT_S + 15)

@@ -344,7 +344,7 @@ def test_ping_is_200_when_warm(server):
 def test_auth_capacity_and_idle_timeout(engine):
     s = dataclasses.replace(
         engine.settings,
-        ws_auth_token="s3cret",
+        auth_token="s3cret",
         ws_max_sessions=1,
         ws_idle_timeout_s=1.0,
         ws_max_message_bytes=64 * 1024,

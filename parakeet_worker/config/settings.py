@@ -50,10 +50,12 @@ class Settings:
     decode_memory_bytes: int = 0
     decode_memory_fraction: float = 0.25
     # real-time streaming (WebSocket)
-    ws_host: str = "0.0.0.0"
-    ws_port: int = 8765  # WS_PORT, else PORT (RunPod load-balancing endpoints set PORT)
-    port_health: int = 0  # load-balancing mode: GET /ping also on this port (0 = only on ws_port)
-    ws_auth_token: str = ""  # "" = no auth
+    listen_host: str = "0.0.0.0"
+    listen_port: int = 8765  # LISTEN_PORT, else WS_PORT, else PORT (RunPod load-balancing endpoints set PORT)
+    port_health: int = 0  # load-balancing mode: GET /ping also on this port (0 = only on listen_port)
+    auth_token: str = (
+        ""  # AUTH_TOKEN (or WS_AUTH_TOKEN): the streams' token, and the HTTP API's unless API_TOKEN; "" = none
+    )
     api_token: str = ""  # the HTTP API's bearer token; "" = WS_AUTH_TOKEN's (see http_api_token)
     # without a token: the Host names the port answers to (loopback names and RunPod's own names
     # for this pod or endpoint are always allowed) and browser origins besides the page's own
@@ -95,7 +97,7 @@ class Settings:
     runpod_public_ip: str = ""  # the pod's public address, for the websocket job's ws_url
     runpod_pod_id: str = ""  # its proxy name is <pod id>-<port>.proxy.runpod.net
     runpod_endpoint_id: str = ""  # a load-balancing endpoint answers at <endpoint id>.api.runpod.ai
-    runpod_public_ws_port: int = 0  # RUNPOD_TCP_PORT_<ws_port>: the public port mapped to ws_port
+    runpod_public_ws_port: int = 0  # RUNPOD_TCP_PORT_<listen_port>: the public port mapped to listen_port
     runpod_progress_url: str = ""  # RUNPOD_WEBHOOK_POST_OUTPUT: progress updates are posted there
     runpod_stream_url: str = ""  # RUNPOD_WEBHOOK_POST_STREAM: the job's /stream channel
 
@@ -106,7 +108,7 @@ class Settings:
         for f in dataclasses.fields(cls):
             names = ENV[f.name]
             if f.name == "runpod_public_ws_port":
-                names = (f"RUNPOD_TCP_PORT_{values.get('ws_port', cls.ws_port)}",)
+                names = (f"RUNPOD_TCP_PORT_{values.get('listen_port', cls.listen_port)}",)
             name = next((n for n in names if env.get(n, "").strip()), None)
             if name is not None:
                 values[f.name] = _parse(f, env[name].strip(), name)
@@ -125,7 +127,7 @@ class Settings:
     @property
     def http_api_token(self) -> str:
         """What ``POST /v1/audio/transcriptions`` requires: API_TOKEN, else WS_AUTH_TOKEN, else nothing."""
-        return self.api_token or self.ws_auth_token
+        return self.api_token or self.auth_token
 
     def host_allowed(self, host: str) -> bool:
         """Is ``host`` (a Host header's name, port removed, lowercase) one this worker answers to
@@ -169,7 +171,7 @@ class Settings:
     def stream_token(self) -> str:
         """What a WebSocket session requires: WS_AUTH_TOKEN, else API_TOKEN (a token set for the
         HTTP API alone must not leave the WebSocket open), else nothing."""
-        return self.ws_auth_token or self.api_token
+        return self.auth_token or self.api_token
 
     @property
     def model_id(self) -> str:
@@ -230,10 +232,10 @@ ENV: dict[str, tuple[str, ...]] = {
     "allowed_url_hosts": ("ALLOWED_URL_HOSTS",),
     "decode_memory_bytes": ("DECODE_MEMORY_BYTES",),
     "decode_memory_fraction": ("DECODE_MEMORY_FRACTION",),
-    "ws_host": ("LISTEN_HOST", "WS_HOST"),
-    "ws_port": ("LISTEN_PORT", "WS_PORT", "PORT"),
+    "listen_host": ("LISTEN_HOST", "WS_HOST"),
+    "listen_port": ("LISTEN_PORT", "WS_PORT", "PORT"),
     "port_health": ("PORT_HEALTH",),
-    "ws_auth_token": ("AUTH_TOKEN", "WS_AUTH_TOKEN"),
+    "auth_token": ("AUTH_TOKEN", "WS_AUTH_TOKEN"),
     "api_token": ("API_TOKEN",),
     "ws_max_sessions": ("WS_MAX_SESSIONS",),
     "ws_idle_timeout_s": ("WS_IDLE_TIMEOUT_S",),
@@ -264,7 +266,7 @@ ENV: dict[str, tuple[str, ...]] = {
     "allowed_hosts": ("ALLOWED_HOSTS",),
     "allowed_origins": ("ALLOWED_ORIGINS",),
     "page_connect_src": ("PAGE_CONNECT_SRC",),
-    "runpod_public_ws_port": (),  # named after ws_port: see from_env
+    "runpod_public_ws_port": (),  # named after listen_port: see from_env
     "runpod_progress_url": ("RUNPOD_WEBHOOK_POST_OUTPUT",),
     "runpod_stream_url": ("RUNPOD_WEBHOOK_POST_STREAM",),
 }
@@ -288,7 +290,7 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "download_timeout_s": (0.1, None),
     "max_redirects": (0, 20),
     "decode_memory_fraction": (0.01, 1.0),
-    "ws_port": (0, 65535),
+    "listen_port": (0, 65535),
     "port_health": (0, 65535),
     "runpod_public_ws_port": (0, 65535),
     "ws_max_sessions": (1, 100_000),

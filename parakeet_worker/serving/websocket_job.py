@@ -37,7 +37,7 @@ async def ensure_server(settings: Settings, get_engine: Callable[[], Engine]) ->
             server.require_token = True
             await server.attach_async(get_engine())
             try:
-                await server.serve(settings.ws_host, settings.ws_port)
+                await server.serve(settings.listen_host, settings.listen_port)
             except Exception:
                 await server.close()
                 raise
@@ -52,7 +52,7 @@ async def ensure_server(settings: Settings, get_engine: Callable[[], Engine]) ->
 def public_ws_url(settings: Settings) -> str:
     """Where clients connect: RunPod maps the container's TCP port to a public one."""
     host = settings.runpod_public_ip or "127.0.0.1"
-    return f"ws://{host}:{settings.runpod_public_ws_port or settings.ws_port}"
+    return f"ws://{host}:{settings.runpod_public_ws_port or settings.listen_port}"
 
 
 async def announce(settings: Settings, job: dict, message: dict) -> None:
@@ -75,7 +75,7 @@ async def serve_websocket(job: dict, req: Request, settings: Settings, get_engin
     ``idle_timeout`` seconds or ``max_lifetime`` is reached, then yield a summary."""
     server = await ensure_server(settings, get_engine)
     # a random token of this job's own (revoked when the job ends), unless the operator set one
-    token = settings.ws_auth_token or server.grant_token()
+    token = settings.auth_token or server.grant_token()
     try:
         ready = {"status": "ready", "ws_url": public_ws_url(settings), "token": token}
         log.info("websocket job %s: serving at %s", job.get("id"), ready["ws_url"])  # never the token
