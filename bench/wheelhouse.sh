@@ -181,7 +181,8 @@ import nemo.collections.asr  # noqa: F401
 import nemo.collections.asr.inference  # noqa: F401
 import asr_engine, audio_utils, client, rp_handler, websocket_handler  # noqa: F401,E401
 import parakeet_worker.engine.streaming, parakeet_worker.serving.websocket_job  # noqa: F401,E401
-import parakeet_worker.serving.openai_api, parakeet_worker.serving.formatting  # noqa: F401,E401
+import parakeet_worker.serving.openai.routes, parakeet_worker.serving.openai.realtime  # noqa: F401,E401
+import parakeet_worker.serving.deepgram.routes, parakeet_worker.serving.formatting  # noqa: F401,E401
 import jiwer, synth, tdt_loss  # noqa: F401,E401  test and benchmark helpers
 import psutil  # noqa: F401,E401  benchmarks may measure with it (matplotlib too: both on the GPU machine)
 
