@@ -289,7 +289,9 @@ def check_multipart(case) -> None:
             budget = openai_upload.UploadBudget(4, 1 << 22)
             try:
                 with budget.upload() as upload:
-                    await openai_upload.read_form(request, 1 << 20, Path(tmp) / "audio", upload, 2.0, 5.0)
+                    await openai_upload.read_form(
+                        request, Path(tmp) / "audio", upload, openai_upload.UploadLimits(1 << 20, 2.0, 5.0)
+                    )
             except openai_upload.APIError as e:
                 assert 400 <= e.status < 500, (e.status, e.message)
             assert budget.spooled == 0 and budget.active == 0  # everything given back

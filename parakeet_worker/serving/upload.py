@@ -151,34 +151,50 @@ class APIError(Exception):
         )
 
 
-async def read_form(
-    request: web.Request,
-    max_bytes: int,
-    spool: Path,
-    upload: Upload,
-    stall_s: float,
-    timeout_s: float,
-    min_rate: float = 0.0,
-) -> dict[str, list[str]]:
-    """Read the multipart form within ``timeout_s``: the ``file`` part goes to ``spool`` (at most
-    ``max_bytes``, reserved in ``upload`` as it is written), the text fields come back by name.
-    A form the parser cannot read is a 400, a client gone ``ClientGone``."""
-    if request.content_type != "multipart/form-data":
-        raise APIError(415, f"Content-Type must be multipart/form-data, not '{request.content_type}'")
-    if request.content_length is not None and request.content_length > max_bytes + FORM_OVERHEAD:
-        raise _too_large(max_bytes)
+@dataclass(frozen=True)
+class UploadLimits:
+    """How much and how slowly a client may upload (MAX_AUDIO_BYTES, UPLOAD_STALL_S,
+    UPLOAD_TIMEOUT_S, UPLOAD_MIN_RATE)."""
+
+    max_bytes: int
+    stall_s: float
+    timeout_s: float
+    min_rate: float = 0.0
+
+    @classmethod
+    def from_settings(cls, s) -> UploadLimits:
+        return cls(s.max_audio_bytes, s.upload_stall_s, s.upload_timeout_s, s.upload_min_rate)
+
+
+@contextlib.asynccontextmanager
+async def _within(timeout_s: float):
+    """The whole upload within ``timeout_s`` (else 408); a client gone is ``ClientGone``."""
     try:
         async with asyncio.timeout(timeout_s):
-            body = _CountedBody(request.content, max_bytes + FORM_OVERHEAD, stall_s, min_rate)
-            return await _read_parts(MultipartReader(request.headers, body), max_bytes, spool, upload)
-    except (APIError, asyncio.CancelledError):
-        raise
+            yield
     except TimeoutError:
         raise APIError(
             408, f"the upload took longer than {timeout_s:g} s (UPLOAD_TIMEOUT_S)", code="upload_timeout"
         ) from None
     except ConnectionError:
         raise ClientGone from None
+
+
+async def read_form(request: web.Request, spool: Path, upload: Upload, limits: UploadLimits) -> dict[str, list[str]]:
+    """Read the multipart form: the ``file`` part goes to ``spool`` (at most ``limits.max_bytes``,
+    reserved in ``upload`` as it is written), the text fields come back by name. A form the parser
+    cannot read is a 400, a client gone ``ClientGone``."""
+    if request.content_type != "multipart/form-data":
+        raise APIError(415, f"Content-Type must be multipart/form-data, not '{request.content_type}'")
+    max_bytes = limits.max_bytes
+    if request.content_length is not None and request.content_length > max_bytes + FORM_OVERHEAD:
+        raise _too_large(max_bytes)
+    try:
+        async with _within(limits.timeout_s):
+            body = _CountedBody(request.content, max_bytes + FORM_OVERHEAD, limits.stall_s, limits.min_rate)
+            return await _read_parts(MultipartReader(request.headers, body), max_bytes, spool, upload)
+    except (APIError, ClientGone, asyncio.CancelledError):
+        raise
     except OSError:
         raise  # this server's disk: a server error
     except Exception as exc:  # noqa: BLE001 - whatever the parser raises, the form is the client's
@@ -240,6 +256,7 @@ class HttpApi:
     server: object  # the ASRServer (asr_server.py)
     uploads: UploadBudget
     decode_budget: DecodeBudget
+    limits: UploadLimits
 
 
 API_KEY = web.AppKey("http_api", HttpApi)
@@ -248,37 +265,25 @@ API_KEY = web.AppKey("http_api", HttpApi)
 def install(app: web.Application, server) -> HttpApi:
     s = server.settings
     app[API_KEY] = state = HttpApi(
-        server, UploadBudget(s.max_uploads, s.spool_budget), DecodeBudget(s.decode_budget_bytes)
+        server,
+        UploadBudget(s.max_uploads, s.spool_budget),
+        DecodeBudget(s.decode_budget_bytes),
+        UploadLimits.from_settings(s),
     )
     return state
 
 
-async def read_body(
-    request: web.Request,
-    max_bytes: int,
-    spool: Path,
-    upload: Upload,
-    stall_s: float,
-    timeout_s: float,
-    min_rate: float = 0.0,
-) -> int:
+async def read_body(request: web.Request, spool: Path, upload: Upload, limits: UploadLimits) -> int:
     """A raw request body (the audio itself) spooled to ``spool`` within the same limits as a
     form's file part; its size."""
-    if request.content_length is not None and request.content_length > max_bytes:
-        raise _too_large(max_bytes)
-    body = _CountedBody(request.content, max_bytes, stall_s, min_rate)
+    if request.content_length is not None and request.content_length > limits.max_bytes:
+        raise _too_large(limits.max_bytes)
+    body = _CountedBody(request.content, limits.max_bytes, limits.stall_s, limits.min_rate)
     size = 0
-    try:
-        async with asyncio.timeout(timeout_s):
-            with spool.open("wb") as out:
-                while chunk := await body.read(READ_SIZE):
-                    size += len(chunk)
-                    upload.reserve(len(chunk))
-                    out.write(chunk)
-    except TimeoutError:
-        raise APIError(
-            408, f"the upload took longer than {timeout_s:g} s (UPLOAD_TIMEOUT_S)", code="upload_timeout"
-        ) from None
-    except ConnectionError:
-        raise ClientGone from None
+    async with _within(limits.timeout_s):
+        with spool.open("wb") as out:
+            while chunk := await body.read(READ_SIZE):
+                size += len(chunk)
+                upload.reserve(len(chunk))
+                out.write(chunk)
     return size

@@ -86,9 +86,7 @@ async def _listen(request: web.Request, request_id: str, record: metrics.JobReco
             if request.content_type == "application/json":
                 path = await _fetch_url(request, s)
             else:
-                await read_body(
-                    request, s.max_audio_bytes, spool, upload, s.upload_stall_s, s.upload_timeout_s, s.upload_min_rate
-                )
+                await read_body(request, spool, upload, state.limits)
                 path = spool
             try:
                 engine = server.engine

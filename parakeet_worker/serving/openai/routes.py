@@ -113,15 +113,7 @@ async def _transcriptions(request: web.Request, record: metrics.JobRecord) -> we
             tempfile.TemporaryDirectory(prefix="openai-upload-") as tmp,
         ):
             spool = Path(tmp) / "audio"
-            fields = await read_form(
-                request,
-                settings.max_audio_bytes,
-                spool,
-                upload,
-                settings.upload_stall_s,
-                settings.upload_timeout_s,
-                settings.upload_min_rate,
-            )
+            fields = await read_form(request, spool, upload, state.limits)
             return await _transcribe_upload(state, request, fields, spool, record)
     except ClientGone:
         record.fail("cancelled")
