@@ -459,22 +459,9 @@ def ws_cases():
 
 def openai_cases():
     """Form fields as the multipart reader hands them over: name -> list of strings."""
-    names = st.sampled_from(
-        [
-            "file",
-            "model",
-            "response_format",
-            "timestamp_granularities[]",
-            "timestamp_granularities",
-            "language",
-            "prompt",
-            "temperature",
-            "stream",
-            "hotwords[]",
-            "hotwords",
-            "hotword_boost",
-        ]
-    ) | st.text(max_size=8)
+    from parakeet_worker.serving.openai.request import FIELDS
+
+    names = st.sampled_from(sorted(FIELDS) + ["chunking_strategy[type]"]) | st.text(max_size=8)
     values = st.sampled_from(
         [
             "json",
