@@ -205,7 +205,16 @@ def prerecorded(request_id: str, model_name: str, t: Transcript, sha256: str) ->
 
 def http_error(status: int, message: str, request_id: str) -> tuple[int, dict]:
     """Deepgram's REST error body."""
-    codes = {400: "Bad Request", 401: "INVALID_AUTH", 413: "Payload Too Large", 503: "Service Unavailable"}
+    codes = {
+        400: "Bad Request",
+        401: "INVALID_AUTH",
+        404: "Not Found",
+        405: "Method Not Allowed",
+        408: "Request Timeout",
+        413: "Payload Too Large",
+        429: "Too Many Requests",
+        503: "Service Unavailable",
+    }
     return status, {
         "err_code": codes.get(status, "INTERNAL_SERVER_ERROR"),
         "err_msg": message,
