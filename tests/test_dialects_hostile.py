@@ -192,3 +192,33 @@ def test_metrics_count_sessions_and_requests_by_dialect(worker):
     for kind in ("deepgram_live", "openai_realtime"):
         assert any(line.startswith(f'asr_requests_total{{kind="{kind}"') for line in text.splitlines()), kind
         assert f'asr_sessions{{dialect="{kind}"}}' in text
+
+
+def test_a_malformed_wav_header_is_an_error_message_not_a_dropped_socket(worker):
+    import struct
+
+    truncated = b"RIFF\x00\x00\x00\x00WAVEfmt \x10\x00\x00\x00\x01\x00"  # fmt cut after 2 of its 16 bytes
+    no_fmt = b"RIFF\x00\x00\x00\x00WAVEdata\x00\x00\x00\x00"
+    stereo = b"RIFF\x00\x00\x00\x00WAVEfmt " + struct.pack("<IHHIIHH", 16, 1, 2, 16000, 64000, 4, 16)
+    ws = worker.base.replace("http", "ws") + "/v1/listen"
+    frames = [truncated, no_fmt, stereo, json.dumps({"type": "CloseStream"})]
+    got, code = asyncio.run(_socket(ws, frames, lambda m: m["type"] == "Metadata", then_closed=True))
+    assert [m["type"] for m in got] == ["Error", "Error", "Error", "Metadata"], got
+    assert code == 1000
+
+
+def test_realtime_without_turn_detection_bounds_what_it_holds_before_a_commit(worker):
+    import base64
+
+    chunk = base64.b64encode(b"\x00\x00" * 8000 * 40).decode()  # 40 s at 8 kHz per append
+    update = {
+        "type": "session.update",
+        "session": {
+            "type": "transcription",
+            "audio": {"input": {"format": {"type": "audio/pcm", "rate": 8000}, "turn_detection": None}},
+        },
+    }
+    frames = [json.dumps(update)] + [json.dumps({"type": "input_audio_buffer.append", "audio": chunk})] * 8
+    ws = worker.base.replace("http", "ws") + "/v1/realtime?intent=transcription"
+    got, _ = asyncio.run(_socket(ws, frames, lambda m: m["type"] == "error"))
+    assert got[-1]["error"]["code"] == "input_audio_buffer_full", got[-1]  # the 8th append: 320 s > 300 s

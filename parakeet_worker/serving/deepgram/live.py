@@ -17,7 +17,7 @@ import struct
 import time
 
 from parakeet_worker.config.constants import SAMPLE_RATE
-from parakeet_worker.config.errors import AUDIO_TOO_LONG, INTERNAL_ERROR, UNKNOWN_ACTION, ASRError
+from parakeet_worker.config.errors import AUDIO_TOO_LONG, INTERNAL_ERROR, INVALID_AUDIO, UNKNOWN_ACTION, ASRError
 from parakeet_worker.engine.hotwords import HotwordError, parse_hotwords
 from parakeet_worker.runtime import metrics
 from parakeet_worker.serving.connection import Connection, ConnectionClosed
@@ -30,20 +30,26 @@ log = logging.getLogger("deepgram")
 
 
 def wav_header(data: bytes) -> tuple[int, int] | None:
-    """(sample rate, header length) of a PCM16 mono WAV header at the start of ``data``, if any."""
+    """(sample rate, header length) of a PCM16 mono WAV header at the start of ``data``, or None
+    when ``data`` does not start with one (then it is raw linear16). A header that is there but
+    malformed, or not PCM16 mono, is ``invalid_audio``."""
     if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
         return None
     pos, rate = 12, None
     while pos + 8 <= len(data):
         kind, size = data[pos : pos + 4], struct.unpack("<I", data[pos + 4 : pos + 8])[0]
-        if kind == b"fmt " and pos + 16 <= len(data):
+        if kind == b"fmt ":
+            if size < 16 or pos + 24 > len(data):
+                raise ASRError(INVALID_AUDIO, "the WAV header's fmt chunk is truncated")
             fmt, channels, rate, _, _, bits = struct.unpack("<HHIIHH", data[pos + 8 : pos + 24])
-            if fmt != 1 or channels != 1 or bits != 16:
-                raise ASRError("invalid_audio", "only PCM16 mono WAV can be streamed (or raw linear16)")
+            if fmt != 1 or channels != 1 or bits != 16 or not 8000 <= rate <= 48000:
+                raise ASRError(INVALID_AUDIO, "only PCM16 mono WAV at 8000-48000 Hz can be streamed (or raw linear16)")
         if kind == b"data":
-            return (rate or SAMPLE_RATE), pos + 8
+            if rate is None:
+                raise ASRError(INVALID_AUDIO, "the WAV header has no fmt chunk before its data")
+            return rate, pos + 8
         pos += 8 + size + (size & 1)
-    return None
+    raise ASRError(INVALID_AUDIO, "the first frame must hold the whole WAV header, up to its data chunk")
 
 
 class DeepgramLive(LiveSession):

@@ -34,6 +34,7 @@ from parakeet_worker.serving.live_session import CLOSE_GOING_AWAY, CLOSE_INTERNA
 from parakeet_worker.serving.openai.realtime_config import RealtimeError, TranscriptionConfig, parse_session
 
 log = logging.getLogger("openai_realtime")
+MAX_UNCOMMITTED_S = 300.0  # turn_detection null: audio appended and not yet committed, per session
 
 
 class RealtimeTranscription(LiveSession):
@@ -162,7 +163,15 @@ class RealtimeTranscription(LiveSession):
         if self.closing:
             return
         if self.config.turn_detection is None:  # the client commits: keep it until then
-            self._too_long((len(self.buffer) + len(data)) / 2 / self.config.rate)
+            buffered = (len(self.buffer) + len(data)) / 2 / self.config.rate
+            if buffered > MAX_UNCOMMITTED_S:  # held in memory until the commit: bounded per session
+                raise RealtimeError(
+                    "input_audio_buffer_full",
+                    f"the input audio buffer holds at most "
+                    f"{MAX_UNCOMMITTED_S:g} s before a commit; commit, or use server_vad",
+                    "audio",
+                )
+            self._too_long(buffered)
             self.buffer += data
             return
         live = self.live or self._open_vad()
