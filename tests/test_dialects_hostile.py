@@ -5,6 +5,7 @@ official clients cannot send malformed ones); tests/test_dialects.py drives the 
 
 import asyncio
 import json
+import time
 import urllib.request
 
 import aiohttp
@@ -222,3 +223,41 @@ def test_realtime_without_turn_detection_bounds_what_it_holds_before_a_commit(wo
     ws = worker.base.replace("http", "ws") + "/v1/realtime?intent=transcription"
     got, _ = asyncio.run(_socket(ws, frames, lambda m: m["type"] == "error"))
     assert got[-1]["error"]["code"] == "input_audio_buffer_full", got[-1]  # the 8th append: 320 s > 300 s
+
+
+def test_finalize_storms_are_bounded_and_answered(worker):
+    """Finalize with nothing new heard opens no decoder stream (Deepgram still answers each at
+    once); with audio between them, at most a few streams of one connection finish at a time."""
+    ws = worker.base.replace("http", "ws") + "/v1/listen?encoding=linear16&sample_rate=16000"
+    storm = [json.dumps({"type": "Finalize"})] * 200 + [json.dumps({"type": "CloseStream"})]
+    got, code = asyncio.run(
+        _socket(ws, [b"\x00\x00" * 1600] + storm, lambda m: m["type"] == "Metadata", then_closed=True)
+    )
+    finals = [m for m in got if m["type"] == "Results" and m["from_finalize"]]
+    assert len(finals) == 200 and got[-1]["type"] == "Metadata" and code == 1000
+    interleaved = [f for _ in range(100) for f in (b"\x00\x00" * 160, json.dumps({"type": "Finalize"}))]
+    seen = []
+
+    async def watch():
+        task = asyncio.ensure_future(
+            _socket(ws, interleaved + storm[-1:], lambda m: m["type"] == "Metadata", then_closed=True)
+        )
+        while not task.done():
+            seen.append(worker.call(lambda: len(worker.server.decoder.streams)))
+            await asyncio.sleep(0.01)
+        return await task
+
+    got, code = asyncio.run(watch())
+    assert code == 1000 and max(seen) <= 5, max(seen)  # MAX_FINALIZING finishing + the current one
+    deadline = time.monotonic() + 10  # the server's clean-up follows the close it sent
+    while worker.call(lambda: (len(worker.server.sessions), len(worker.server.decoder.streams))) != (0, 0):
+        assert time.monotonic() < deadline, "the session or its streams were not freed"
+        time.sleep(0.02)
+
+
+def test_realtime_commit_with_nothing_heard_is_answered_with_an_error(worker):
+    ws = worker.base.replace("http", "ws") + "/v1/realtime?intent=transcription"
+    got, _ = asyncio.run(
+        _socket(ws, [json.dumps({"type": "input_audio_buffer.commit"})], lambda m: m["type"] == "error")
+    )
+    assert got[-1]["error"]["code"] == "input_audio_buffer_commit_empty"

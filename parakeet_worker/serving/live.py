@@ -27,6 +27,7 @@ from parakeet_worker.engine.streaming import Stream, StreamDecoder, StreamUpdate
 from parakeet_worker.engine.transcript import Word
 
 MAX_BACKLOG_S = 10.0  # undecoded audio per connection before we stop reading from its socket
+MAX_FINALIZING = 4  # decoder streams of one connection being finished at once (finalize storms wait)
 
 
 class PcmInput:
@@ -84,6 +85,7 @@ class LiveAudio:
         self._streams: asyncio.Queue[tuple[Stream, float]] = asyncio.Queue()
         self._streams.put_nowait((self.stream, 0.0))
         self._finalized: set[int] = set()
+        self._finishing: set[int] = set()  # finalized streams whose last update has not come yet
         self.finished = False
 
     # ---- audio in
@@ -116,11 +118,20 @@ class LiveAudio:
         while self.decoder.backlog(self.stream) > MAX_BACKLOG_S and not self.stream.closed:
             await asyncio.sleep(0.05)
 
-    def finalize(self, boosting: Boosting | None | bool = False, eou_ms: int | None | bool = False) -> None:
+    async def finalize(self, boosting: Boosting | None | bool = False, eou_ms: int | None | bool = False) -> bool:
         """Make what was heard final now; later audio goes on in a fresh decoder stream (with new
-        hotwords or end-of-utterance silence, when given). Nothing to do after finish or a failure."""
+        hotwords or end-of-utterance silence, when given). False when there was nothing to do:
+        after finish or a failure, or nothing heard since the last finalize (and no new set-up).
+        At most MAX_FINALIZING streams of a connection are being finished at once: a client
+        finalizing faster waits here (and, through TCP, its socket), as for audio."""
         if self.finished or self.stream.failed:
-            return
+            return False
+        if self.stream.samples_in == 0 and boosting is False and eou_ms is False:
+            return False
+        while len(self._finishing) >= MAX_FINALIZING and not self.finished:
+            await asyncio.sleep(0.02)
+        if self.finished or self.stream.failed:
+            return False
         if boosting is not False:
             self.boosting = boosting
         if eou_ms is not False:
@@ -129,10 +140,12 @@ class LiveAudio:
         self.decoder.push(old, self.audio_in.flush())
         self.audio_in = PcmInput(self.sample_rate)
         self._finalized.add(old.id)
+        self._finishing.add(old.id)
         self.decoder.finish(old)
         self.offset += old.samples_in / SAMPLE_RATE
         self.stream = self.decoder.open(self.boosting, self.eou_ms)
         self._streams.put_nowait((self.stream, self.offset))
+        return True
 
     def finish(self) -> None:
         """No more audio: decode what is left; the last update has ``last``."""
@@ -183,6 +196,7 @@ class LiveAudio:
                     fatal=up.fatal,
                 )
                 if up.last:
+                    self._finishing.discard(stream.id)
                     break
             if not ended_by_finalize:
                 return

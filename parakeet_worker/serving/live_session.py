@@ -157,6 +157,16 @@ class LiveSession:
                 metrics.error(e.code)
                 await self.error(e.code, e.message)
                 continue
+            except ConnectionClosed:
+                return
+            except Exception:  # noqa: BLE001 - a bug: the client is told and the connection closed, never dropped
+                log.exception("%s session %s: handling a message failed", self.dialect, self.id)
+                metrics.error(INTERNAL_ERROR)
+                self.outcome = INTERNAL_ERROR
+                with contextlib.suppress(Exception):
+                    await self.error(INTERNAL_ERROR, "the server failed to handle a message; reconnect")
+                    await self.ws.close(CLOSE_INTERNAL_ERROR, "internal error")
+                return
             last_valid = time.monotonic()
             self.server.mark_active()
 

@@ -166,7 +166,7 @@ class Session(LiveSession):
         if "hotwords" in msg or "hotword_boost" in msg or latency != self.latency:
             boosting, n_hotwords = await self._boosting(msg) if "hotwords" in msg else (self.live.boosting, None)
             self.latency = latency
-            self.live.finalize(boosting=boosting, eou_ms=self._eou_ms())
+            await self.live.finalize(boosting=boosting, eou_ms=self._eou_ms())
             if n_hotwords is not None:
                 reply["hotwords"] = n_hotwords
         self.partial_interval_s = partial_interval
@@ -176,7 +176,7 @@ class Session(LiveSession):
         """What was heard becomes final now (``from_finalize: true``); the stream goes on."""
         if self.live is None:
             raise ASRError(NOT_STARTED, 'nothing to finalize: send {"action": "start"} first')
-        self.live.finalize()
+        await self.live.finalize()
 
     async def on_audio(self, data: bytes) -> None:
         if self.closing:

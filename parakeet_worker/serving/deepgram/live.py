@@ -112,10 +112,10 @@ class DeepgramLive(LiveSession):
         if kind == "KeepAlive":
             return  # a valid message: the idle deadline starts again
         if kind == "Finalize":
-            if self.live is not None:
-                self.live.finalize()
-            else:  # nothing heard yet: answer at once, as an empty final
-                await self.send_json(self._results("", [], 0.0, 0.0, final=True, from_finalize=True))
+            if self.live is None or not await self.live.finalize():
+                # nothing heard since the last one: answer at once, as an empty final
+                at = self.live.offset if self.live is not None else 0.0
+                await self.send_json(self._results("", [], at, at, final=True, from_finalize=True))
         elif kind == "CloseStream":
             async with self.control:
                 await self._close_stream(1000, "")
@@ -146,7 +146,7 @@ class DeepgramLive(LiveSession):
         trees = self.server.engine.hotword_trees
         self.boosting = await asyncio.to_thread(trees.boosting, hotwords) if hotwords else None
         if self.live is not None:
-            self.live.finalize(boosting=self.boosting)  # new key terms from the next utterance
+            await self.live.finalize(boosting=self.boosting)  # new key terms from the next utterance
         await self.send_json({"type": "ConfigureSuccess", "request_id": self.request_id, "keyterms": list(terms)})
 
     async def _close_stream(self, code: int, reason: str) -> None:

@@ -49,6 +49,7 @@ class RealtimeTranscription(LiveSession):
         self._items = itertools.count(1)
         self.previous_item: str | None = None
         self.buffer = bytearray()  # turn_detection null: audio appended since the last commit
+        self.committed_s = 0.0  # ... and the seconds committed before it (MAX_AUDIO_SECONDS counts both)
         self.reader: asyncio.Task | None = None
         self.partial = ""
         self.client_event: str | None = None  # the event_id of the client event being handled
@@ -171,7 +172,7 @@ class RealtimeTranscription(LiveSession):
                     f"{MAX_UNCOMMITTED_S:g} s before a commit; commit, or use server_vad",
                     "audio",
                 )
-            self._too_long(buffered)
+            self._too_long(self.committed_s + buffered)
             self.buffer += data
             return
         live = self.live or self._open_vad()
@@ -188,12 +189,13 @@ class RealtimeTranscription(LiveSession):
 
     async def _commit(self) -> None:
         if self.config.turn_detection is not None:  # server VAD: the utterance so far is one item now
-            if self.live is not None:
-                self.live.finalize()
+            if self.live is None or not await self.live.finalize():
+                raise RealtimeError("input_audio_buffer_commit_empty", "nothing was heard since the last commit", None)
             return
         if len(self.buffer) < 2:
             raise RealtimeError("input_audio_buffer_commit_empty", "the input audio buffer is empty", None)
         data, self.buffer = bytes(self.buffer), bytearray()
+        self.committed_s += len(data) / 2 / self.config.rate
         item = self._new_item()
         await self.send_json(
             self._event("input_audio_buffer.committed", item_id=item, previous_item_id=self.previous_item)

@@ -16,7 +16,7 @@ import numpy as np
 from aiohttp import web
 
 from parakeet_worker.config.constants import SAMPLE_RATE
-from parakeet_worker.config.errors import INTERNAL_ERROR
+from parakeet_worker.config.errors import INTERNAL_ERROR, ASRError
 from parakeet_worker.runtime import metrics
 from parakeet_worker.serving.live import AppendOnly, LiveAudio
 from parakeet_worker.serving.openai.request import TranscriptionRequest
@@ -35,11 +35,15 @@ async def stream_transcription(
     boosting = None
     if req.hotwords:
         boosting = await asyncio.to_thread(engine.hotword_trees.boosting, req.hotwords)
-    live = LiveAudio(server.decoder, SAMPLE_RATE, boosting)
     response = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "openai-model": engine.model_name}
     )
     await response.prepare(request)
+    try:  # after the headers: nothing to leak if they fail
+        live = LiveAudio(server.decoder, SAMPLE_RATE, boosting)
+    except ASRError as exc:  # the decoder cannot take streams any more (a lost GPU)
+        await response.write(_event({"error": {"message": exc.message, "type": "server_error", "code": exc.code}}))
+        return response
     text = AppendOnly()
     pcm = (np.clip(samples, -1.0, 1.0) * 32767).astype("<i2").tobytes()
 
