@@ -323,7 +323,7 @@ class Engine:
         boosting = None
         if hotwords:
             with self._batcher.request_arriving():  # a batch about to close waits for this job
-                boosting = await asyncio.to_thread(self.hotword_trees.boosting, hotwords)
+                boosting = await self.boosting(hotwords)
         if chunk_long_audio and duration > chunk_duration:
             # chunks longer than full attention fits run with local attention
             attention = "local" if use_local_attention or chunk_duration > limit else "full"
@@ -347,6 +347,10 @@ class Engine:
                 self, signal, self.budget.audio_s(), None, "full", on_progress, boosting
             )
         return await self._batcher.submit((signal, boosting))
+
+    async def boosting(self, hotwords: Hotwords | None) -> Boosting | None:
+        """``hotwords`` as a decoding tree, built off the loop (cached per list); None for none."""
+        return await asyncio.to_thread(self.hotword_trees.boosting, hotwords) if hotwords else None
 
     def submit(self, signal: np.ndarray, boosting: Boosting | None = None):
         """One clip to the dynamic batcher (an awaitable of its Transcript)."""

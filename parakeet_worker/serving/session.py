@@ -111,9 +111,7 @@ class Session(LiveSession):
             boosted = parse_hotwords(msg.get("hotwords"), msg.get("hotword_boost"))
         except HotwordError as exc:
             raise ASRError(INVALID_INPUT, str(exc)) from None
-        if not boosted:
-            return None, 0
-        return await asyncio.to_thread(self.server.engine.hotword_trees.boosting, boosted), len(boosted.phrases)
+        return await self.server.engine.boosting(boosted), len(boosted.phrases) if boosted else 0
 
     def _eou_ms(self) -> int | None:
         return LATENCY_EOU_MS[self.latency]

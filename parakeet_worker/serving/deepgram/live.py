@@ -73,9 +73,7 @@ class DeepgramLive(LiveSession):
         await ws.close(code, reason)
 
     async def greet(self) -> None:
-        if self.options.hotwords:
-            trees = self.server.engine.hotword_trees
-            self.boosting = await asyncio.to_thread(trees.boosting, self.options.hotwords)
+        self.boosting = await self.server.engine.boosting(self.options.hotwords)
 
     async def error(self, code: str, message: str) -> None:
         await self.send_json(messages.error(message, code.upper()))
@@ -143,8 +141,7 @@ class DeepgramLive(LiveSession):
                 }
             )
             return
-        trees = self.server.engine.hotword_trees
-        self.boosting = await asyncio.to_thread(trees.boosting, hotwords) if hotwords else None
+        self.boosting = await self.server.engine.boosting(hotwords)
         if self.live is not None:
             await self.live.finalize(boosting=self.boosting)  # new key terms from the next utterance
         await self.send_json({"type": "ConfigureSuccess", "request_id": self.request_id, "keyterms": list(terms)})

@@ -137,8 +137,7 @@ class RealtimeTranscription(LiveSession):
 
     async def _update(self, session, kind: str) -> None:
         config = parse_session(session, kind, self.config)
-        trees = self.server.engine.hotword_trees
-        self.boosting = await asyncio.to_thread(trees.boosting, config.hotwords) if config.hotwords else None
+        self.boosting = await self.server.engine.boosting(config.hotwords)
         self.config = config
         if self.live is not None:  # the new set-up applies from the next item
             async with self.control:

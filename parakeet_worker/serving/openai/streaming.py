@@ -32,9 +32,7 @@ async def stream_transcription(
     request: web.Request, server, samples: np.ndarray, req: TranscriptionRequest
 ) -> web.StreamResponse:
     engine = server.engine
-    boosting = None
-    if req.hotwords:
-        boosting = await asyncio.to_thread(engine.hotword_trees.boosting, req.hotwords)
+    boosting = await engine.boosting(req.hotwords)
     response = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "openai-model": engine.model_name}
     )
