@@ -149,14 +149,24 @@ class ASRServer:
         self.job_tokens.discard(token)
 
     # ---- one connection
+    def not_serving(self) -> str:
+        """Why no new work is taken now - "draining", "unhealthy" or "loading" (also the metrics
+        label) - or "" while it is; every route words it in its own dialect."""
+        if self.draining:
+            return "draining"
+        if self.unhealthy:
+            return "unhealthy"
+        return "" if self.ready else "loading"
+
     def refusal(self) -> tuple[str, int, str] | None:
         """Why a new connection is refused now (metrics label, close code, reason), or None."""
-        if self.draining:
-            return "draining", CLOSE_TRY_AGAIN_LATER, "server is shutting down, try again"
-        if self.unhealthy:
-            return "unhealthy", CLOSE_INTERNAL_ERROR, "this worker cannot decode; reconnect to another"
-        if not self.ready:
-            return "loading", CLOSE_TRY_AGAIN_LATER, "model is loading, try again shortly"
+        why = self.not_serving()
+        if why == "draining":
+            return why, CLOSE_TRY_AGAIN_LATER, "server is shutting down, try again"
+        if why == "unhealthy":
+            return why, CLOSE_INTERNAL_ERROR, "this worker cannot decode; reconnect to another"
+        if why == "loading":
+            return why, CLOSE_TRY_AGAIN_LATER, "model is loading, try again shortly"
         if len(self.sessions) >= self.settings.ws_max_sessions:
             n = self.settings.ws_max_sessions
             return "capacity", CLOSE_TRY_AGAIN_LATER, f"server at capacity ({n} sessions)"

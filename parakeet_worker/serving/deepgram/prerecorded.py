@@ -69,8 +69,9 @@ async def _listen(request: web.Request, request_id: str, record: metrics.JobReco
     server, s = state.server, state.server.settings
     if not authorized(request, s.http_api_token):
         raise DeepgramHTTPError(401, "Invalid credentials: pass the server's API_TOKEN as 'Authorization: Token <key>'")
-    if server.draining or server.unhealthy or not server.ready:
-        metrics.REFUSALS.labels("draining" if server.draining else "unhealthy" if server.unhealthy else "loading").inc()
+    why = server.not_serving()
+    if why:
+        metrics.REFUSALS.labels(why).inc()
         raise DeepgramHTTPError(503, "The worker cannot transcribe now (loading, shutting down or failed); retry")
     try:
         options = parse_options(request.query, s.stream_eou_ms)

@@ -39,6 +39,11 @@ from parakeet_worker.serving.openai.streaming import stream_transcription
 from parakeet_worker.serving.upload import API_KEY, APIError, ClientGone, HttpApi, read_form
 
 log = logging.getLogger("openai_api")
+UNAVAILABLE = {  # ASRServer.not_serving() -> OpenAI's 503 message and code
+    "draining": ("The server is shutting down; retry on another worker", "shutting_down"),
+    "unhealthy": ("This worker cannot transcribe any more and is being replaced; retry", INTERNAL_ERROR),
+    "loading": ("The model is still loading; retry shortly", "model_loading"),
+}
 # our error codes -> HTTP status; OpenAI's clients map 400 to BadRequestError, 413 to APIStatusError
 STATUS = {INVALID_INPUT: 400, INVALID_AUDIO: 400, UNSUPPORTED_FORMAT: 400, AUDIO_TOO_LONG: 400, AUDIO_TOO_LARGE: 413}
 
@@ -91,22 +96,11 @@ async def _transcriptions(request: web.Request, record: metrics.JobRecord) -> we
                 "Incorrect API key provided: pass the server's API_TOKEN as 'Authorization: Bearer <token>'",
                 code="invalid_api_key",
             )
-        if server.draining:
-            metrics.REFUSALS.labels("draining").inc()
-            raise APIError(
-                503, "The server is shutting down; retry on another worker", kind="server_error", code="shutting_down"
-            )
-        if server.unhealthy:
-            metrics.REFUSALS.labels("unhealthy").inc()
-            raise APIError(
-                503,
-                "This worker cannot transcribe any more and is being replaced; retry",
-                kind="server_error",
-                code=INTERNAL_ERROR,
-            )
-        if not server.ready:
-            metrics.REFUSALS.labels("loading").inc()
-            raise APIError(503, "The model is still loading; retry shortly", kind="server_error", code="model_loading")
+        why = server.not_serving()
+        if why:
+            metrics.REFUSALS.labels(why).inc()
+            message, code = UNAVAILABLE[why]
+            raise APIError(503, message, kind="server_error", code=code)
         with (
             state.uploads.upload() as upload,
             server.requests.track(),
