@@ -163,3 +163,61 @@ def test_a_draining_server_refuses_new_connections_and_ping_says_503(tiny_model)
         assert "503" in str(refused.value)
     finally:
         w.stop()
+
+
+def test_a_request_that_meets_the_listener_closing_is_answered_503_at_once(monkeypatch):
+    """The race a health check can lose: its connection is accepted just before the listener
+    closes, and its request arrives while the server closes its connections. aiohttp alone drops
+    that request and holds the socket until its shutdown timeout; the client must hear 503 at
+    once. aiohttp's own steps are held back to open that window exactly: the connection is set
+    up, but its reader has not started when the close marks every connection closing."""
+    import aiohttp.web_protocol
+    import aiohttp.web_server
+
+    from parakeet_worker.serving.asr_server import ASRServer
+
+    reader_go, closed_marked, shutdown_go = (asyncio.Event() for _ in range(3))
+    real_start = aiohttp.web_protocol.RequestHandler.start
+    real_shutdown = aiohttp.web_server.Server.shutdown
+
+    async def late_start(self):
+        await reader_go.wait()
+        return await real_start(self)
+
+    async def held_shutdown(self, timeout=None):
+        closed_marked.set()  # the listener is closed and every connection marked closing
+        await shutdown_go.wait()
+        return await real_shutdown(self, timeout)
+
+    monkeypatch.setattr(aiohttp.web_protocol.RequestHandler, "start", late_start)
+    monkeypatch.setattr(aiohttp.web_server.Server, "shutdown", held_shutdown)
+
+    async def until(condition):
+        while not condition():
+            await asyncio.sleep(0.005)
+
+    async def scenario():
+        server = ASRServer(Settings(model="tiny", warmup=False))
+        listener = await server.serve("127.0.0.1", 0)
+        manager = listener.runner.server
+        reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+        await until(lambda: manager.connections)  # set up, its reader held back
+        closing = asyncio.ensure_future(server.close())
+        await closed_marked.wait()
+        reader_go.set()
+        # the reader now waits for a request (unless the server already closed the socket)
+        await until(lambda: not manager.connections or manager.connections[0]._waiter is not None)
+        shutdown_go.set()
+        writer.write(b"GET /ping HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        t0 = time.monotonic()
+        try:
+            answer = await asyncio.wait_for(reader.read(), 3.0)
+        except TimeoutError:
+            answer = b"(no answer within 3 s)"
+        waited = time.monotonic() - t0
+        await asyncio.wait_for(closing, 10.0)
+        writer.close()
+        return answer, waited
+
+    answer, waited = asyncio.run(scenario())
+    assert answer.startswith(b"HTTP/1.1 503") and waited < 1.0, (answer, waited)

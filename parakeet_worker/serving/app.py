@@ -12,6 +12,7 @@ from parakeet_worker.engine.engine import Engine
 from parakeet_worker.runtime import lifecycle
 from parakeet_worker.runtime.scheduling import BLOCKING_POOL, run_in
 from parakeet_worker.serving.asr_server import ASRServer
+from parakeet_worker.serving.http_server import CLOSE_TIMEOUT_S
 
 log = logging.getLogger("websocket")
 
@@ -36,8 +37,8 @@ async def run_server(settings: Settings, host: str, port: int) -> None:
             await server.attach_async(engine)
             log.info("engine warm: %s on %s", settings.model, engine.device)
             await stop.wait()
-        # one second of the drain budget is kept for closing the listeners
-        await server.drain(lifecycle.LIFECYCLE.remaining(settings.drain_timeout_s) - 1.0)
+        # the end of the drain budget is kept for closing the listeners
+        await server.drain(lifecycle.LIFECYCLE.remaining(settings.drain_timeout_s) - CLOSE_TIMEOUT_S)
     finally:
         await server.close()  # its listeners too
     log.info("drained: exiting")

@@ -158,6 +158,9 @@ def build_app(server, *, http_api: bool = False) -> web.Application:
 # reaches a handler, so no middleware could time it out)
 _BUSY = b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
 SWEEP_S = 1.0  # how often idle connections are checked
+# closing a listener: what a request still running may take after the drain (whose budget has
+# passed by then); app.py keeps this second of the drain budget for it
+CLOSE_TIMEOUT_S = 1.0
 
 
 class _GuardedServer(web.Server):
@@ -214,6 +217,21 @@ class _GuardedServer(web.Server):
                     if transport is not None:
                         metrics.REFUSALS.labels("idle_connection").inc()
                         transport.close()
+
+    def pre_shutdown(self) -> None:
+        """The listening socket is closed: a connection with no request in progress is answered
+        503 and closed at once. aiohttp would only mark it closing and then drop any request
+        that arrives on it, leaving its client waiting until the shutdown timeout (a health
+        check that connects as the listener closes would hang instead of hearing "draining")."""
+        super().pre_shutdown()
+        for handler, transport in list(self._connections.items()):
+            # aiohttp's own flag: true from the handler's start until the response is written
+            if getattr(handler, "_request_in_progress", True) or getattr(handler, "_messages", None):
+                continue  # answered by its handler, within the shutdown timeout
+            self.idle_since.pop(handler, None)
+            if not transport.is_closing():
+                transport.write(_BUSY)
+                transport.close()
 
     async def shutdown(self, timeout=None) -> None:
         if self.sweeper is not None:
@@ -277,7 +295,7 @@ async def serve(server, host: str, port: int, *, http_api: bool = False) -> List
     runner = _GuardedRunner(
         build_app(server, http_api=http_api),
         s,
-        shutdown_timeout=5.0,
+        shutdown_timeout=CLOSE_TIMEOUT_S,
         access_log_class=_RequestLog,
         access_log=request_log(),
         handler_cancellation=True,
