@@ -185,6 +185,146 @@ def test_a_drain_ends_every_dialects_stream_with_its_last_results(worker, tiny_m
         w.stop()
 
 
+def test_a_drain_with_the_server_far_behind_gives_every_dialect_its_last_results_before_1001(tiny_model, monkeypatch):
+    """The server is behind real time when the drain begins (every streaming step slowed past
+    real time), so no stream can be decoded to its end within the budget. Each is cut off with
+    what it has heard, in its own dialect, before the 1001: the product protocol a final and
+    ``done`` with ``truncated``; Deepgram a final Results and Metadata; OpenAI realtime the item
+    it was speaking completed."""
+    import base64
+    import random
+    import threading
+
+    from nemo.collections.asr.inference.pipelines import buffered_rnnt_pipeline as bp
+
+    from tools.test_model import synth
+
+    slow = threading.Event()
+    real_step = bp.BufferedRNNTPipeline.transcribe_step
+
+    def step(self, frames):
+        if slow.is_set():
+            time.sleep(1.5)  # a step of 0.48 s of audio: 3x slower than real time
+        return real_step(self, frames)
+
+    monkeypatch.setattr(bp.BufferedRNNTPipeline, "transcribe_step", step)
+    rng = random.Random(21)
+    first = synth.synthesize("good morning teacher please open window today", "en", "en-us", rng, augment=False)
+    second = synth.synthesize("seven yellow birds sing in the green river", "en", "en-us", rng, augment=False)
+    pcm = [(u.audio * 32767).astype("<i2").tobytes() for u in (first, second)]
+    pcm[1] += pcm[0]  # seconds more than the slowed server can decode within the drain
+    w = WorkerThread(Engine(Settings(model="tiny", warmup=False), model=tiny_model), http_api=True)
+    base = f"ws://127.0.0.1:{w.port}"
+    heard = {k: asyncio.Event() for k in ("product", "deepgram", "realtime")}  # a first partial
+    midway = {k: asyncio.Event() for k in heard}  # behind now, and partway into an utterance
+
+    def realtime_midway(got) -> bool:
+        done = {m["item_id"] for m in got if m["type"].endswith(".completed")}
+        return got[-1]["type"].endswith(".delta") and got[-1]["item_id"] not in done
+
+    def b64(chunk: bytes) -> str:
+        return json.dumps({"type": "input_audio_buffer.append", "audio": base64.b64encode(chunk).decode()})
+
+    dialects = {
+        "product": (
+            base + "/",
+            [json.dumps({"action": "start", "sample_rate": 16000})],
+            lambda b: b,
+            lambda m: m.get("type") == "transcription" and m["text"],
+            lambda got: got[-1].get("type") == "transcription" and not got[-1]["is_final"] and got[-1]["text"],
+        ),
+        "deepgram": (
+            base + "/v1/listen?encoding=linear16&sample_rate=16000&interim_results=true",
+            [],
+            lambda b: b,
+            lambda m: m.get("type") == "Results" and m["channel"]["alternatives"][0]["transcript"],
+            lambda got: (
+                got[-1].get("type") == "Results"
+                and not got[-1]["is_final"]
+                and got[-1]["channel"]["alternatives"][0]["transcript"]
+            ),
+        ),
+        "realtime": (
+            base + "/v1/realtime?intent=transcription",
+            [
+                json.dumps(
+                    {
+                        "type": "session.update",
+                        "session": {
+                            "type": "transcription",
+                            "audio": {"input": {"format": {"type": "audio/pcm", "rate": 16000}}},
+                        },
+                    }
+                )
+            ],
+            b64,
+            lambda m: m.get("type") == "conversation.item.input_audio_transcription.delta",
+            realtime_midway,
+        ),
+    }
+
+    async def client(http, name, second_sent):
+        url, opening, wrap, hears, is_midway = dialects[name]
+        got = []
+        async with http.ws_connect(url) as ws:
+            for f in opening:
+                await ws.send_str(f)
+
+            async def send(audio: bytes):
+                for k in range(0, len(audio), 6400):
+                    frame = wrap(audio[k : k + 6400])
+                    await (ws.send_bytes(frame) if isinstance(frame, bytes) else ws.send_str(frame))
+
+            async def receive():
+                async for m in ws:
+                    if m.type != aiohttp.WSMsgType.TEXT:
+                        break
+                    got.append(json.loads(m.data))
+                    if hears(got[-1]):
+                        heard[name].set()
+                    if second_sent.is_set() and not midway[name].is_set() and is_midway(got):
+                        midway[name].set()
+
+            reading = asyncio.ensure_future(receive())
+            await send(pcm[0])
+            await second_sent.wait()  # the server is slow now: this audio is a backlog
+            await send(pcm[1])
+            await reading
+        return got, ws.close_code
+
+    async def run():
+        second_sent = asyncio.Event()
+        async with aiohttp.ClientSession() as http:
+            clients = [asyncio.ensure_future(client(http, n, second_sent)) for n in dialects]
+            for e in heard.values():
+                await e.wait()
+            slow.set()
+            second_sent.set()
+            for e in midway.values():
+                await e.wait()
+            await asyncio.wrap_future(w.submit(w.server.drain(3.0)))
+            return dict(zip(dialects, await asyncio.gather(*clients)))
+
+    try:
+        results = asyncio.run(asyncio.wait_for(run(), 90))
+    finally:
+        slow.clear()
+        w.stop()
+    for name, (got, code) in results.items():
+        assert code == 1001, (name, got[-3:])
+    got = results["product"][0]
+    assert got[-1]["type"] == "done" and got[-1].get("truncated") is True, got[-3:]
+    assert got[-2]["type"] == "transcription" and got[-2]["is_final"] and got[-2]["text"], got[-3:]
+    got = results["deepgram"][0]
+    assert got[-1]["type"] == "Metadata", got[-3:]
+    finals = [m for m in got if m.get("type") == "Results" and m["is_final"]]
+    assert finals and finals[-1]["channel"]["alternatives"][0]["transcript"], got[-4:]
+    got = results["realtime"][0]
+    spoken = {m["item_id"] for m in got if m["type"].endswith(".delta")}
+    completed = {m["item_id"]: m["transcript"] for m in got if m["type"].endswith(".completed")}
+    assert spoken and spoken <= set(completed) and all(completed.values()), got[-4:]
+
+
 def test_metrics_count_sessions_and_requests_by_dialect(worker):
     ws = worker.base.replace("http", "ws")
     asyncio.run(_socket(ws + "/v1/listen", [json.dumps({"type": "CloseStream"})], lambda m: m["type"] == "Metadata"))

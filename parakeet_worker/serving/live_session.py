@@ -1,10 +1,11 @@
 """What every live WebSocket dialect shares: one connection's receive loop with its idle deadline,
-its registration with the server (capacity, drain, metrics by dialect), and its one log line.
+its registration with the server (capacity, metrics by dialect), its drain, and its one log line.
 
 A dialect (serving/session.py, deepgram/live.py, openai/realtime.py) subclasses ``LiveSession``
 and says what a text frame and an audio frame mean (``on_text``, ``on_audio``), what the client
-hears at the start (``greet``), how a drain ends it (``shutdown``) and how an error is worded
-(``error``). Its audio goes through a ``LiveAudio`` (live.py) into the one streaming decoder.
+hears at the start (``greet``), how its stream ends when the server drains (``finish``) and how
+an error is worded (``error``). Its audio goes through a ``LiveAudio`` (live.py) into the one
+streaming decoder.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ class LiveSession:
         self.ws = ws
         self.id = uuid.uuid4().hex
         self.live: LiveAudio | None = None  # the audio being decoded now, if any
+        self.partial = ""  # the current utterance's latest partial (a drain's cut-off ends with it)
         self.streams = 0  # LiveAudio's opened on this connection
         self.audio_s = 0.0  # seconds of audio of the LiveAudio's already ended
         self.control = asyncio.Lock()  # start/stop/shutdown one at a time
@@ -77,11 +79,39 @@ class LiveSession:
         """Tell the client about an error, in the dialect's shape."""
         raise NotImplementedError
 
-    async def shutdown(self, reason: str, cut_at: float | None = None) -> None:
-        """The server drains: end the stream as the dialect ends it (its last results), then close
-        with 1001; ``cut_at`` (time.monotonic()): if its last step has not come by then, end it
-        with what it has."""
+    async def finish(self, reason: str) -> None:
+        """The server drains: end the open stream, if any, as the client's own end of it would
+        (its last results, in the dialect's shape). Called holding ``control``."""
         raise NotImplementedError
+
+    # ---- the drain, alike in every dialect
+    async def shutdown(self, reason: str, cut_at: float | None = None) -> None:
+        """The server drains: the open stream is finished (``finish``), then the connection closes
+        with 1001. If its last step has not come by ``cut_at`` (time.monotonic(); the server is
+        behind real time), it is cut off first, so that its last results still precede the close."""
+        self.closing = True
+        self.outcome = "shutdown"
+        timer = None
+        if cut_at is not None:
+            timer = asyncio.get_running_loop().call_later(max(0.0, cut_at - time.monotonic()), self.cut_off)
+        try:
+            async with self.control:
+                with contextlib.suppress(ConnectionClosed):
+                    await self.finish(reason)
+        finally:
+            if timer is not None:
+                timer.cancel()
+        with contextlib.suppress(Exception):
+            await self.ws.close(CLOSE_GOING_AWAY, reason)
+
+    def cut_off(self) -> bool:
+        """End the current stream now, its latest partial as its last final (the relay sends it as
+        any final). False if there is none, or its last update is already queued."""
+        live = self.live
+        if live is None or live.closed:
+            return False
+        live.cut_off(self.partial)
+        return True
 
     def idle_limit(self) -> float:
         """Seconds without a valid message before the session is closed."""

@@ -8,9 +8,7 @@ a ``LiveAudio`` (live.py) into the streaming decoder all dialects share.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import time
 from dataclasses import asdict
 
 from parakeet_worker.config.constants import SAMPLE_RATE
@@ -26,10 +24,8 @@ from parakeet_worker.config.errors import (
 )
 from parakeet_worker.engine.hotwords import HotwordError, parse_hotwords
 from parakeet_worker.runtime import metrics
-from parakeet_worker.serving.connection import ConnectionClosed
 from parakeet_worker.serving.live import LiveAudio, LiveUpdate
 from parakeet_worker.serving.live_session import (
-    CLOSE_GOING_AWAY,
     CLOSE_INTERNAL_ERROR,
     LiveSession,
     parse_message,
@@ -79,7 +75,6 @@ class Session(LiveSession):
         self.latency = "balanced"
         self.finals: list[str] = []
         self.reader: asyncio.Task | None = None
-        self.partial = ""  # the stream's latest partial (its unfinished utterance), for cut_off
         self.cut_due = False  # the drain's deadline is near: a stream still being decoded is ended now
         self.truncated = False  # cut_off ended the current stream before its audio was all decoded
 
@@ -208,35 +203,19 @@ class Session(LiveSession):
             self.truncated = False
         await self.send_json(done)
 
-    async def shutdown(self, reason: str, cut_at: float | None = None) -> None:
-        """An open stream is finished as if the client had sent stop (its last final, then
-        ``done``), then the connection closes with 1001; past ``cut_at`` it is cut off."""
-        self.closing = True
-        self.outcome = "shutdown"
-        timer = None
-        if cut_at is not None:
-            timer = asyncio.get_running_loop().call_later(max(0.0, cut_at - time.monotonic()), self.cut_off)
-        try:
-            async with self.control:
-                if self.live is not None:
-                    with contextlib.suppress(ConnectionClosed):
-                        await self.stop()
-        finally:
-            if timer is not None:
-                timer.cancel()
-        with contextlib.suppress(Exception):
-            await self.ws.close(CLOSE_GOING_AWAY, reason)
+    async def finish(self, reason: str) -> None:
+        """An open stream ends as if the client had sent stop: its last final, then ``done``."""
+        if self.live is not None:
+            await self.stop()
 
-    def cut_off(self) -> None:
-        """The drain's deadline is near and the stream's last step has not come (the server is
-        behind real time): end it now, its current partial as its last final, so that the relay
-        sends that final and ``stop`` its ``done`` (``"truncated": true``) before the close."""
+    def cut_off(self) -> bool:
+        """The drain's deadline is near: the stream ends now, and ``stop``'s ``done`` says
+        ``"truncated": true`` (a stream started later is cut off at its stop)."""
         self.cut_due = True
-        live = self.live
-        if live is None or live.closed:
-            return  # no stream, or its last update is already queued (decoded, failed or aborted)
-        live.cut_off(self.partial)
-        self.truncated = True
+        if super().cut_off():
+            self.truncated = True
+            return True
+        return False
 
     async def relay_updates(self, live: LiveAudio) -> None:
         """Send this stream's partials and finals, in order, until its last update (a failure here

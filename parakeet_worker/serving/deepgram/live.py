@@ -14,7 +14,6 @@ import hashlib
 import json
 import logging
 import struct
-import time
 
 from parakeet_worker.config.constants import SAMPLE_RATE
 from parakeet_worker.config.errors import AUDIO_TOO_LONG, INTERNAL_ERROR, INVALID_AUDIO, UNKNOWN_ACTION, ASRError
@@ -63,7 +62,6 @@ class DeepgramLive(LiveSession):
         self.boosting = None
         self.digest = hashlib.sha256()
         self.reader: asyncio.Task | None = None
-        self.partial = ""
         self.ended = asyncio.Event()  # Metadata was sent (or the connection failed): nothing follows
 
     @classmethod
@@ -163,21 +161,9 @@ class DeepgramLive(LiveSession):
             await self.send_json(messages.metadata(self.request_id, self.model_name, duration, self.digest.hexdigest()))
             await self.ws.close(code, reason)
 
-    async def shutdown(self, reason: str, cut_at: float | None = None) -> None:
-        self.closing = True
-        self.outcome = "shutdown"
-        timer = None
-        if cut_at is not None and self.live is not None:
-            live = self.live
-            timer = asyncio.get_running_loop().call_later(
-                max(0.0, cut_at - time.monotonic()), lambda: live.cut_off(self.partial)
-            )
-        try:
-            async with self.control:
-                await self._close_stream(CLOSE_GOING_AWAY, reason)
-        finally:
-            if timer is not None:
-                timer.cancel()
+    async def finish(self, reason: str) -> None:
+        """As CloseStream: the last results and ``Metadata``, then the close."""
+        await self._close_stream(CLOSE_GOING_AWAY, reason)
 
     def _results(self, text, words, start, end, *, final, speech_final=False, from_finalize=False) -> dict:
         return messages.results(

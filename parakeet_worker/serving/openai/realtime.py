@@ -30,7 +30,7 @@ from parakeet_worker.config.errors import INTERNAL_ERROR
 from parakeet_worker.runtime import metrics
 from parakeet_worker.serving.connection import Connection, ConnectionClosed
 from parakeet_worker.serving.live import AppendOnly, LiveAudio
-from parakeet_worker.serving.live_session import CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, LiveSession, parse_message
+from parakeet_worker.serving.live_session import CLOSE_INTERNAL_ERROR, LiveSession, parse_message
 from parakeet_worker.serving.openai.realtime_config import RealtimeError, TranscriptionConfig, parse_session
 
 log = logging.getLogger("openai_realtime")
@@ -51,7 +51,6 @@ class RealtimeTranscription(LiveSession):
         self.buffer = bytearray()  # turn_detection null: audio appended since the last commit
         self.committed_s = 0.0  # ... and the seconds committed before it (MAX_AUDIO_SECONDS counts both)
         self.reader: asyncio.Task | None = None
-        self.partial = ""
         self.client_event: str | None = None  # the event_id of the client event being handled
 
     # ---- shapes
@@ -233,17 +232,10 @@ class RealtimeTranscription(LiveSession):
         self.reader = None
         self.close_live()
 
-    async def shutdown(self, reason: str, cut_at: float | None = None) -> None:
-        self.closing = True
-        self.outcome = "shutdown"
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(
-                None if cut_at is None else max(0.1, cut_at - asyncio.get_running_loop().time())
-            ):
-                async with self.control:
-                    await self._end_live()
-        with contextlib.suppress(Exception):
-            await self.ws.close(CLOSE_GOING_AWAY, reason)
+    async def finish(self, reason: str) -> None:
+        """The utterance being spoken is completed; a commit in progress completes first
+        (``control``); audio appended and not committed is dropped, as at any close."""
+        await self._end_live()
 
     # ---- results
     async def _relay(self, live: LiveAudio, vad: bool, item: str | None = None) -> None:
@@ -253,6 +245,7 @@ class RealtimeTranscription(LiveSession):
         text = AppendOnly()
         utterance_start = 0.0
         async for up in live.updates():
+            self.partial = up.partial
             if up.error:
                 metrics.error(INTERNAL_ERROR)
                 self.outcome = INTERNAL_ERROR
