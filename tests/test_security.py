@@ -6,6 +6,7 @@ server that must see no request at all.
 """
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -441,11 +442,14 @@ async def _until(cond, timeout=20.0):
 
 def test_cancelled_download_leaves_no_partial_file(private_tmp):
     async def main():
+        release = asyncio.Event()  # the server's handler ends with the test, not 30 s later
+
         async def slow(request):
             resp = web.StreamResponse()
             await resp.prepare(request)
             await resp.write(b"\0" * 65536)
-            await asyncio.sleep(30)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(release.wait(), 30)
             return resp
 
         srv = await Recorder().start([web.get("/slow", slow)])
@@ -462,6 +466,7 @@ def test_cancelled_download_leaves_no_partial_file(private_tmp):
                 await task
             assert list(private_tmp.iterdir()) == []
         finally:
+            release.set()
             await srv.stop()
 
     asyncio.run(main())
